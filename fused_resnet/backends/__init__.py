@@ -1,0 +1,97 @@
+"""Backends: who computes the fused ops, what each supports, and how one is chosen.
+
+A backend implements the op vocabulary of ``fused_resnet.ops`` (any op it does
+not override runs the reference implementation) and declares, for a given
+input, whether it can serve it and why not. ``resolve`` turns a requested name
+("auto" or an explicit one) into the backend that will run a block.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .base import Backend
+from .cuda import CudaBackend
+from .reference import ReferenceBackend
+from .triton import TritonBackend
+
+_log = logging.getLogger("fused_resnet")
+
+BACKENDS: dict[str, Backend] = {
+    b.name: b for b in (ReferenceBackend(), TritonBackend(), CudaBackend())
+}
+
+# Preference of backend="auto", best first. The fused Triton kernels run the
+# whole block; the cuda backend fuses only the BatchNorm pieces around cuDNN
+# convolutions; the reference runs everywhere.
+AUTO_ORDER = ("triton", "cuda", "reference")
+
+_logged_fallbacks: set[tuple[str, str]] = set()
+
+
+def get(name: str) -> Backend:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown backend {name!r}; valid names are 'auto', " + ", ".join(repr(n) for n in BACKENDS)
+        ) from None
+
+
+def check_name(name: str) -> str:
+    if name != "auto":
+        get(name)
+    return name
+
+
+def available_backends() -> dict[str, tuple[bool, str]]:
+    """``{name: (available, reason)}`` for every backend, on this machine."""
+    return {name: b.available() for name, b in BACKENDS.items()}
+
+
+def _why_not(backend: Backend, device: torch.device, dtype: torch.dtype) -> str:
+    ok, reason = backend.available()
+    if not ok:
+        return reason
+    ok, reason = backend.supports(device, dtype)
+    return "" if ok else reason
+
+
+def resolve(requested: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The backend that serves a block whose input lives on ``device`` with ``dtype``.
+
+    An explicit backend that cannot serve raises with its reason; under "auto"
+    the first capable backend of AUTO_ORDER wins, and skipping a better one on
+    a GPU is logged once per reason.
+    """
+    if requested != "auto":
+        reason = _why_not(get(requested), device, dtype)
+        if reason:
+            raise RuntimeError(
+                f"backend {requested!r} cannot run a {dtype} input on {device.type}: {reason}"
+            )
+        return requested
+    skipped = []
+    for name in AUTO_ORDER:
+        reason = _why_not(BACKENDS[name], device, dtype)
+        if not reason:
+            _log_fallback(skipped, name, device)
+            return name
+        skipped.append((name, reason))
+    raise RuntimeError(f"no backend can run a {dtype} input on {device.type}: {skipped}")
+
+
+def _log_fallback(skipped: list[tuple[str, str]], chosen: str, device: torch.device) -> None:
+    if not skipped or torch.compiler.is_compiling():
+        return
+    key = (chosen, "; ".join(f"{n}: {r}" for n, r in skipped))
+    if key in _logged_fallbacks:
+        return
+    _logged_fallbacks.add(key)
+    # On the CPU the reference is the intended path, so it is only worth an info line.
+    level = logging.INFO if device.type == "cpu" else logging.WARNING
+    _log.log(level, "backend='auto' runs %s on %s (skipped %s)", chosen, device.type, key[1])
+
+
+__all__ = ["Backend", "BACKENDS", "AUTO_ORDER", "available_backends", "check_name", "get", "resolve"]

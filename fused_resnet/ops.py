@@ -1,0 +1,265 @@
+"""The op vocabulary: torch.library custom ops in the ``fused_resnet`` namespace.
+
+Every fused kernel of every backend is reached through one of these ops, so
+torch.compile and CUDA graphs see opaque, well-described nodes. Each op takes
+the backend name as its last argument and runs that backend's implementation;
+each has a fake implementation (shapes, dtypes, strides only) and the
+differentiable ones an autograd formula that is itself made of ops.
+
+Dtype contract: activations, weights and residuals share the activation dtype;
+bias, scale, shift and statistics are fp32 per-channel vectors. Outputs a
+caller did not ask for come back as empty fp32 tensors.
+
+  conv(x, W, bias, in_scale, in_shift, residual, ...) -> (y, mean, var)
+      a = relu(x*in_scale + in_shift) (if in_scale), zero-padded after the transform
+      y = [relu](conv2d(a, W) + bias + residual); mean/var: per-channel batch
+      statistics of y (biased variance) when ``stats``.
+  conv_backward(...)       -> gradients of conv w.r.t. (x, W, bias, in_scale, in_shift, residual)
+  batch_stats(x)           -> (mean, var) per channel, biased variance
+  bn_finalize(mean, var, gamma, beta, eps) -> (scale, shift, invstd), scale = gamma/sqrt(var+eps)
+  bn_update_running(mean, var, count, running_mean, running_var, num_batches_tracked, momentum)
+      updates the running statistics in place exactly like nn.BatchNorm2d (unbiased running_var)
+  bn_act(y, scale, shift, residual, res_scale, res_shift, relu) -> out
+      out = [relu](y*scale + shift + residual*res_scale + res_shift)
+  bn_act_backward(...)     -> gradients of bn_act
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from . import backends
+from ._layout import acc, acc_dtype, conv_out_hw, empty_like_layout, empty_vec
+
+_NS = "fused_resnet"
+
+
+def _impl(backend: str):
+    return backends.get(backend)
+
+
+def _vec(n: int, ref: Tensor) -> Tensor:
+    return torch.empty(n, dtype=acc_dtype(ref), device=ref.device)
+
+
+# ---------------------------------------------------------------- conv
+
+
+@torch.library.custom_op(f"{_NS}::conv", mutates_args=())
+def conv(
+    x: Tensor, weight: Tensor, bias: Optional[Tensor], in_scale: Optional[Tensor],
+    in_shift: Optional[Tensor], residual: Optional[Tensor], stride: Sequence[int],
+    padding: Sequence[int], dilation: Sequence[int], groups: int, relu: bool, stats: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _impl(backend).conv(
+        x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu, stats
+    )
+
+
+@conv.register_fake
+def _(x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu, stats, backend):
+    ho, wo = conv_out_hw(x.shape[2], x.shape[3], weight.shape[2:], stride, padding, dilation)
+    cout = weight.shape[0]
+    y = empty_like_layout(x, (x.shape[0], cout, ho, wo))
+    if stats:
+        return y, _vec(cout, x), _vec(cout, x)
+    return y, empty_vec(x), empty_vec(x)
+
+
+@torch.library.custom_op(f"{_NS}::conv_backward", mutates_args=())
+def conv_backward(
+    dy: Tensor, dmean: Tensor, dvar: Tensor, x: Tensor, weight: Tensor, y: Tensor, mean: Tensor,
+    in_scale: Optional[Tensor], in_shift: Optional[Tensor], stride: Sequence[int],
+    padding: Sequence[int], dilation: Sequence[int], groups: int, relu: bool, stats: bool,
+    output_mask: Sequence[bool], backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _impl(backend).conv_backward(
+        dy, dmean, dvar, x, weight, y, mean, in_scale, in_shift, stride, padding, dilation,
+        groups, relu, stats, output_mask,
+    )
+
+
+@conv_backward.register_fake
+def _(dy, dmean, dvar, x, weight, y, mean, in_scale, in_shift, stride, padding, dilation, groups,
+      relu, stats, output_mask, backend):
+    need_x, need_w, need_bias, need_scale, need_shift, need_res = output_mask
+    cin, cout = x.shape[1], weight.shape[0]
+    return (
+        empty_like_layout(x, x.shape) if need_x else empty_vec(x),
+        torch.empty_like(weight, memory_format=torch.contiguous_format) if need_w else empty_vec(x),
+        _vec(cout, x) if need_bias else empty_vec(x),
+        _vec(cin, x) if need_scale else empty_vec(x),
+        _vec(cin, x) if need_shift else empty_vec(x),
+        empty_like_layout(x, y.shape) if need_res else empty_vec(x),
+    )
+
+
+def _conv_setup(ctx, inputs, output):
+    x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu, stats, backend = inputs
+    y, mean, _ = output
+    ctx.save_for_backward(x, weight, y, mean, in_scale, in_shift)
+    ctx.args = (stride, padding, dilation, groups, relu, stats, backend)
+    ctx.has = (bias is not None, in_scale is not None, residual is not None)
+
+
+def _conv_bwd(ctx, dy, dmean, dvar):
+    x, weight, y, mean, in_scale, in_shift = ctx.saved_tensors
+    stride, padding, dilation, groups, relu, stats, backend = ctx.args
+    has_bias, has_pro, has_res = ctx.has
+    need = ctx.needs_input_grad
+    mask = [need[0], need[1], has_bias and need[2], has_pro and need[3], has_pro and need[4], has_res and need[5]]
+    grads = conv_backward(
+        dy, dmean, dvar, x, weight, y, mean, in_scale, in_shift, stride, padding, dilation,
+        groups, relu, stats, mask, backend,
+    )
+    return tuple(g if m else None for g, m in zip(grads, mask)) + (None,) * 7
+
+
+conv.register_autograd(_conv_bwd, setup_context=_conv_setup)
+
+
+# ---------------------------------------------------------------- batch statistics
+
+
+@torch.library.custom_op(f"{_NS}::batch_stats", mutates_args=())
+def batch_stats(x: Tensor, backend: str) -> tuple[Tensor, Tensor]:
+    return _impl(backend).batch_stats(x)
+
+
+@batch_stats.register_fake
+def _(x, backend):
+    return _vec(x.shape[1], x), _vec(x.shape[1], x)
+
+
+def _stats_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], output[0])
+
+
+def _stats_bwd(ctx, dmean, dvar):
+    # mean = sum(x)/M, var = sum((x-mean)^2)/M  =>  dx = dmean/M + dvar * 2 (x - mean)/M
+    x, mean = ctx.saved_tensors
+    m = x.numel() // x.shape[1]
+    dx = (dmean.view(1, -1, 1, 1) + 2.0 * dvar.view(1, -1, 1, 1) * (acc(x) - mean.view(1, -1, 1, 1))) / m
+    return dx.to(x.dtype), None
+
+
+batch_stats.register_autograd(_stats_bwd, setup_context=_stats_setup)
+
+
+# ---------------------------------------------------------------- BatchNorm finalize
+
+
+@torch.library.custom_op(f"{_NS}::bn_finalize", mutates_args=())
+def bn_finalize(
+    mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _impl(backend).bn_finalize(mean, var, weight, bias, eps)
+
+
+@bn_finalize.register_fake
+def _(mean, var, weight, bias, eps, backend):
+    return torch.empty_like(mean), torch.empty_like(mean), torch.empty_like(mean)
+
+
+def _finalize_setup(ctx, inputs, output):
+    mean, _, weight, bias = inputs[:4]
+    scale, _, invstd = output
+    ctx.save_for_backward(mean, weight, scale, invstd)
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+
+
+def _finalize_bwd(ctx, dscale, dshift, dinvstd):
+    # r = (var+eps)^-1/2, scale = gamma*r (or r), shift = beta - mean*scale:
+    #   d scale_total = dscale - dshift*mean
+    #   dgamma = d scale_total * r;  dr = d scale_total * gamma + dinvstd
+    #   dbeta = dshift;  dmean = -dshift*scale;  dvar = dr * (-1/2) r^3
+    mean, weight, scale, invstd = ctx.saved_tensors
+    dst = dscale - dshift * mean
+    dweight = None
+    if weight is not None:
+        dweight = (dst * invstd).to(weight.dtype)
+        dr = dst * acc(weight) + dinvstd
+    else:
+        dr = dst + dinvstd
+    dvar = dr * (-0.5) * invstd**3
+    dbias = dshift.to(ctx.bias_dtype) if ctx.bias_dtype is not None else None
+    return -dshift * scale, dvar, dweight, dbias, None, None
+
+
+bn_finalize.register_autograd(_finalize_bwd, setup_context=_finalize_setup)
+
+
+@torch.library.custom_op(
+    f"{_NS}::bn_update_running", mutates_args=("running_mean", "running_var", "num_batches_tracked")
+)
+def bn_update_running(
+    mean: Tensor, var: Tensor, count: int, running_mean: Tensor, running_var: Tensor,
+    num_batches_tracked: Optional[Tensor], momentum: Optional[float], backend: str,
+) -> None:
+    _impl(backend).bn_update_running(mean, var, count, running_mean, running_var, num_batches_tracked, momentum)
+
+
+@bn_update_running.register_fake
+def _(mean, var, count, running_mean, running_var, num_batches_tracked, momentum, backend):
+    return None
+
+
+# ---------------------------------------------------------------- BN-apply + residual + ReLU
+
+
+@torch.library.custom_op(f"{_NS}::bn_act", mutates_args=())
+def bn_act(
+    y: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor], res_scale: Optional[Tensor],
+    res_shift: Optional[Tensor], relu: bool, backend: str,
+) -> Tensor:
+    return _impl(backend).bn_act(y, scale, shift, residual, res_scale, res_shift, relu)
+
+
+@bn_act.register_fake
+def _(y, scale, shift, residual, res_scale, res_shift, relu, backend):
+    return empty_like_layout(y, y.shape)
+
+
+@torch.library.custom_op(f"{_NS}::bn_act_backward", mutates_args=())
+def bn_act_backward(
+    dout: Tensor, out: Tensor, y: Tensor, scale: Tensor, residual: Optional[Tensor],
+    res_scale: Optional[Tensor], relu: bool, output_mask: Sequence[bool], backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _impl(backend).bn_act_backward(dout, out, y, scale, residual, res_scale, relu, output_mask)
+
+
+@bn_act_backward.register_fake
+def _(dout, out, y, scale, residual, res_scale, relu, output_mask, backend):
+    need_y, need_scale, need_shift, need_res, need_rscale, need_rshift = output_mask
+    c = y.shape[1]
+    return (
+        empty_like_layout(y, y.shape) if need_y else empty_vec(y),
+        _vec(c, y) if need_scale else empty_vec(y),
+        _vec(c, y) if need_shift else empty_vec(y),
+        empty_like_layout(residual, residual.shape) if need_res else empty_vec(y),
+        _vec(c, y) if need_rscale else empty_vec(y),
+        _vec(c, y) if need_rshift else empty_vec(y),
+    )
+
+
+def _bn_act_setup(ctx, inputs, output):
+    y, scale, _, residual, res_scale, res_shift, relu, backend = inputs
+    ctx.save_for_backward(output, y, scale, residual, res_scale)
+    ctx.args = (relu, backend, residual is not None, res_scale is not None)
+
+
+def _bn_act_bwd(ctx, dout):
+    out, y, scale, residual, res_scale = ctx.saved_tensors
+    relu, backend, has_res, has_rscale = ctx.args
+    need = ctx.needs_input_grad
+    mask = [need[0], need[1], need[2], has_res and need[3], has_rscale and need[4], has_rscale and need[5]]
+    grads = bn_act_backward(dout, out, y, scale, residual, res_scale, relu, mask, backend)
+    return tuple(g if m else None for g, m in zip(grads, mask)) + (None, None)
+
+
+bn_act.register_autograd(_bn_act_bwd, setup_context=_bn_act_setup)
+
+ALL_OPS = (conv, conv_backward, batch_stats, bn_finalize, bn_update_running, bn_act, bn_act_backward)

@@ -1,0 +1,176 @@
+"""Pure-PyTorch implementations of every fused_resnet op.
+
+These are the numerical oracle for the other backends and the path that runs on
+the CPU. Each function computes exactly what the op's contract in ``ops.py``
+says, in the same dtypes the kernels use: activations and weights in the
+activation dtype, per-channel vectors (bias, scale, shift, statistics) in fp32.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ._layout import acc, empty_vec, like_layout
+
+_CHANNEL_DIMS = (0, 2, 3)
+
+
+def _per_channel(v: Tensor) -> Tensor:
+    return v.view(1, -1, 1, 1)
+
+
+def prologue(x: Tensor, in_scale: Optional[Tensor], in_shift: Optional[Tensor]) -> Tensor:
+    """relu(x * in_scale + in_shift) per input channel, in x's dtype (identity if no scale)."""
+    if in_scale is None:
+        return x
+    u = acc(x) * _per_channel(in_scale) + _per_channel(in_shift)
+    return torch.relu(u).to(x.dtype)
+
+
+def _stats(y: Tensor) -> tuple[Tensor, Tensor]:
+    var, mean = torch.var_mean(acc(y), dim=_CHANNEL_DIMS, unbiased=False)
+    return mean, var
+
+
+def conv(
+    x: Tensor, weight: Tensor, bias: Optional[Tensor], in_scale: Optional[Tensor],
+    in_shift: Optional[Tensor], residual: Optional[Tensor], stride: Sequence[int],
+    padding: Sequence[int], dilation: Sequence[int], groups: int, relu: bool, stats: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    # Zero padding is applied by conv2d to the already transformed operand, so
+    # padded taps are zeros of the normalised activation, as the contract says.
+    a = prologue(x, in_scale, in_shift)
+    z = acc(torch.nn.functional.conv2d(a, weight, None, stride, padding, dilation, groups))
+    if bias is not None:
+        z = z + _per_channel(bias)
+    if residual is not None:
+        z = z + acc(residual)
+    if relu:
+        z = torch.relu(z)
+    y = like_layout(z.to(x.dtype), x)
+    if not stats:
+        return y, empty_vec(x), empty_vec(x)
+    mean, var = _stats(y)
+    return y, mean, var
+
+
+def conv_backward(
+    dy: Tensor, dmean: Tensor, dvar: Tensor, x: Tensor, weight: Tensor, y: Tensor,
+    mean: Tensor, in_scale: Optional[Tensor], in_shift: Optional[Tensor],
+    stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int,
+    relu: bool, stats: bool, output_mask: Sequence[bool],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of ``conv`` w.r.t. (x, weight, bias, in_scale, in_shift, residual).
+
+    Derivation, with M = N*Ho*Wo rows per channel:
+      mean = sum(y)/M            -> d mean / d y_i = 1/M
+      var  = sum((y-mean)^2)/M   -> d var / d y_i = 2 (y_i - mean)/M (the mean term sums to 0)
+      so g_y = dy + dmean/M + dvar * 2 (y - mean)/M.
+      y = relu(z)                -> g_z = g_y * (y > 0)
+      z = conv(a, W) + bias + residual -> d residual = g_z, d bias = sum g_z,
+                                          da, dW from the convolution's own backward.
+      a = relu(u), u = x*s + t    -> g_u = da * (u > 0); dx = g_u * s,
+                                     ds = sum(g_u * x), dt = sum(g_u).
+    Entries whose output_mask is False come back as empty tensors.
+    """
+    g = acc(dy)
+    if stats:
+        m = y.numel() // y.shape[1]
+        g = g + _per_channel(dmean) / m + _per_channel(dvar) * (2.0 / m) * (acc(y) - _per_channel(mean))
+    if relu:
+        g = g * (y > 0)
+    need_x, need_w, need_bias, need_scale, need_shift, need_res = output_mask
+    a = prologue(x, in_scale, in_shift)
+    da, dw, _ = torch.ops.aten.convolution_backward(
+        g.to(x.dtype), a, weight, None, stride, padding, dilation, False, [0, 0], groups,
+        [need_x or need_scale or need_shift, need_w, False],
+    )
+    dbias = g.sum(_CHANNEL_DIMS) if need_bias else empty_vec(x)
+    dres = like_layout(g.to(x.dtype), x) if need_res else empty_vec(x)
+    dx, dscale, dshift = empty_vec(x), empty_vec(x), empty_vec(x)
+    if in_scale is None:
+        dx = like_layout(da, x) if need_x else empty_vec(x)
+    elif need_x or need_scale or need_shift:
+        gu = acc(da) * (acc(x) * _per_channel(in_scale) + _per_channel(in_shift) > 0)
+        dx = like_layout((gu * _per_channel(in_scale)).to(x.dtype), x) if need_x else empty_vec(x)
+        dscale = (gu * acc(x)).sum(_CHANNEL_DIMS) if need_scale else empty_vec(x)
+        dshift = gu.sum(_CHANNEL_DIMS) if need_shift else empty_vec(x)
+    return dx, (dw if need_w else empty_vec(x)), dbias, dscale, dshift, dres
+
+
+def batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    return _stats(x)
+
+
+def bn_finalize(
+    mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    invstd = torch.rsqrt(var + eps)
+    scale = invstd * acc(weight) if weight is not None else invstd.clone()
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + acc(bias)
+    return scale, shift, invstd
+
+
+def bn_update_running(
+    mean: Tensor, var: Tensor, count: int, running_mean: Tensor, running_var: Tensor,
+    num_batches_tracked: Optional[Tensor], momentum: Optional[float],
+) -> None:
+    # nn.BatchNorm2d: num_batches_tracked += 1; factor = momentum, or 1/num_batches_tracked
+    # (a cumulative average) when momentum is None; running_var takes the unbiased variance.
+    if num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
+    if momentum is None:
+        factor = 1.0 / num_batches_tracked.to(torch.float64)
+    else:
+        factor = torch.tensor(momentum, dtype=torch.float64)
+    unbiased = var * (count / (count - 1))
+    running_mean.copy_((running_mean * (1 - factor) + mean * factor).to(running_mean.dtype))
+    running_var.copy_((running_var * (1 - factor) + unbiased * factor).to(running_var.dtype))
+
+
+def bn_act(
+    y: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor],
+    res_scale: Optional[Tensor], res_shift: Optional[Tensor], relu: bool,
+) -> Tensor:
+    z = acc(y) * _per_channel(scale) + _per_channel(shift)
+    if residual is not None:
+        r = acc(residual)
+        if res_scale is not None:
+            r = r * _per_channel(res_scale) + _per_channel(res_shift)
+        z = z + r
+    if relu:
+        z = torch.relu(z)
+    return like_layout(z.to(y.dtype), y)
+
+
+def bn_act_backward(
+    dout: Tensor, out: Tensor, y: Tensor, scale: Tensor, residual: Optional[Tensor],
+    res_scale: Optional[Tensor], relu: bool, output_mask: Sequence[bool],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of ``bn_act`` w.r.t. (y, scale, shift, residual, res_scale, res_shift).
+
+    out = relu(z), z = y*scale + shift + r, r = residual*res_scale + res_shift:
+      g = dout * (out > 0);  dy = g*scale, dscale = sum(g*y), dshift = sum(g),
+      dresidual = g*res_scale (or g), dres_scale = sum(g*residual), dres_shift = sum(g).
+    """
+    g = acc(dout)
+    if relu:
+        g = g * (out > 0)
+    need_y, need_scale, need_shift, need_res, need_rscale, need_rshift = output_mask
+    dy = like_layout((g * _per_channel(scale)).to(y.dtype), y) if need_y else empty_vec(y)
+    dscale = (g * acc(y)).sum(_CHANNEL_DIMS) if need_scale else empty_vec(y)
+    gsum = g.sum(_CHANNEL_DIMS) if (need_shift or need_rshift) else empty_vec(y)
+    dres, drscale = empty_vec(y), empty_vec(y)
+    if need_res:
+        gr = g * _per_channel(res_scale) if res_scale is not None else g
+        dres = like_layout(gr.to(residual.dtype), residual)
+    if need_rscale:
+        drscale = (g * acc(residual)).sum(_CHANNEL_DIMS)
+    return (
+        dy, dscale, gsum.clone() if need_shift else empty_vec(y), dres, drscale,
+        gsum.clone() if need_rshift else empty_vec(y),
+    )

@@ -1,0 +1,44 @@
+"""Shared test helpers: seeded inputs and the per-dtype tolerance rule.
+
+Low-precision rule (DEVELOPERS.md): the error of a fused result against an fp64
+reference must be at most 2x the error of plain PyTorch in the same dtype
+against that reference, plus a tiny atol. fp32 is compared tightly.
+"""
+from __future__ import annotations
+
+import torch
+
+FP32_RTOL = 1e-4
+FP32_ATOL = 1e-5
+LOWP_ATOL = {torch.float16: 1e-3, torch.bfloat16: 1e-2, torch.float32: 1e-6}
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    return g
+
+
+def randn(*shape, dtype=torch.float32, device="cpu", channels_last=False, seed=None) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    t = torch.randn(*shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+    if channels_last:
+        t = t.contiguous(memory_format=torch.channels_last)
+    return t
+
+
+def assert_close_fp32(actual, expected, name="tensor", rtol=FP32_RTOL, atol=FP32_ATOL):
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+def max_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    return (a.double() - ref.double()).abs().max().item()
+
+
+def assert_within_2x(fused, plain, ref64, name="tensor"):
+    """fused (low precision) vs fp64 reference, against plain PyTorch in the same dtype."""
+    assert fused.dtype == plain.dtype, f"{name}: dtype {fused.dtype} != plain PyTorch's {plain.dtype}"
+    assert torch.isfinite(fused).all(), f"{name}: non-finite values"
+    err_fused, err_plain = max_err(fused, ref64), max_err(plain, ref64)
+    bound = 2 * err_plain + LOWP_ATOL[fused.dtype]
+    assert err_fused <= bound, f"{name}: error {err_fused:.3g} > 2 x plain PyTorch's {err_plain:.3g} + atol"
