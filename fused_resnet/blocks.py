@@ -1,0 +1,425 @@
+"""Drop-in fused residual blocks.
+
+Each fused block subclasses its unfused twin (same constructor, attributes and
+state_dict keys) and replaces only ``forward`` with a chain of fused ops:
+
+* a BatchNorm that uses running statistics (eval mode, FrozenBatchNorm2d) is
+  folded into the convolution before it (weights scaled, shift as bias), or
+  into the prologue of the convolution after it (pre-activation blocks);
+* a BatchNorm that uses batch statistics (training mode, or no running stats)
+  takes its statistics from the convolution's epilogue, and its
+  normalize + ReLU is applied in the next convolution's prologue, so the
+  normalized activation is never stored;
+* the residual add and final ReLU run in the last convolution's epilogue, or
+  in one ``bn_act`` pass when the last BatchNorm needs batch statistics.
+
+Between stages an activation travels as an ``_Act``: a tensor plus, when a
+BatchNorm is still pending, the per-channel scale/shift (and whether a ReLU
+follows) that its consumer applies while loading it.
+"""
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from . import backends, ops
+from .models.preact import PlainBasicBlock, PlainPreActBasicBlock, PreActBasicBlock, PreActBottleneck, ShortcutA
+
+_log = logging.getLogger("fused_resnet")
+_BN_TYPES = (nn.BatchNorm2d, FrozenBatchNorm2d)
+
+
+class _Act(NamedTuple):
+    t: Tensor
+    scale: Optional[Tensor] = None
+    shift: Optional[Tensor] = None
+    relu: bool = True
+
+    @property
+    def pending(self) -> bool:
+        return self.scale is not None
+
+
+class _Run(NamedTuple):
+    """What every stage of one forward call needs to know."""
+    backend: str
+    dtype: torch.dtype
+
+
+# ---------------------------------------------------------------- structure checks
+
+
+def _conv_reason(conv: nn.Module, name: str) -> str:
+    if type(conv) is not nn.Conv2d:
+        return f"{name} is {type(conv).__name__}, not nn.Conv2d"
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return f"{name} uses padding {conv.padding!r} / mode {conv.padding_mode!r}; only explicit zero padding fuses"
+    return ""
+
+
+def _bn_reason(bn: nn.Module, name: str) -> str:
+    if type(bn) not in _BN_TYPES:
+        return f"{name} is {type(bn).__name__}; only BatchNorm2d and FrozenBatchNorm2d fuse"
+    return ""
+
+
+def _is_conv_bn(m: Optional[nn.Module]) -> bool:
+    return (
+        isinstance(m, nn.Sequential) and len(m) == 2
+        and not _conv_reason(m[0], "") and not _bn_reason(m[1], "")
+    )
+
+
+def unsupported_reason(block: nn.Module) -> str:
+    """Why ``block`` cannot be fused ('' when it can)."""
+    for name, child in block.named_children():
+        if name.startswith("conv"):
+            reason = _conv_reason(child, name)
+        elif name.startswith("bn"):
+            reason = _bn_reason(child, name)
+        else:
+            reason = ""
+        if reason:
+            return reason
+    return ""
+
+
+# ---------------------------------------------------------------- BatchNorm helpers
+
+
+def _uses_batch_stats(bn: nn.Module) -> bool:
+    # nn.BatchNorm2d normalises with batch statistics in training mode, and also
+    # in eval mode when it keeps no running statistics.
+    return isinstance(bn, nn.BatchNorm2d) and (bn.training or bn.running_mean is None)
+
+
+def _eval_scale_shift(bn: nn.Module) -> tuple[Tensor, Tensor]:
+    invstd = torch.rsqrt(bn.running_var.float() + bn.eps)
+    scale = invstd * bn.weight.float() if bn.weight is not None else invstd
+    shift = -bn.running_mean.float() * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.float()
+    return scale, shift
+
+
+def _check_count(count: int, shape) -> None:
+    if count <= 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {shape}")
+
+
+def _batch_norm_params(y: Tensor, mean: Tensor, var: Tensor, bn: nn.BatchNorm2d, run: _Run):
+    """Per-channel (scale, shift) of a batch-statistics BatchNorm; updates its running statistics."""
+    count = y.numel() // y.shape[1]
+    _check_count(count, y.shape)
+    if bn.training and bn.track_running_stats:
+        ops.bn_update_running(
+            mean.detach(), var.detach(), count, bn.running_mean, bn.running_var,
+            bn.num_batches_tracked, bn.momentum, run.backend,
+        )
+    scale, shift, _ = ops.bn_finalize(mean, var, bn.weight, bn.bias, bn.eps, run.backend)
+    return scale, shift
+
+
+# ---------------------------------------------------------------- stages
+
+
+def _materialize(a: _Act, run: _Run) -> Tensor:
+    if not a.pending:
+        return a.t
+    return ops.bn_act(a.t, a.scale, a.shift, None, None, None, a.relu, run.backend)
+
+
+def _conv_bias(conv: nn.Conv2d) -> Optional[Tensor]:
+    return conv.bias.float() if conv.bias is not None else None
+
+
+def _conv_args(conv: nn.Conv2d) -> tuple:
+    return list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups
+
+
+class _FoldCache:
+    """Folded (weight, bias) per convolution, valid while no parameter or buffer changes.
+
+    Reused only when nothing needs gradients: with autograd recording, folding
+    must stay in the graph so gradients reach the conv weight and BN affine.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple] = {}
+
+    @staticmethod
+    def _key(tensors, dtype) -> tuple:
+        return (dtype, torch.is_inference_mode_enabled()) + tuple(
+            (t.data_ptr(), t._version) for t in tensors if t is not None
+        )
+
+    def get(self, conv: nn.Conv2d, bn: nn.Module, dtype: torch.dtype):
+        tensors = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        cacheable = not torch.compiler.is_compiling() and not (
+            torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+        )
+        if not cacheable:
+            return _fold(conv, bn, dtype)
+        key = self._key(tensors, dtype)
+        hit = self._entries.get(id(conv))
+        if hit is None or hit[0] != key:
+            hit = (key, _fold(conv, bn, dtype))
+            self._entries[id(conv)] = hit
+        return hit[1]
+
+
+def _fold(conv: nn.Conv2d, bn: nn.Module, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    # bn(conv(x) + b) = scale * conv(x) + (scale * b + shift) = conv_{W*scale}(x) + bias'
+    scale, shift = _eval_scale_shift(bn)
+    weight = (conv.weight.float() * scale.view(-1, 1, 1, 1)).to(dtype)
+    bias = shift if conv.bias is None else shift + scale * conv.bias.float()
+    return weight, bias
+
+
+def _prologue_input(a: _Act, run: _Run) -> _Act:
+    # The conv prologue applies relu(x*scale + shift); a pending BN without ReLU
+    # (a projection shortcut's) has to be applied on its own first.
+    return a if (not a.pending or a.relu) else _Act(_materialize(a, run))
+
+
+class _Stage:
+    """One convolution with the BatchNorm after it (or none) and its ReLU."""
+
+    def __init__(self, block: "_FusedMixin", conv: nn.Conv2d, bn: Optional[nn.Module], relu: bool):
+        self.block, self.conv, self.bn, self.relu = block, conv, bn, relu
+
+    def batch_stats(self) -> bool:
+        return self.bn is not None and _uses_batch_stats(self.bn)
+
+    def __call__(self, a: _Act, run: _Run, residual: Optional[Tensor] = None) -> _Act:
+        a = _prologue_input(a, run)
+        conv, bn = self.conv, self.bn
+        if self.batch_stats():
+            assert residual is None, "a batch-statistics stage adds its residual in bn_act"
+            y, mean, var = ops.conv(
+                a.t, conv.weight.to(run.dtype), _conv_bias(conv), a.scale, a.shift, None,
+                *_conv_args(conv), False, True, run.backend,
+            )
+            scale, shift = _batch_norm_params(y, mean, var, bn, run)
+            return _Act(y, scale, shift, self.relu)
+        if bn is None:
+            weight, bias = conv.weight.to(run.dtype), _conv_bias(conv)
+        else:
+            weight, bias = self.block._fold_cache.get(conv, bn, run.dtype)
+        y, _, _ = ops.conv(
+            a.t, weight, bias, a.scale, a.shift, residual, *_conv_args(conv), self.relu, False, run.backend
+        )
+        return _Act(y)
+
+
+def _finish(stage: _Stage, a: _Act, shortcut: Optional[_Act], run: _Run) -> Tensor:
+    """Last stage: [relu](bn(conv(a)) + shortcut), in one epilogue or one bn_act pass."""
+    if stage.batch_stats():
+        # Shortcut stages never end in a ReLU, so a pending shortcut BN is a plain affine.
+        y = _Stage(stage.block, stage.conv, stage.bn, relu=False)(a, run)
+        r = shortcut if shortcut is not None else _Act(None)
+        return ops.bn_act(y.t, y.scale, y.shift, r.t, r.scale, r.shift, stage.relu, run.backend)
+    residual = _materialize(shortcut, run) if shortcut is not None else None
+    return stage(a, run, residual).t
+
+
+# ---------------------------------------------------------------- the blocks
+
+
+class _FusedMixin:
+    """Backend selection, input checks, autocast and the fold cache shared by every fused block."""
+
+    _unfused: type[nn.Module]
+    _has_shortcut = True
+    _FUSED_ATTRS = ("requested_backend", "_last_backend", "_fold_cache")
+
+    def __init__(self, *args, backend: str = "auto", **kwargs) -> None:
+        """The unfused block's constructor and arguments, plus the keyword ``backend``."""
+        self._unfused.__init__(self, *args, **kwargs)
+        self._init_fused(backend)
+
+    def _init_fused(self, backend: str) -> None:
+        self.requested_backend = backends.check_name(backend)
+        self._last_backend: Optional[str] = None
+        self._fold_cache = _FoldCache()
+
+    @classmethod
+    def from_block(cls, block: nn.Module, backend: str = "auto"):
+        """The fused twin of ``block``, sharing its parameters, buffers and submodules."""
+        if type(block) is not cls._unfused:
+            raise TypeError(f"{cls.__name__}.from_block expects a {cls._unfused.__name__}, got {type(block).__name__}")
+        reason = unsupported_reason(block)
+        if reason:
+            raise ValueError(f"{type(block).__name__} cannot be fused: {reason}")
+        new = cls.__new__(cls)
+        new.__dict__.update({k: v.copy() if isinstance(v, dict) else v for k, v in block.__dict__.items()})
+        new._init_fused(backend)
+        return new
+
+    def to_block(self) -> nn.Module:
+        """The unfused twin of this block, sharing its parameters, buffers and submodules."""
+        old = self._unfused.__new__(self._unfused)
+        old.__dict__.update({
+            k: v.copy() if isinstance(v, dict) else v for k, v in self.__dict__.items() if k not in self._FUSED_ATTRS
+        })
+        return old
+
+    @property
+    def backend(self) -> str:
+        """The backend this block runs on: that of its last forward, else the one its parameters' device gets."""
+        if self._last_backend is not None:
+            return self._last_backend
+        p = self.conv1.weight
+        return backends.resolve(self.requested_backend, p.device, p.dtype)
+
+    def _in_channels(self) -> int:
+        return self.conv1.in_channels
+
+    def _check_input(self, x) -> None:
+        name = type(self).__name__
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name}: input x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"{name}: input x must be 4-D (N, C, H, W), got {x.dim()}-D with shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name}: input x must be a floating-point tensor, got {x.dtype}")
+        if x.shape[1] != self._in_channels():
+            raise ValueError(f"{name}: input x must have {self._in_channels()} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+        w = self.conv1.weight
+        if x.device != w.device:
+            raise RuntimeError(f"{name}: input x is on {x.device} but the block's parameters (conv1.weight) are on {w.device}")
+
+    def _check_dtype(self, x: Tensor, dtype: torch.dtype) -> None:
+        w = self.conv1.weight
+        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"{type(self).__name__}: input x has dtype {x.dtype} but conv1.weight has dtype {w.dtype}; "
+                "cast the model to the input's dtype or run under torch.autocast"
+            )
+
+    def _run(self, x: Tensor) -> tuple[Tensor, _Run]:
+        dev = x.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        self._check_dtype(x, dtype)
+        backend = backends.resolve(self.requested_backend, x.device, dtype)
+        if not torch.compiler.is_compiling():
+            self._last_backend = backend
+        return x.to(dtype), _Run(backend, dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        x, run = self._run(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return self._fused_forward(x, run)
+
+
+class _FusedV1(_FusedMixin):
+    """Post-activation blocks: conv -> BN -> ReLU ..., ReLU after the residual add."""
+
+    def _stages(self) -> list[_Stage]:
+        n = 3 if hasattr(self, "conv3") else 2
+        return [_Stage(self, getattr(self, f"conv{i}"), getattr(self, f"bn{i}"), relu=True) for i in range(1, n + 1)]
+
+    def _shortcut(self, x: Tensor, run: _Run) -> Optional[_Act]:
+        if not self._has_shortcut:
+            return None
+        ds = self.downsample
+        if ds is None:
+            return _Act(x)
+        if _is_conv_bn(ds):
+            return _Stage(self, ds[0], ds[1], relu=False)(_Act(x), run)
+        return _Act(ds(x))
+
+    def _fused_forward(self, x: Tensor, run: _Run) -> Tensor:
+        *body, last = self._stages()
+        a = _Act(x)
+        for stage in body:
+            a = stage(a, run)
+        return _finish(last, a, self._shortcut(x, run), run)
+
+
+class _FusedPreAct(_FusedMixin):
+    """Pre-activation blocks: every conv reads relu(bn(input)) through its prologue; no ReLU after the add."""
+
+    def _in_channels(self) -> int:
+        return self.bn1.num_features
+
+    def _input_act(self, x: Tensor, run: _Run) -> _Act:
+        bn = self.bn1
+        if _uses_batch_stats(bn):
+            mean, var = ops.batch_stats(x, run.backend)
+            scale, shift = _batch_norm_params(x, mean, var, bn, run)
+        else:
+            scale, shift = _eval_scale_shift(bn)
+        return _Act(x, scale, shift, relu=True)
+
+    def _shortcut(self, x: Tensor, a0: _Act, run: _Run) -> Optional[_Act]:
+        if not self._has_shortcut:
+            return None
+        ds = self.downsample
+        if ds is None:
+            return _Act(x)
+        if type(ds) is nn.Conv2d and not _conv_reason(ds, ""):
+            return _Stage(self, ds, None, relu=False)(a0, run)
+        if _is_conv_bn(ds):
+            return _Stage(self, ds[0], ds[1], relu=False)(a0, run)
+        return _Act(ds(_materialize(a0, run)))
+
+    def _fused_forward(self, x: Tensor, run: _Run) -> Tensor:
+        n = 3 if hasattr(self, "conv3") else 2
+        a0 = self._input_act(x, run)
+        a = a0
+        # conv_i is followed by bn_{i+1} + ReLU (the next prologue); the last conv has no BN after it.
+        for i in range(1, n):
+            a = _Stage(self, getattr(self, f"conv{i}"), getattr(self, f"bn{i + 1}"), relu=True)(a, run)
+        last = _Stage(self, getattr(self, f"conv{n}"), None, relu=False)
+        return _finish(last, a, self._shortcut(x, a0, run), run)
+
+
+class FusedBasicBlock(_FusedV1, BasicBlock):
+    """Fused twin of torchvision's BasicBlock."""
+    _unfused = BasicBlock
+
+
+class FusedBottleneck(_FusedV1, Bottleneck):
+    """Fused twin of torchvision's Bottleneck (ResNet-50/101/152, ResNeXt, wide ResNets)."""
+    _unfused = Bottleneck
+
+
+class FusedPlainBasicBlock(_FusedV1, PlainBasicBlock):
+    """Fused twin of PlainBasicBlock (no shortcut)."""
+    _unfused = PlainBasicBlock
+    _has_shortcut = False
+
+
+class FusedPreActBasicBlock(_FusedPreAct, PreActBasicBlock):
+    """Fused twin of the pre-activation BasicBlock."""
+    _unfused = PreActBasicBlock
+
+
+class FusedPreActBottleneck(_FusedPreAct, PreActBottleneck):
+    """Fused twin of the pre-activation Bottleneck."""
+    _unfused = PreActBottleneck
+
+
+class FusedPlainPreActBasicBlock(_FusedPreAct, PlainPreActBasicBlock):
+    """Fused twin of PlainPreActBasicBlock (no shortcut)."""
+    _unfused = PlainPreActBasicBlock
+    _has_shortcut = False
+
+
+FUSED_BLOCKS = (
+    FusedBasicBlock, FusedBottleneck, FusedPlainBasicBlock,
+    FusedPreActBasicBlock, FusedPreActBottleneck, FusedPlainPreActBasicBlock,
+)
+FUSED_TWIN: dict[type, type] = {cls._unfused: cls for cls in FUSED_BLOCKS}
+
+__all__ = [
+    "FusedBasicBlock", "FusedBottleneck", "FusedPlainBasicBlock", "FusedPreActBasicBlock",
+    "FusedPreActBottleneck", "FusedPlainPreActBasicBlock", "FUSED_BLOCKS", "FUSED_TWIN", "unsupported_reason",
+]

@@ -1,0 +1,8 @@
+"""Network builders and unfused blocks that torchvision does not ship."""
+from .cifar import CifarResNet, cifar_resnet
+from .preact import PlainBasicBlock, PlainPreActBasicBlock, PreActBasicBlock, PreActBottleneck, ShortcutA
+
+__all__ = [
+    "CifarResNet", "cifar_resnet", "PlainBasicBlock", "PlainPreActBasicBlock",
+    "PreActBasicBlock", "PreActBottleneck", "ShortcutA",
+]
