@@ -58,12 +58,15 @@ def _why_not(backend: Backend, device: torch.device, dtype: torch.dtype) -> str:
     return "" if ok else reason
 
 
+@torch.compiler.assume_constant_result
 def resolve(requested: str, device: torch.device, dtype: torch.dtype) -> str:
     """The backend that serves a block whose input lives on ``device`` with ``dtype``.
 
     An explicit backend that cannot serve raises with its reason; under "auto"
     the first capable backend of AUTO_ORDER wins, and skipping a better one on
-    a GPU is logged once per reason.
+    a GPU is logged once per reason. The answer depends only on the arguments
+    and this machine, so torch.compile evaluates it once while tracing and
+    keeps the name as a constant.
     """
     if requested != "auto":
         reason = _why_not(get(requested), device, dtype)
