@@ -1,15 +1,402 @@
-"""The triton backend: fused implicit-GEMM convolutions from ``fused_resnet.kernels``."""
+"""The triton backend: fused implicit-GEMM convolutions from the repository's ``kernels/``.
+
+The kernels (``kernels/conv.py``) never allocate or validate; the launchers here
+do: they check every tensor (device, dtype, shape) and name the offending one,
+bring activations to dense NHWC (channels_last), convert weights to the
+[KH, KW, Cin/groups, Cout] layout the kernel reads (cached per weight version),
+allocate outputs in the memory format ``_layout.output_format`` prescribes,
+pick a tile configuration (autotuned once per problem key on a GPU, one small
+fixed one under TRITON_INTERPRET=1) and launch.
+
+fp32 convolutions use TF32 tensor cores exactly when
+``torch.backends.cudnn.allow_tf32`` is set (the flag PyTorch consults for its
+own convolutions, default True), full IEEE fp32 otherwise and always under the
+interpreter. fp16/bf16 run on tensor cores with fp32 accumulation.
+
+``conv_backward`` and ``bn_act_backward`` are inherited from the reference.
+"""
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
+import sys
+import weakref
+from collections import OrderedDict
+from pathlib import Path
+from typing import Optional, Sequence
 
 import torch
+from torch import Tensor
 
+from .._layout import conv_out_hw, empty_vec, output_format
 from .base import FLOAT_DTYPES, Backend
+
+_ROOT = Path(__file__).resolve().parents[2]
+_INT32_LIMIT = 2**31
 
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+_kernels_mod = None
+
+
+def kernels():
+    """The ``kernels/conv.py`` module of this repository (imported lazily, with triton)."""
+    global _kernels_mod
+    if _kernels_mod is None:
+        path = _ROOT / "kernels" / "conv.py"
+        try:
+            mod = importlib.import_module("kernels.conv")
+            if Path(mod.__file__).resolve() != path:
+                raise ImportError("a different 'kernels' package shadows the repository's")
+        except ImportError:
+            name = "_fused_resnet_kernels_conv"
+            spec = importlib.util.spec_from_file_location(name, path)
+            if spec is None or not path.exists():
+                raise ImportError(f"the Triton kernels are missing: {path} not found") from None
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[name] = mod
+            spec.loader.exec_module(mod)
+        _kernels_mod = mod
+    return _kernels_mod
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_device(name: str, t: Tensor, device: torch.device) -> None:
+    if t.device != device:
+        raise ValueError(f"triton conv: {name} is on {t.device}, but x is on {device}")
+
+
+def _check_vec(name: str, t: Optional[Tensor], n: int, device: torch.device) -> None:
+    if t is None:
+        return
+    if not isinstance(t, Tensor):
+        raise TypeError(f"triton backend: {name} must be a tensor, got {type(t).__name__}")
+    _check_device(name, t, device)
+    if t.dtype != torch.float32:
+        raise TypeError(f"triton backend: {name} must be float32 (per-channel vectors are fp32), got {t.dtype}")
+    if t.dim() != 1 or t.shape[0] != n:
+        raise ValueError(f"triton backend: {name} must have shape [{n}], got {list(t.shape)}")
+
+
+def _check_activation(name: str, t: Tensor) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"triton backend: {name} must be a tensor, got {type(t).__name__}")
+    if t.dim() != 4:
+        raise ValueError(f"triton backend: {name} must be 4-D (N, C, H, W), got shape {list(t.shape)}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"triton backend: {name} has dtype {t.dtype}; supported are float32, float16, bfloat16")
+    if t.device.type == "cpu" and not _interpreting():
+        raise RuntimeError(f"triton backend: {name} is on the CPU, which runs only under TRITON_INTERPRET=1")
+    if t.device.type not in ("cpu", "cuda"):
+        raise RuntimeError(f"triton backend: {name} is on {t.device.type}, not CUDA")
+    if t.numel() >= _INT32_LIMIT:
+        raise ValueError(f"triton backend: {name} has {t.numel()} elements; the kernels index with int32 (< 2**31)")
+
+
+def _pair(name: str, v) -> tuple[int, int]:
+    if isinstance(v, int):
+        return v, v
+    v = tuple(int(e) for e in v)
+    if len(v) == 1:
+        return v[0], v[0]
+    if len(v) != 2:
+        raise ValueError(f"triton conv: {name} must have 1 or 2 entries, got {v}")
+    return v
+
+
+def _nhwc(t: Tensor) -> Tensor:
+    """A dense NHWC buffer holding ``t`` (no copy when it already is one)."""
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+# ----------------------------------------------------------------------------- weight cache
+
+_W_CACHE: "OrderedDict[tuple, tuple[weakref.ref, Tensor]]" = OrderedDict()
+_W_CACHE_MAX = 256
+
+
+def _kernel_weight(weight: Tensor) -> Tensor:
+    """[Cout, Cin/g, KH, KW] -> dense [KH, KW, Cin/g, Cout], cached per (data_ptr, _version).
+
+    A hit also requires the cached tensor object to be alive (so its memory, and
+    the address in the key, cannot have been reused) and is skipped while
+    torch.compile traces.
+    """
+    def convert():
+        return weight.detach().permute(2, 3, 1, 0).contiguous()
+
+    if torch.compiler.is_compiling():
+        return convert()
+    key = (weight.data_ptr(), weight._version, tuple(weight.shape), tuple(weight.stride()), weight.dtype,
+           weight.device)
+    hit = _W_CACHE.get(key)
+    if hit is not None and hit[0]() is weight:
+        _W_CACHE.move_to_end(key)
+        return hit[1]
+    w = convert()
+    _W_CACHE[key] = (weakref.ref(weight), w)
+    if len(_W_CACHE) > _W_CACHE_MAX:
+        for k in [k for k, (r, _) in _W_CACHE.items() if r() is None]:
+            del _W_CACHE[k]
+        while len(_W_CACHE) > _W_CACHE_MAX:
+            _W_CACHE.popitem(last=False)
+    return w
+
+
+def clear_weight_cache() -> None:
+    _W_CACHE.clear()
+
+
+# ----------------------------------------------------------------------------- autotuning
+
+_TUNED: dict[tuple, tuple] = {}
+
+
+def _bucket(m: int) -> int:
+    return 1 << max(int(m) - 1, 0).bit_length()
+
+
+def _pick_config(key: tuple, candidates: list, launch) -> tuple:
+    """The fastest of ``candidates`` for ``key`` (timed once per key), or the only one."""
+    if len(candidates) == 1:
+        return candidates[0]
+    cfg = _TUNED.get(key)
+    if cfg is not None:
+        return cfg
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return candidates[0]  # no timing inside a CUDA graph capture; tune on an eager call first
+    from triton.testing import do_bench
+
+    best, best_ms = None, float("inf")
+    for cand in candidates:
+        try:
+            ms = do_bench(lambda: launch(cand), warmup=5, rep=20)
+        except Exception:  # noqa: BLE001 - a config that does not fit (shared memory, registers) is skipped
+            continue
+        if ms < best_ms:
+            best, best_ms = cand, ms
+    if best is None:
+        raise RuntimeError(f"triton conv: no configuration could run the problem {key}")
+    _TUNED[key] = best
+    return best
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _merge_stats(pmean: Tensor, pm2: Tensor, m: int, tile_m: int, c: int, device) -> tuple[Tensor, Tensor]:
+    k = kernels()
+    mean = torch.empty(c, dtype=torch.float32, device=device)
+    var = torch.empty(c, dtype=torch.float32, device=device)
+    t = pmean.shape[0]
+    block_c = 16 if _interpreting() else 32
+    block_t = 16 if _interpreting() else 128
+    k.stats_merge_kernel[(triton_cdiv(c, block_c),)](
+        pmean, pm2, mean, var, t, c, m, tile_m, BLOCK_T=block_t, BLOCK_C=block_c, num_warps=4,
+    )
+    return mean, var
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    if _interpreting():
+        return "ieee"
+    if dtype == torch.float32:
+        return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+    return "tf32"  # ignored for fp16/bf16 operands
+
+
+def conv(
+    x: Tensor, weight: Tensor, bias: Optional[Tensor], in_scale: Optional[Tensor],
+    in_shift: Optional[Tensor], residual: Optional[Tensor], stride: Sequence[int],
+    padding: Sequence[int], dilation: Sequence[int], groups: int, relu: bool, stats: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``fused_resnet::conv`` on the Triton kernel (contract: ops.py, reference.conv)."""
+    _check_activation("x", x)
+    device, dtype = x.device, x.dtype
+    if not isinstance(weight, Tensor) or weight.dim() != 4:
+        raise ValueError(f"triton conv: weight must be a 4-D tensor [Cout, Cin/groups, KH, KW], got "
+                         f"{list(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__}")
+    _check_device("weight", weight, device)
+    if weight.dtype != dtype:
+        raise TypeError(f"triton conv: weight has dtype {weight.dtype}, but x has {dtype} (they must match)")
+    groups = int(groups)
+    n, cin, h, w = x.shape
+    cout, cin_g, kh, kw = weight.shape
+    if groups < 1 or cin % groups or cout % groups:
+        raise ValueError(f"triton conv: groups={groups} must divide Cin={cin} and Cout={cout}")
+    if cin_g != cin // groups:
+        raise ValueError(f"triton conv: weight has {cin_g} input channels per group, but x has Cin={cin} "
+                         f"and groups={groups} (expected {cin // groups})")
+    sh, sw = _pair("stride", stride)
+    ph, pw = _pair("padding", padding)
+    dh, dw = _pair("dilation", dilation)
+    if min(sh, sw, dh, dw) < 1 or min(ph, pw) < 0:
+        raise ValueError(f"triton conv: invalid stride {stride}, padding {padding} or dilation {dilation}")
+    ho, wo = conv_out_hw(h, w, (kh, kw), (sh, sw), (ph, pw), (dh, dw))
+    if ho < 1 or wo < 1:
+        raise ValueError(f"triton conv: the output would be empty ({ho}x{wo}) for input {h}x{w}, kernel {kh}x{kw}")
+    _check_vec("bias", bias, cout, device)
+    if (in_scale is None) != (in_shift is None):
+        raise ValueError("triton conv: in_scale and in_shift must be given together (the prologue needs both)")
+    _check_vec("in_scale", in_scale, cin, device)
+    _check_vec("in_shift", in_shift, cin, device)
+    if residual is not None:
+        _check_activation("residual", residual)
+        _check_device("residual", residual, device)
+        if residual.dtype != dtype:
+            raise TypeError(f"triton conv: residual has dtype {residual.dtype}, but x has {dtype} (they must match)")
+        if tuple(residual.shape) != (n, cout, ho, wo):
+            raise ValueError(f"triton conv: residual must have the output's shape {[n, cout, ho, wo]}, "
+                             f"got {list(residual.shape)}")
+    if n * cout * ho * wo >= _INT32_LIMIT:
+        raise ValueError("triton conv: the output has 2**31 elements or more; the kernels index with int32")
+
+    if n == 0:
+        y = torch.empty((n, cout, ho, wo), dtype=dtype, device=device, memory_format=output_format(x))
+        if not stats:
+            return y, empty_vec(x), empty_vec(x)
+        nan = torch.full((cout,), float("nan"), dtype=torch.float32, device=device)
+        return y, nan, nan.clone()
+    k = kernels()
+    xk = _nhwc(x)
+    wk = _kernel_weight(weight)
+    rk = _nhwc(residual) if residual is not None else None
+    y = torch.empty((n, cout, ho, wo), dtype=dtype, device=device, memory_format=torch.channels_last)
+    m = n * ho * wo
+    cout_g = cout // groups
+    dummy = y  # stands in for absent optional pointers (never dereferenced)
+    prec = _dot_precision(dtype)
+    candidates = k.conv_configs(cin_g, cout_g, x.element_size())
+    partials = {}
+
+    def launch(cfg):
+        bm, bn, bk, warps, stages = cfg
+        if stats:
+            if bm not in partials:
+                tiles = triton_cdiv(m, bm)
+                partials[bm] = (torch.empty((tiles, cout), dtype=torch.float32, device=device),
+                                torch.empty((tiles, cout), dtype=torch.float32, device=device))
+            pmean, pm2 = partials[bm]
+        else:
+            pmean = pm2 = dummy
+        grid = (triton_cdiv(m, bm) * triton_cdiv(cout_g, bn), groups)
+        k.conv_fwd_kernel[grid](
+            xk, wk, y, bias if bias is not None else dummy,
+            in_scale if in_scale is not None else dummy, in_shift if in_shift is not None else dummy,
+            rk if rk is not None else dummy, pmean, pm2,
+            m, h, w, cin, ho, wo, cout, cin_g, cout_g, sh, sw, ph, pw, dh, dw,
+            KH=kh, KW=kw, HAS_PRO=in_scale is not None, HAS_BIAS=bias is not None,
+            HAS_RES=residual is not None, RELU=bool(relu), STATS=bool(stats), EVEN_K=cin_g % bk == 0,
+            DOT_PRECISION=prec, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=k.GROUP_M,
+            num_warps=warps, num_stages=stages,
+        )
+
+    key = (_bucket(m), cin, cout, kh, kw, sh, sw, ph, pw, dh, dw, groups, dtype, in_scale is not None,
+           bias is not None, residual is not None, bool(relu), bool(stats), prec, device.index)
+    with torch.cuda.device(device) if device.type == "cuda" else _nullcontext():
+        cfg = _pick_config(key, candidates, launch)
+        launch(cfg)
+        if stats:
+            pmean, pm2 = partials[cfg[0]]
+            mean, var = _merge_stats(pmean, pm2, m, cfg[0], cout, device)
+        else:
+            mean, var = empty_vec(x), empty_vec(x)
+    if output_format(x) != torch.channels_last:
+        y = y.contiguous(memory_format=output_format(x))
+    return y, mean, var
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and biased variance (fp32): per-tile partials, then Chan's merge."""
+    _check_activation("x", x)
+    k = kernels()
+    n, c, h, w = x.shape
+    m = n * h * w
+    if m == 0:
+        nan = torch.full((c,), float("nan"), dtype=torch.float32, device=x.device)
+        return nan, nan.clone()
+    xk = _nhwc(x)
+    bm, bc = (32, 16) if _interpreting() else (128, 64)
+    tiles = triton_cdiv(m, bm)
+    pmean = torch.empty((tiles, c), dtype=torch.float32, device=x.device)
+    pm2 = torch.empty_like(pmean)
+    with torch.cuda.device(x.device) if x.device.type == "cuda" else _nullcontext():
+        k.stats_partial_kernel[(tiles, triton_cdiv(c, bc))](xk, pmean, pm2, m, c, BLOCK_M=bm, BLOCK_C=bc,
+                                                           num_warps=4)
+        return _merge_stats(pmean, pm2, m, bm, c, x.device)
+
+
+def bn_act(
+    y: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor],
+    res_scale: Optional[Tensor], res_shift: Optional[Tensor], relu: bool,
+) -> Tensor:
+    """out = [relu](y*scale + shift + residual*res_scale + res_shift) in y's layout (NHWC or NCHW)."""
+    _check_activation("y", y)
+    device = y.device
+    n, c, h, w = y.shape
+    _check_vec("scale", scale, c, device)
+    _check_vec("shift", shift, c, device)
+    if scale is None or shift is None:
+        raise ValueError("triton bn_act: scale and shift are required")
+    if (res_scale is None) != (res_shift is None):
+        raise ValueError("triton bn_act: res_scale and res_shift must be given together")
+    if res_scale is not None and residual is None:
+        raise ValueError("triton bn_act: res_scale/res_shift given without a residual")
+    _check_vec("res_scale", res_scale, c, device)
+    _check_vec("res_shift", res_shift, c, device)
+    fmt = output_format(y)
+    yk = y.contiguous(memory_format=fmt)
+    if residual is not None:
+        _check_activation("residual", residual)
+        _check_device("residual", residual, device)
+        if residual.dtype != y.dtype:
+            raise TypeError(f"triton bn_act: residual has dtype {residual.dtype}, but y has {y.dtype}")
+        if residual.shape != y.shape:
+            raise ValueError(f"triton bn_act: residual must have y's shape {list(y.shape)}, got {list(residual.shape)}")
+        rk = residual.contiguous(memory_format=fmt)
+    out = torch.empty(y.shape, dtype=y.dtype, device=device, memory_format=fmt)
+    if y.numel() == 0:
+        return out
+    on_cols = fmt == torch.channels_last
+    r_, l_ = (n * h * w, c) if on_cols else (n * c, h * w)
+    k = kernels()
+    if _interpreting():
+        bl = min(triton_next_pow2(l_), 64)
+        br = max(1, 256 // bl)
+    else:
+        bl = min(triton_next_pow2(l_), 256)
+        br = max(1, 4096 // bl)
+    with torch.cuda.device(device) if device.type == "cuda" else _nullcontext():
+        k.bn_act_kernel[(triton_cdiv(r_, br), triton_cdiv(l_, bl))](
+            yk, scale, shift, rk if residual is not None else yk,
+            res_scale if res_scale is not None else scale, res_shift if res_shift is not None else shift,
+            out, r_, l_, c,
+            CHANNEL_ON_COLS=on_cols, HAS_RES=residual is not None, HAS_RSCALE=res_scale is not None,
+            RELU=bool(relu), BLOCK_R=br, BLOCK_L=bl, num_warps=4,
+        )
+    return out
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
 
 
 class TritonBackend(Backend):
@@ -32,3 +419,7 @@ class TritonBackend(Backend):
         if device.type not in ("cpu", "cuda"):
             return False, f"device type {device.type!r} is not CUDA"
         return True, ""
+
+    conv = staticmethod(conv)
+    batch_stats = staticmethod(batch_stats)
+    bn_act = staticmethod(bn_act)

@@ -1,0 +1,436 @@
+"""Triton kernels of the ``triton`` backend: fused NHWC implicit-GEMM convolution.
+
+Kernels never allocate and never validate: the launcher in
+``fused_resnet/backends/triton.py`` does both. Every tensor a kernel sees is a
+dense buffer in the layout documented on the kernel.
+
+conv_fwd_kernel
+    y[m, co] = epilogue( sum_{kh,kw,ci} prologue(x)[n, ih, iw, g*Cg + ci] * w[kh, kw, ci, co] )
+    as a GEMM with rows m = (n, oh, ow) (M = N*Ho*Wo), columns co (one group's
+    Cout/groups channels, the group on grid axis 1) and a reduction dimension
+    walked tap by tap, BLOCK_K input channels of one filter tap at a time (the
+    A tile is then a coalesced NHWC load along channels). One flattened K loop
+    over (tap, channel block) keeps the software pipeline busy even when a tap
+    has a single channel block.
+      prologue (HAS_PRO): a = relu(x*scale[ci] + shift[ci]), rounded to x's dtype,
+          then masked: padded taps and ragged channels contribute exactly 0.
+      epilogue: + bias[co] (HAS_BIAS), + residual[m, co] (HAS_RES), relu (RELU),
+          cast to y's dtype, NHWC store; STATS: per-tile, per-channel mean and
+          M2 (sum of squared deviations from the tile mean) of the *stored*
+          (rounded) values, into partials [num_m_tiles, Cout] (no atomics:
+          deterministic), merged by stats_merge_kernel.
+    x: [N, H, W, Cin] dense; w: [KH, KW, Cin/groups, Cout] dense; y, residual:
+    [N, Ho, Wo, Cout] dense; bias, scale, shift: fp32 vectors.
+
+stats_partial_kernel / stats_merge_kernel
+    per-channel mean and biased variance of an [M, C] row-major matrix (an NHWC
+    activation): per-tile (mean, M2), then Chan's parallel merge, in tile order.
+
+bn_act_kernel
+    out = [relu](y*scale[c] + shift[c] + residual*res_scale[c] + res_shift[c])
+    on an [R, L] view of a dense NHWC (channel = column) or NCHW (channel = row % C)
+    tensor.
+
+Offsets are int32: the launcher refuses tensors of 2**31 elements or more.
+"""
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# ----------------------------------------------------------------------------- conv
+
+
+@triton.jit
+def conv_fwd_kernel(
+    x_ptr, w_ptr, y_ptr, bias_ptr, scale_ptr, shift_ptr, res_ptr, pmean_ptr, pm2_ptr,
+    M, H, W, CIN, HO, WO, COUT, CIN_G, COUT_G,
+    SH, SW, PH, PW, DH, DW,
+    KH: tl.constexpr, KW: tl.constexpr,
+    HAS_PRO: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
+    RELU: tl.constexpr, STATS: tl.constexpr, EVEN_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    g = tl.program_id(1)
+    # Grouped ordering of the (m, n) tiles so neighbouring programs share A rows in L2.
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(COUT_G, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # channel within the group
+    offs_k = tl.arange(0, BLOCK_K)
+    m_ok = offs_m < M
+    n_ok = offs_n < COUT_G
+    col = g * COUT_G + offs_n  # output channel
+
+    # Output pixel -> top-left input pixel of its receptive field.
+    ow = offs_m % WO
+    t = offs_m // WO
+    oh = t % HO
+    nb = t // HO
+    ih0 = oh * SH - PH
+    iw0 = ow * SW - PW
+    x_row = ((nb * H + ih0) * W + iw0) * CIN + g * CIN_G  # may point outside; masked
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    KC = tl.cdiv(CIN_G, BLOCK_K)
+    for kk in range(0, KH * KW * KC):
+        tap = kk // KC
+        c0 = (kk - tap * KC) * BLOCK_K
+        kh = tap // KW
+        kw = tap - kh * KW
+        ih = ih0 + kh * DH
+        iw = iw0 + kw * DW
+        row_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        cs = c0 + offs_k
+        if EVEN_K:
+            a_mask = tl.broadcast_to(row_ok[:, None], (BLOCK_M, BLOCK_K))
+            b_mask = tl.broadcast_to(n_ok[None, :], (BLOCK_K, BLOCK_N))
+        else:
+            k_ok = cs < CIN_G
+            a_mask = row_ok[:, None] & k_ok[None, :]
+            b_mask = k_ok[:, None] & n_ok[None, :]
+        a_ptrs = x_ptr + (x_row + (kh * DH * W + kw * DW) * CIN)[:, None] + cs[None, :]
+        a = tl.load(a_ptrs, mask=a_mask, other=0.0)
+        if HAS_PRO:
+            if EVEN_K:
+                sc = tl.load(scale_ptr + g * CIN_G + cs)
+                sf = tl.load(shift_ptr + g * CIN_G + cs)
+            else:
+                sc = tl.load(scale_ptr + g * CIN_G + cs, mask=cs < CIN_G, other=0.0)
+                sf = tl.load(shift_ptr + g * CIN_G + cs, mask=cs < CIN_G, other=0.0)
+            u = a.to(tl.float32) * sc[None, :] + sf[None, :]
+            u = tl.maximum(u, 0.0).to(x_ptr.dtype.element_ty)
+            # Zero padding (and ragged channels) applied after the transform.
+            a = tl.where(a_mask, u, tl.zeros_like(u))
+        b_ptrs = w_ptr + ((tap * CIN_G + cs) * COUT)[:, None] + col[None, :]
+        b = tl.load(b_ptrs, mask=b_mask, other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+    # ---- epilogue
+    mask = m_ok[:, None] & n_ok[None, :]
+    y_off = offs_m[:, None] * COUT + col[None, :]
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + col, mask=n_ok, other=0.0)
+        acc += bias[None, :]
+    if HAS_RES:
+        r = tl.load(res_ptr + y_off, mask=mask, other=0.0)
+        acc += r.to(tl.float32)
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    y = acc.to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + y_off, y, mask=mask)
+    if STATS:
+        # Statistics of the stored (rounded) values: per-tile mean and M2.
+        yf = tl.where(mask, y.to(tl.float32), 0.0)
+        cnt = tl.minimum(M - pid_m * BLOCK_M, BLOCK_M).to(tl.float32)
+        tmean = tl.sum(yf, axis=0) / cnt
+        d = tl.where(mask, yf - tmean[None, :], 0.0)
+        tm2 = tl.sum(d * d, axis=0)
+        tl.store(pmean_ptr + pid_m * COUT + col, tmean, mask=n_ok)
+        tl.store(pm2_ptr + pid_m * COUT + col, tm2, mask=n_ok)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+@triton.jit
+def stats_partial_kernel(
+    x_ptr, pmean_ptr, pm2_ptr, M, C,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Per-tile mean and M2 of an [M, C] row-major matrix, tiles of BLOCK_M rows."""
+    pid_m = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = offs_c < C
+    mask = (offs_m < M)[:, None] & c_ok[None, :]
+    v = tl.load(x_ptr + offs_m[:, None] * C + offs_c[None, :], mask=mask, other=0.0).to(tl.float32)
+    cnt = tl.minimum(M - pid_m * BLOCK_M, BLOCK_M).to(tl.float32)
+    tmean = tl.sum(v, axis=0) / cnt
+    d = tl.where(mask, v - tmean[None, :], 0.0)
+    tl.store(pmean_ptr + pid_m * C + offs_c, tmean, mask=c_ok)
+    tl.store(pm2_ptr + pid_m * C + offs_c, tl.sum(d * d, axis=0), mask=c_ok)
+
+
+@triton.jit
+def stats_merge_kernel(
+    pmean_ptr, pm2_ptr, mean_ptr, var_ptr, T, C, M, TILE_M,
+    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Merge T per-tile (mean, M2) partials (tile t has min(TILE_M, M - t*TILE_M) rows).
+
+    BLOCK_T tiles at a time are combined exactly (weighted mean, then M2 plus the
+    between-tile term about that mean), and the blocks are merged in order with
+    Chan's parallel formula; the result is the mean and biased variance. Fixed
+    order: deterministic.
+    """
+    pid = tl.program_id(0)
+    offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = offs_c < C
+    n_a = 0.0
+    mean_a = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    m2_a = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for t0 in range(0, T, BLOCK_T):
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        t_ok = offs_t < T
+        cnt = tl.where(t_ok, tl.minimum(M - offs_t * TILE_M, TILE_M), 0).to(tl.float32)
+        mask = t_ok[:, None] & c_ok[None, :]
+        pm = tl.load(pmean_ptr + offs_t[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
+        p2 = tl.load(pm2_ptr + offs_t[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
+        n_b = tl.sum(cnt, axis=0)
+        mean_b = tl.sum(pm * cnt[:, None], axis=0) / n_b
+        dev = pm - mean_b[None, :]
+        m2_b = tl.sum(p2 + cnt[:, None] * dev * dev, axis=0)
+        n = n_a + n_b
+        delta = mean_b - mean_a
+        mean_a = mean_a + delta * (n_b / n)
+        m2_a = m2_a + m2_b + delta * delta * (n_a * n_b / n)
+        n_a = n
+    tl.store(mean_ptr + offs_c, mean_a, mask=c_ok)
+    tl.store(var_ptr + offs_c, m2_a / n_a, mask=c_ok)
+
+
+# ----------------------------------------------------------------------------- BN-apply
+
+
+@triton.jit
+def bn_act_kernel(
+    y_ptr, scale_ptr, shift_ptr, res_ptr, rscale_ptr, rshift_ptr, out_ptr, R, L, C,
+    CHANNEL_ON_COLS: tl.constexpr, HAS_RES: tl.constexpr, HAS_RSCALE: tl.constexpr,
+    RELU: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """out = [relu](y*scale + shift + r) on an [R, L] row-major view.
+
+    NHWC: R = N*H*W, L = C, channel = column. NCHW: R = N*C, L = H*W, channel = row % C.
+    r = residual*res_scale + res_shift (HAS_RSCALE) or residual (HAS_RES).
+    """
+    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    r_ok = offs_r < R
+    l_ok = offs_l < L
+    mask = r_ok[:, None] & l_ok[None, :]
+    off = offs_r[:, None] * L + offs_l[None, :]
+    v = tl.load(y_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    if CHANNEL_ON_COLS:
+        ch = offs_l
+        ch_ok = l_ok
+    else:
+        ch = offs_r % C
+        ch_ok = r_ok
+    sc = tl.load(scale_ptr + ch, mask=ch_ok, other=0.0)
+    sf = tl.load(shift_ptr + ch, mask=ch_ok, other=0.0)
+    if CHANNEL_ON_COLS:
+        z = v * sc[None, :] + sf[None, :]
+    else:
+        z = v * sc[:, None] + sf[:, None]
+    if HAS_RES:
+        r = tl.load(res_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        if HAS_RSCALE:
+            rs = tl.load(rscale_ptr + ch, mask=ch_ok, other=0.0)
+            rt = tl.load(rshift_ptr + ch, mask=ch_ok, other=0.0)
+            if CHANNEL_ON_COLS:
+                r = r * rs[None, :] + rt[None, :]
+            else:
+                r = r * rs[:, None] + rt[:, None]
+        z += r
+    if RELU:
+        z = tl.maximum(z, 0.0)
+    tl.store(out_ptr + off, z.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------- configurations
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) tried by the launcher's
+# autotuner on a GPU; pruned to the problem's channel counts before timing.
+CONV_CONFIGS = (
+    (128, 64, 64, 4, 4),
+    (128, 128, 64, 8, 3),
+    (64, 128, 64, 4, 4),
+    (128, 256, 64, 8, 3),
+    (64, 64, 64, 4, 4),
+    (128, 128, 32, 4, 4),
+)
+# The single configuration used under TRITON_INTERPRET=1 (tiny test shapes).
+INTERPRET_CONV_CONFIG = (32, 16, 16, 1, 1)
+GROUP_M = 8
+
+
+def _pow2_at_least(n: int, lo: int) -> int:
+    return max(lo, triton.next_power_of_2(max(int(n), 1)))
+
+
+def conv_configs(cin_g: int, cout_g: int, elem_size: int) -> list[tuple[int, int, int, int, int]]:
+    """The candidate configurations for one problem: blocks clamped to the channel counts."""
+    if interpreting():
+        return [INTERPRET_CONV_CONFIG]
+    out = []
+    for bm, bn, bk, warps, stages in CONV_CONFIGS:
+        bn = min(bn, _pow2_at_least(cout_g, 16))
+        bk = min(bk, _pow2_at_least(cin_g, 16))
+        if elem_size == 4:  # fp32 tiles need twice the shared memory
+            bk = min(bk, 32)
+            stages = min(stages, 3)
+        cfg = (bm, bn, bk, warps, stages)
+        if cfg not in out:
+            out.append(cfg)
+    return out
+
+
+# ----------------------------------------------------------------------------- AOT compile checks
+
+_TL_DTYPES = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
+
+
+def conv_signature(dtype: str) -> dict[str, str]:
+    """The ASTSource signature of conv_fwd_kernel for activations of ``dtype``."""
+    p = f"*{_TL_DTYPES[dtype]}"
+    sig = {
+        "x_ptr": p, "w_ptr": p, "y_ptr": p, "bias_ptr": "*fp32", "scale_ptr": "*fp32",
+        "shift_ptr": "*fp32", "res_ptr": p, "pmean_ptr": "*fp32", "pm2_ptr": "*fp32",
+    }
+    for name in ("M", "H", "W", "CIN", "HO", "WO", "COUT", "CIN_G", "COUT_G", "SH", "SW", "PH", "PW", "DH", "DW"):
+        sig[name] = "i32"
+    for name in ("KH", "KW", "HAS_PRO", "HAS_BIAS", "HAS_RES", "RELU", "STATS", "EVEN_K", "DOT_PRECISION",
+                 "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"):
+        sig[name] = "constexpr"
+    return sig
+
+
+_DIVISIBLE_CONV_ARGS = ("x_ptr", "w_ptr", "y_ptr", "bias_ptr", "scale_ptr", "shift_ptr", "res_ptr", "pmean_ptr",
+                        "pm2_ptr", "CIN", "COUT", "CIN_G", "COUT_G")
+
+
+def _attrs(fn, names):
+    """ASTSource attrs marking ``names`` 16-divisible, as the JIT does for aligned launches."""
+    return {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in names}
+
+
+def conv_specializations():
+    """The constexpr combinations the launcher can produce, one representative config each.
+
+    Yields (name, kernel, signature, constexprs, options, attrs). bf16 (the
+    production dtype) covers all 32 combinations of the prologue/epilogue flags;
+    fp16 and fp32 cover all-off, all-on and each flag alone; every kernel size
+    (1, 3, 7) x dtype x EVEN_K is compiled with all flags on, and fp32 with both
+    TF32 and IEEE dot precision. EVEN_K specialisations carry the 16-divisibility
+    a ResNet launch has (aligned pointers, channel counts), ragged ones none.
+    """
+    flags = ("HAS_PRO", "HAS_BIAS", "HAS_RES", "RELU", "STATS")
+    seen = set()
+    out = []
+
+    def add(dtype, k, even_k, prec, bits):
+        key = (dtype, k, even_k, prec, bits)
+        if key in seen:
+            return
+        seen.add(key)
+        bm, bn, bk, warps, stages = (128, 64, 32, 4, 3) if dtype == "fp32" else (128, 64, 64, 4, 4)
+        consts = dict(zip(flags, bits))
+        consts.update(KH=k, KW=k, EVEN_K=even_k, DOT_PRECISION=prec, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                      GROUP_M=GROUP_M)
+        name = f"conv_{dtype}_{k}x{k}_{'even' if even_k else 'ragged'}_{prec}_" + "".join(
+            f for f, b in zip("pbrus", bits) if b)
+        attrs = _attrs(conv_fwd_kernel, _DIVISIBLE_CONV_ARGS if even_k else ())
+        out.append((name, conv_fwd_kernel, conv_signature(dtype), consts,
+                    {"num_warps": warps, "num_stages": stages}, attrs))
+
+    off, on = (False,) * 5, (True,) * 5
+    singles = [tuple(j == i for j in range(5)) for i in range(5)]
+    for i in range(32):
+        add("bf16", 3, True, "tf32", tuple(bool(i >> j & 1) for j in range(5)))
+    for dtype in ("fp16", "fp32"):
+        for bits in [off, on] + singles:
+            add(dtype, 3, True, "tf32", bits)
+    for dtype in ("bf16", "fp16", "fp32"):
+        for k in (1, 3, 7):
+            for even_k in (True, False):
+                add(dtype, k, even_k, "tf32", on)
+    add("fp32", 3, True, "ieee", on)
+    add("fp32", 3, False, "ieee", off)
+    return out
+
+
+def aux_specializations():
+    """Specialisations of the statistics and bn_act kernels."""
+    out = []
+    for dtype in ("bf16", "fp16", "fp32"):
+        p = f"*{dtype}"
+        out.append((f"stats_partial_{dtype}", stats_partial_kernel,
+                    {"x_ptr": p, "pmean_ptr": "*fp32", "pm2_ptr": "*fp32", "M": "i32", "C": "i32",
+                     "BLOCK_M": "constexpr", "BLOCK_C": "constexpr"},
+                    {"BLOCK_M": 128, "BLOCK_C": 64}, {"num_warps": 4}, {}))
+        for on_cols in (True, False):
+            for has_res, has_rs in ((False, False), (True, False), (True, True)):
+                for relu in (False, True):
+                    out.append((
+                        f"bn_act_{dtype}_{'nhwc' if on_cols else 'nchw'}_{int(has_res)}{int(has_rs)}{int(relu)}",
+                        bn_act_kernel,
+                        {"y_ptr": p, "scale_ptr": "*fp32", "shift_ptr": "*fp32", "res_ptr": p, "rscale_ptr": "*fp32",
+                         "rshift_ptr": "*fp32", "out_ptr": p, "R": "i32", "L": "i32", "C": "i32",
+                         "CHANNEL_ON_COLS": "constexpr", "HAS_RES": "constexpr", "HAS_RSCALE": "constexpr",
+                         "RELU": "constexpr", "BLOCK_R": "constexpr", "BLOCK_L": "constexpr"},
+                        {"CHANNEL_ON_COLS": on_cols, "HAS_RES": has_res, "HAS_RSCALE": has_rs, "RELU": relu,
+                         "BLOCK_R": 32, "BLOCK_L": 64},
+                        {"num_warps": 4}, {}))
+    out.append(("stats_merge", stats_merge_kernel,
+                {"pmean_ptr": "*fp32", "pm2_ptr": "*fp32", "mean_ptr": "*fp32", "var_ptr": "*fp32", "T": "i32",
+                 "C": "i32", "M": "i32", "TILE_M": "i32", "BLOCK_T": "constexpr", "BLOCK_C": "constexpr"},
+                {"BLOCK_T": 64, "BLOCK_C": 32}, {"num_warps": 4}, {}))
+    return out
+
+
+def all_specializations():
+    return conv_specializations() + aux_specializations()
+
+
+def compile_specialization(spec, arch: int = 90):
+    """Compile one specialisation for ``sm_<arch>`` without a GPU; returns the CompiledKernel."""
+    from triton.backends.compiler import GPUTarget
+
+    name, fn, sig, consts, options, attrs = spec
+    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(options))
+
+
+def _main(argv):
+    """``python kernels/conv.py START STOP [ARCH]``: compile specialisations [START, STOP)."""
+    if interpreting():
+        raise SystemExit("unset TRITON_INTERPRET to compile for a GPU target")
+    specs = all_specializations()
+    start = int(argv[0]) if argv else 0
+    stop = int(argv[1]) if len(argv) > 1 else len(specs)
+    arch = int(argv[2]) if len(argv) > 2 else 90
+    failed = []
+    for spec in specs[start:stop]:
+        try:
+            k = compile_specialization(spec, arch)
+            assert k.asm.get("cubin"), "no cubin produced"
+            print(f"ok {spec[0]} shared={getattr(k.metadata, 'shared', '?')}", flush=True)
+        except Exception as e:  # noqa: BLE001 - report every failure, then fail
+            failed.append(spec[0])
+            print(f"FAIL {spec[0]}: {type(e).__name__}: {e}", flush=True)
+    if failed:
+        raise SystemExit(f"{len(failed)} specialisations failed: {failed}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    _main(sys.argv[1:])
