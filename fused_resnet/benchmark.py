@@ -1,0 +1,795 @@
+"""Model building, timing and parity helpers shared by the CLI and the bench/ scripts.
+
+Everything here is importable without a GPU and without the compiled extension.
+The public API of the package (``fused_resnet.convert`` and friends) is imported
+lazily inside the functions that need it.
+
+Conventions (the same in ``python -m fused_resnet bench``, bench/bench_models.py
+and bench/bench_blocks.py):
+
+* channels_last activations;
+* inference: ``model.eval().to(dtype)`` run under ``torch.inference_mode``;
+* training step: forward under autocast (``dtype``; disabled for fp32),
+  cross-entropy, backward, SGD momentum step, ``zero_grad(set_to_none=True)``;
+* timing: warm-up iterations excluded, every timed iteration measured on its own
+  (CUDA events on a GPU, ``perf_counter`` on the CPU), the median reported;
+* peak memory: ``torch.cuda.max_memory_allocated`` from just before the model is
+  moved to the device until the last timed iteration.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import gc
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CPU_NOTE = (
+    "ran on the CPU (backend {backend}): CPU numbers say nothing about GPU speed; "
+    "run on a CUDA GPU for meaningful timings"
+)
+
+DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}
+
+# Small defaults that keep CPU runs to seconds.
+CPU_DEFAULTS = {"batch": 2, "image_size": 64, "steps": 2, "warmup": 1, "dtype": "fp32"}
+GPU_DEFAULTS = {"batch": 256, "cifar_batch": 512, "steps": 20, "warmup": 5, "dtype": "bf16"}
+
+
+# ---------------------------------------------------------------- small utilities
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return DTYPES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; use fp32, fp16 or bf16") from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}.get(
+        dtype, str(dtype).replace("torch.", "")
+    )
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def resolve_device(name: Optional[str]) -> torch.device:
+    if name in (None, "", "auto"):
+        return default_device()
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA GPU is visible")
+    return dev
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def progress(msg: str, enabled: bool = True) -> None:
+    """Progress lines go to stderr so that stdout holds only the result table."""
+    if enabled:
+        print(f"[fused-resnet] {msg}", file=sys.stderr, flush=True)
+
+
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A plain-text table; the first column left-aligned, the others right-aligned."""
+    body = [[_cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in body:
+        for i, v in enumerate(row):
+            widths[i] = max(widths[i], len(v))
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    out = [line(headers), line(["-" * w for w in widths])]
+    out += [line(r) for r in body]
+    return "\n".join(out)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "ok" if v else "FAIL"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if v == 0:
+            return "0"
+        if abs(v) >= 1e5 or abs(v) < 1e-2:
+            return f"{v:.2e}"
+        return f"{v:.4g}" if abs(v) < 100 else f"{v:.1f}"
+    return str(v)
+
+
+# ---------------------------------------------------------------- environment
+
+
+def _dist_version(name: str) -> Optional[str]:
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:
+        return None
+
+
+def gpu_name(device: Optional[torch.device] = None) -> str:
+    if not torch.cuda.is_available():
+        return "none"
+    idx = device.index if device is not None and device.type == "cuda" and device.index is not None else 0
+    return torch.cuda.get_device_name(idx)
+
+
+def env_info() -> dict:
+    """Versions and the machine, for the header of every benchmark and check."""
+    import torchvision
+
+    try:
+        import fused_resnet
+
+        fr_version = getattr(fused_resnet, "__version__", None)
+    except Exception:  # pragma: no cover - the package itself failing to import
+        fr_version = None
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except Exception:
+        triton_version = _dist_version("triton")
+    info = {
+        "date": utc_now(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "triton": triton_version,
+        "cuda_runtime": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "fused_resnet": fr_version,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "gpu": gpu_name(),
+        "triton_interpret": os.environ.get("TRITON_INTERPRET", "0") == "1",
+    }
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info.update(
+            gpu_capability=f"{p.major}.{p.minor}",
+            gpu_sms=p.multi_processor_count,
+            gpu_memory_GB=round(p.total_memory / 1e9, 1),
+            gpu_count=torch.cuda.device_count(),
+        )
+    return info
+
+
+def ext_status() -> tuple[bool, str]:
+    from . import _ext
+
+    return _ext.status()
+
+
+def available_backends() -> dict[str, tuple[bool, str]]:
+    from . import backends
+
+    return backends.available_backends()
+
+
+# ---------------------------------------------------------------- models
+
+_CIFAR_RE = re.compile(r"^cifar_(resnet|plain|preact_resnet)(\d+)(?:_v([12]))?(?:_([abAB]))?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    kind: str  # "imagenet" or "cifar"
+    image_size: int
+    num_classes: int
+    cifar: Optional[dict] = None  # keyword arguments of fused_resnet.models.cifar_resnet
+
+
+def model_spec(name: str) -> ModelSpec:
+    """What ``name`` builds: any torchvision classification builder, or a CIFAR ResNet.
+
+    CIFAR names: ``cifar_resnet<depth>`` (v1, option-A shortcut), with optional
+    suffixes ``_v2`` (pre-activation) and ``_B`` (projection shortcut);
+    ``cifar_preact_resnet<depth>`` is ``_v2``; ``cifar_plain<depth>`` has no
+    shortcuts.
+    """
+    m = _CIFAR_RE.match(name)
+    if m:
+        family, depth, version, shortcut = m.groups()
+        version = int(version or (2 if family == "preact_resnet" else 1))
+        kwargs = dict(depth=int(depth), version=version, shortcut=(shortcut or "A").upper(),
+                      plain=family == "plain", num_classes=10)
+        return ModelSpec(name, "cifar", 32, 10, kwargs)
+    import torchvision
+
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        resnets = [n for n in available if "res" in n]
+        raise ValueError(
+            f"unknown model {name!r}: use a torchvision.models builder name ({', '.join(resnets)}, ...) "
+            "or cifar_resnet<depth> (e.g. cifar_resnet56, cifar_resnet56_v2, cifar_resnet20_B)"
+        )
+    return ModelSpec(name, "imagenet", 224, 1000)
+
+
+def build_model(spec: ModelSpec | str, seed: int = 0) -> nn.Module:
+    """The plain PyTorch model (weights=None), its parameters drawn from ``seed``."""
+    if isinstance(spec, str):
+        spec = model_spec(spec)
+    torch.manual_seed(seed)
+    if spec.kind == "cifar":
+        from . import models as fr_models  # lands with the public API
+
+        return fr_models.cifar_resnet(**spec.cifar)
+    import torchvision
+
+    return torchvision.models.get_model(spec.name, weights=None)
+
+
+def perturb_batchnorm(model: nn.Module, seed: int = 1) -> nn.Module:
+    """Draw BatchNorm affine parameters and running statistics away from (1, 0, 0, 1).
+
+    At initialisation an eval-mode BatchNorm is the identity, which would hide a
+    swapped scale/shift or a stale folded weight; this makes every BN distinct.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                if m.weight is not None:
+                    m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                    m.bias.copy_((torch.rand(n, generator=g) - 0.5) * 0.4)
+                if m.running_mean is not None:
+                    m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                    m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+    return model
+
+
+def make_input(batch: int, image_size: int, *, num_classes: int, seed: int = 0, device="cpu",
+               dtype=torch.float32, channels_last: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random image batch (drawn in fp32 on the CPU, then moved) and labels."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, image_size, image_size, generator=g)
+    target = torch.randint(0, num_classes, (batch,), generator=g)
+    x = x.to(device=device, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, target.to(device)
+
+
+def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
+    """``fused_resnet.convert`` on a deep copy (the original is never touched)."""
+    import fused_resnet
+
+    return fused_resnet.convert(copy.deepcopy(model), backend=backend, inplace=True)
+
+
+def fused_block_classes() -> tuple:
+    from . import blocks
+
+    return tuple(blocks.FUSED_BLOCKS)
+
+
+def fused_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(qualified name, module) of every fused block, in module order."""
+    classes = fused_block_classes()
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, classes)]
+
+
+def block_backends(model: nn.Module) -> dict[str, int]:
+    """How many fused blocks run on each backend (``block.backend`` after a forward)."""
+    counts: dict[str, int] = {}
+    for _, m in fused_blocks(model):
+        b = str(getattr(m, "backend", None))
+        counts[b] = counts.get(b, 0) + 1
+    return counts
+
+
+def describe_backends(counts: dict[str, int]) -> str:
+    return ", ".join(f"{b} x{n}" for b, n in sorted(counts.items())) or "no fused blocks"
+
+
+# ---------------------------------------------------------------- timing
+
+
+@dataclasses.dataclass
+class Timing:
+    samples_ms: list[float]
+    wall_ms_per_step: float  # host clock over the timed loop, synchronized; a sanity check
+
+    @property
+    def median_ms(self) -> float:
+        return median(self.samples_ms)
+
+    def as_dict(self) -> dict:
+        s = self.samples_ms
+        return {
+            "median_ms": self.median_ms,
+            "min_ms": min(s) if s else None,
+            "max_ms": max(s) if s else None,
+            "mean_ms": sum(s) / len(s) if s else None,
+            "wall_ms_per_step": self.wall_ms_per_step,
+            "steps": len(s),
+            "samples_ms": s,
+        }
+
+
+def time_fn(fn: Callable[[], Any], *, device: torch.device, warmup: int, steps: int,
+            label: str = "", show: bool = True) -> Timing:
+    """Run ``fn`` ``warmup`` times untimed, then ``steps`` times each timed on its own.
+
+    On a GPU every step sits between two CUDA events (a single synchronize at the
+    end), so launch gaps count but host work between steps does not; on the CPU
+    the host clock brackets each call.
+    """
+    steps = max(1, int(steps))
+    t0 = time.perf_counter()
+    for i in range(warmup):
+        fn()
+        if i == 0:
+            synchronize(device)
+            if show:
+                progress(f"{label}: first warm-up step took {time.perf_counter() - t0:.2f} s")
+    synchronize(device)
+    start = time.perf_counter()
+    if device.type == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
+        for begin, end in events:
+            begin.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize(device)
+        samples = [b.elapsed_time(e) for b, e in events]
+    else:
+        samples = []
+        for _ in range(steps):
+            t = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t) * 1e3)
+    wall = (time.perf_counter() - start) * 1e3 / steps
+    timing = Timing(samples, wall)
+    if show:
+        progress(f"{label}: {steps} timed steps, median {timing.median_ms:.3f} ms")
+    return timing
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gb(device: torch.device) -> Optional[float]:
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 1e9
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+def make_infer_step(model: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    def step():
+        with torch.inference_mode():
+            return model(x)
+
+    return step
+
+
+def make_train_step(model: nn.Module, x: torch.Tensor, target: torch.Tensor, dtype: torch.dtype,
+                    lr: float = 1e-3) -> Callable[[], None]:
+    """forward (autocast) + cross-entropy + backward + SGD momentum step."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    device = x.device
+
+    def step():
+        with autocast(device, dtype):
+            loss = F.cross_entropy(model(x), target)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def prepare(model: nn.Module, *, mode: str, dtype: torch.dtype, device: torch.device,
+            channels_last: bool = True) -> nn.Module:
+    """Move to the device and set the mode; inference casts the model to ``dtype``."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device=device, memory_format=fmt)
+    if mode == "infer":
+        model = model.eval().to(dtype)
+    else:
+        model.train()
+    return model
+
+
+VARIANTS = ("eager", "fused", "eager+compile", "fused+compile")
+
+
+def bench_model(name: str, *, mode: str = "infer", variants: Sequence[str] = ("eager", "fused"),
+                batch: int, image_size: Optional[int] = None, dtype: torch.dtype = torch.bfloat16,
+                device: Optional[torch.device] = None, steps: int = 20, warmup: int = 5,
+                backend: str = "auto", compile_mode: Optional[str] = None, seed: int = 0,
+                channels_last: bool = True, show: bool = True) -> list[dict]:
+    """Images/s of each variant of one model in one mode; a failing variant is recorded, not raised."""
+    if mode not in ("infer", "train"):
+        raise ValueError(f"mode must be 'infer' or 'train', not {mode!r}")
+    device = device or default_device()
+    spec = model_spec(name)
+    size = spec.image_size if spec.kind == "cifar" else (image_size or spec.image_size)
+    results = []
+    for variant in variants:
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
+        label = f"{name} {mode} {variant}"
+        row = {
+            "model": name, "mode": mode, "variant": variant, "batch": batch, "image_size": size,
+            "dtype": dtype_name(dtype), "channels_last": channels_last, "device": device.type,
+            "requested_backend": backend if variant.startswith("fused") else None,
+        }
+        t_start = time.perf_counter()
+        model = step = x = target = None
+        try:
+            reset_peak_memory(device)
+            torch._dynamo.reset()
+            base = build_model(spec, seed=seed)
+            model = convert(base, backend) if variant.startswith("fused") else base
+            del base
+            if variant.startswith("fused"):
+                row["blocks"] = len(fused_blocks(model))
+                if row["blocks"] == 0:
+                    raise RuntimeError("convert() produced no fused blocks")
+            model = prepare(model, mode=mode, dtype=dtype, device=device, channels_last=channels_last)
+            if variant.endswith("+compile"):
+                torch._dynamo.reset()
+                model = torch.compile(model, mode=compile_mode)
+            x, target = make_input(batch, size, num_classes=spec.num_classes, seed=seed, device=device,
+                                   dtype=dtype if mode == "infer" else torch.float32,
+                                   channels_last=channels_last)
+            step = make_infer_step(model, x) if mode == "infer" else make_train_step(model, x, target, dtype)
+            progress(f"{label}: batch {batch}, {size}x{size}, {dtype_name(dtype)}, "
+                     f"warm-up {warmup}, steps {steps}", show)
+            timing = time_fn(step, device=device, warmup=warmup, steps=steps, label=label, show=show)
+            row.update(timing.as_dict())
+            row["img_per_s"] = batch / (timing.median_ms / 1e3) if timing.median_ms > 0 else None
+            row["peak_GB"] = peak_memory_gb(device)
+            if variant.startswith("fused"):
+                counts = block_backends(model)
+                row["backends"] = counts
+                row["backend"] = "+".join(sorted(counts)) if counts else None
+            else:
+                row["backend"] = "torch"
+        except Exception as e:  # recorded and reported, the other variants still run
+            row["error"] = f"{type(e).__name__}: {e}".strip()[:2000]
+            progress(f"{label}: FAILED: {row['error'].splitlines()[0] if row['error'] else ''}", show)
+        finally:
+            row["wall_s"] = time.perf_counter() - t_start
+            del model, step, x, target
+            if variant.endswith("+compile"):
+                torch._dynamo.reset()
+            reset_peak_memory(device)
+        results.append(row)
+    eager = {r["mode"]: r.get("img_per_s") for r in results if r["variant"] == "eager"}
+    compiled = {r["mode"]: r.get("img_per_s") for r in results if r["variant"] == "eager+compile"}
+    for r in results:
+        base = eager.get(r["mode"])
+        r["speedup_vs_eager"] = r["img_per_s"] / base if base and r.get("img_per_s") else None
+        cbase = compiled.get(r["mode"])
+        r["speedup_vs_compile"] = r["img_per_s"] / cbase if cbase and r.get("img_per_s") else None
+    return results
+
+
+def results_table(rows: Sequence[dict]) -> str:
+    headers = ["model", "mode", "variant", "backend", "batch", "dtype", "median ms", "img/s",
+               "x eager", "peak GB"]
+    body = []
+    for r in rows:
+        if r.get("error"):
+            body.append([r["model"], r["mode"], r["variant"], r.get("backend") or "-", r["batch"], r["dtype"],
+                         "FAILED", (r["error"].splitlines() or [""])[0][:60], None, None])
+            continue
+        body.append([r["model"], r["mode"], r["variant"], r.get("backend"), r["batch"], r["dtype"],
+                     r.get("median_ms"), r.get("img_per_s"), r.get("speedup_vs_eager"), r.get("peak_GB")])
+    return format_table(headers, body)
+
+
+# ---------------------------------------------------------------- parity check
+
+LOWP_ATOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+@dataclasses.dataclass
+class Item:
+    group: str      # "block", "logits", "input.grad", "param.grad", "buffer"
+    name: str
+    err: float      # fp32: max |fused - plain|; low precision: max |fused - fp64 reference|
+    scale: float    # max |reference|
+    tol: float
+    plain_err: Optional[float] = None  # low precision: max |plain - fp64 reference|
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return math.isfinite(self.err) and self.err <= self.tol
+
+
+@dataclasses.dataclass
+class ParityReport:
+    header: dict
+    items: list[Item]
+    problems: list[str]
+    backends: dict[str, int]
+
+    @property
+    def failures(self) -> list[Item]:
+        return [i for i in self.items if not i.ok]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.problems
+
+
+def _max_abs(t: torch.Tensor) -> float:
+    return t.detach().double().abs().max().item() if t.numel() else 0.0
+
+
+def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.shape != b.shape:
+        return float("inf")
+    if not a.numel():
+        return 0.0
+    d = (a.detach().double() - b.detach().double()).abs()
+    if not torch.isfinite(a.detach().double()).all():
+        return float("nan")
+    return d.max().item()
+
+
+def _owner(name: str, block_names: Sequence[str]) -> str:
+    for b in block_names:
+        if name.startswith(b + "."):
+            return b
+    return name.split(".")[0]
+
+
+class _Run:
+    """One forward + backward of a model, recording block outputs and gradients."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, block_names: Sequence[str],
+                 amp_dtype: Optional[torch.dtype]):
+        self.blocks: dict[str, torch.Tensor] = {}
+        handles = []
+        for name in block_names:
+            mod = model.get_submodule(name)
+            handles.append(mod.register_forward_hook(self._hook(name)))
+        x = x.detach().clone().requires_grad_(True)
+        try:
+            with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), target)
+            loss.backward()
+        finally:
+            for h in handles:
+                h.remove()
+        self.logits = logits.detach()
+        self.xgrad = x.grad
+        self.grads = {n: p.grad for n, p in model.named_parameters()}
+        self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()
+                        if n.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")}
+
+    def _hook(self, name):
+        def hook(module, inputs, output):
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            self.blocks[name] = out.detach().clone()
+
+        return hook
+
+
+def run_parity(name: str, *, dtype: torch.dtype = torch.float32, batch: int = 2, image_size: Optional[int] = None,
+               train: bool = False, backend: str = "auto", device: Optional[torch.device] = None, seed: int = 0,
+               rtol: float = 1e-4, atol: float = 1e-4, lowp_atol: Optional[float] = None,
+               channels_last: bool = True, show: bool = True) -> ParityReport:
+    """torchvision (or plain CIFAR) model vs its converted twin on one seeded batch.
+
+    fp32: every compared tensor must satisfy ``max|fused - plain| <= rtol*scale +
+    atol*group_scale``, scale being the tensor's max |plain| and group_scale the
+    largest scale among tensors of its kind (all parameter gradients, all
+    running means, ...; a block output, the logits and the input gradient are
+    each their own group). TF32 is switched off for the comparison.
+
+    fp16/bf16 (inference: models cast to the dtype; --train: fp32 weights under
+    autocast): an fp64 copy of the plain model is the reference, and the fused
+    error against it must be at most twice plain PyTorch's error plus
+    ``lowp_atol*group_scale``.
+    """
+    device = device or default_device()
+    spec = model_spec(name)
+    size = spec.image_size if spec.kind == "cifar" else (image_size or spec.image_size)
+    lowp = dtype != torch.float32
+    lowp_atol = LOWP_ATOL.get(dtype, 1e-2) if lowp_atol is None else lowp_atol
+    problems: list[str] = []
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    plain = perturb_batchnorm(build_model(spec, seed=seed), seed=seed + 1)
+    fused = convert(plain, backend)
+    block_names = [n for n, _ in fused_blocks(fused)]
+    if not block_names:
+        problems.append("convert() produced no fused blocks")
+    plain = plain.to(device=device, memory_format=fmt).train(train)
+    fused = fused.to(device=device, memory_format=fmt).train(train)
+    x, target = make_input(batch, size, num_classes=spec.num_classes, seed=seed + 2, device=device,
+                           channels_last=channels_last)
+    amp = None
+    ref = None
+    if lowp and train:
+        amp = dtype
+        ref = copy.deepcopy(plain).double()
+        x_ref = x.double()
+    elif lowp:
+        plain, fused, x = plain.to(dtype), fused.to(dtype), x.to(dtype)
+        ref = copy.deepcopy(plain).double()  # the rounded weights, upcast
+        x_ref = x.double()
+
+    header = {
+        "model": name, "dtype": dtype_name(dtype), "batch": batch, "image_size": size,
+        "mode": "train" if train else "eval", "device": device.type, "gpu": gpu_name(device),
+        "requested_backend": backend, "blocks": len(block_names), "seed": seed,
+        "channels_last": channels_last,
+        "rule": (f"|fused - plain| <= {rtol:g}*scale + {atol:g}*group_scale (TF32 off)" if not lowp else
+                 f"|fused - fp64| <= 2*|plain - fp64| + {lowp_atol:g}*group_scale"),
+    }
+
+    tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    if not lowp:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        progress(f"check {name}: plain PyTorch forward+backward", show)
+        r_plain = _Run(plain, x, target, block_names, amp)
+        progress(f"check {name}: fused forward+backward (backend {backend})", show)
+        r_fused = _Run(fused, x, target, block_names, amp)
+        r_ref = None
+        if ref is not None:
+            progress(f"check {name}: fp64 reference forward+backward", show)
+            r_ref = _Run(ref, x_ref, target, block_names, None)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+
+    counts = block_backends(fused)
+    if backend != "auto":
+        wrong = {b: n for b, n in counts.items() if b != backend}
+        if wrong:
+            problems.append(f"backend {backend!r} was requested but blocks ran on {wrong}")
+
+    items: list[Item] = []
+
+    def compare(group: str, entries: list[tuple[str, Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]],
+                shared_scale: bool):
+        # entries: (name, fused, plain, fp64 reference or None)
+        scales = {}
+        for n, f, p, r in entries:
+            base = r if r is not None else p
+            scales[n] = _max_abs(base) if base is not None else 0.0
+        gscale = max(scales.values(), default=0.0)
+        for n, f, p, r in entries:
+            needed = {"fused": f, "plain": p, "fp64": r} if lowp else {"fused": f, "plain": p}
+            if all(t is None for t in needed.values()):
+                continue  # none has it (e.g. a frozen parameter)
+            missing = [w for w, t in needed.items() if t is None]
+            if missing:
+                items.append(Item(group, n, float("inf"), scales[n], 0.0, note="missing in " + ", ".join(missing)))
+                continue
+            s = scales[n]
+            g = gscale if shared_scale else s
+            if not lowp:
+                items.append(Item(group, n, _max_err(f, p), s, rtol * s + atol * g))
+            else:
+                pe = _max_err(p, r)
+                items.append(Item(group, n, _max_err(f, r), s, 2 * pe + lowp_atol * g, plain_err=pe))
+
+    def ref_of(d: Optional[dict], k):
+        return None if d is None else d.get(k)
+
+    compare("block", [(n, r_fused.blocks.get(n), r_plain.blocks.get(n), ref_of(r_ref and r_ref.blocks, n))
+                      for n in block_names], shared_scale=False)
+    compare("logits", [("logits", r_fused.logits, r_plain.logits, r_ref.logits if r_ref else None)], False)
+    compare("input.grad", [("input", r_fused.xgrad, r_plain.xgrad, r_ref.xgrad if r_ref else None)], False)
+
+    pnames, fnames = list(r_plain.grads), set(r_fused.grads)
+    unmatched = [n for n in pnames if n not in fnames] + [n for n in r_fused.grads if n not in set(pnames)]
+    if unmatched:
+        problems.append(
+            f"{len(unmatched)} parameter names differ between the plain and the converted model "
+            f"(gradients not compared): {', '.join(unmatched[:6])}{' ...' if len(unmatched) > 6 else ''}"
+        )
+    compare("param.grad", [(n, r_fused.grads[n], r_plain.grads[n], ref_of(r_ref and r_ref.grads, n))
+                           for n in pnames if n in fnames], shared_scale=True)
+
+    if train:
+        bnames = list(r_plain.buffers)
+        missing = [n for n in bnames if n not in r_fused.buffers]
+        if missing:
+            problems.append(f"{len(missing)} BatchNorm buffers missing in the converted model: "
+                            f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
+        for kind in ("running_mean", "running_var"):
+            names = [n for n in bnames if n.endswith(kind) and n in r_fused.buffers]
+            compare(kind, [(n, r_fused.buffers[n], r_plain.buffers[n], ref_of(r_ref and r_ref.buffers, n))
+                           for n in names], shared_scale=True)
+        for n in bnames:
+            if n.endswith("num_batches_tracked") and n in r_fused.buffers:
+                same = torch.equal(r_fused.buffers[n].cpu(), r_plain.buffers[n].cpu())
+                items.append(Item("num_batches", n, 0.0 if same else float("inf"), 0.0, 0.0,
+                                  note="" if same else
+                                  f"{r_fused.buffers[n].item()} != {r_plain.buffers[n].item()}"))
+    return ParityReport(header, items, problems, counts)
+
+
+def parity_table(report: ParityReport, *, verbose: bool = False) -> str:
+    """One row per block output, the logits, the input gradient, and the parameter
+    gradients and BN statistics gathered per block (every tensor with ``verbose``)."""
+    block_names = [i.name for i in report.items if i.group == "block"]
+    lowp = report.header["dtype"] != "fp32"
+    rows: list[list] = []
+    grouped: dict[tuple[str, str], list[Item]] = {}
+    order: list[tuple[str, str]] = []
+    for it in report.items:
+        if verbose or it.group in ("block", "logits", "input.grad"):
+            key = (it.group, it.name)
+        else:
+            key = (it.group, _owner(it.name, block_names))
+        if key not in grouped:
+            grouped[key] = []
+            order.append(key)
+        grouped[key].append(it)
+    for key in order:
+        its = grouped[key]
+        worst = max(its, key=lambda i: (not i.ok, i.err / i.tol if i.tol > 0 else (0 if i.err == 0 else math.inf)))
+        name = key[1] if len(its) == 1 else f"{key[1]} ({len(its)})"
+        row = [key[0], name, worst.err, worst.scale]
+        if lowp:
+            row.append(worst.plain_err)
+        row += [worst.tol, all(i.ok for i in its)]
+        if worst.note:
+            row[-1] = f"FAIL ({worst.note})"
+        rows.append(row)
+    err_head = "max|fused-fp64|" if lowp else "max|fused-plain|"
+    headers = ["what", "name", err_head, "scale"] + (["max|plain-fp64|"] if lowp else []) + ["tol", "ok"]
+    return format_table(headers, rows)
