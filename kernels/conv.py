@@ -410,15 +410,15 @@ def compile_specialization(spec, arch: int = 90):
 
 
 def _main(argv):
-    """``python kernels/conv.py START STOP [ARCH]``: compile specialisations [START, STOP)."""
+    """``python -m kernels.conv [SHARD NSHARDS [ARCH]]``: compile every NSHARDS-th specialisation
+    starting at SHARD for sm_<ARCH> (default: all, sm_90); exit status 1 if any fails."""
     if interpreting():
         raise SystemExit("unset TRITON_INTERPRET to compile for a GPU target")
-    specs = all_specializations()
-    start = int(argv[0]) if argv else 0
-    stop = int(argv[1]) if len(argv) > 1 else len(specs)
+    shard = int(argv[0]) if argv else 0
+    nshards = int(argv[1]) if len(argv) > 1 else 1
     arch = int(argv[2]) if len(argv) > 2 else 90
     failed = []
-    for spec in specs[start:stop]:
+    for spec in all_specializations()[shard::nshards]:
         try:
             k = compile_specialization(spec, arch)
             assert k.asm.get("cubin"), "no cubin produced"
@@ -427,7 +427,8 @@ def _main(argv):
             failed.append(spec[0])
             print(f"FAIL {spec[0]}: {type(e).__name__}: {e}", flush=True)
     if failed:
-        raise SystemExit(f"{len(failed)} specialisations failed: {failed}")
+        print(f"{len(failed)} specialisations failed: {failed}", flush=True)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -311,9 +311,25 @@ def conv(
             mean, var = _merge_stats(pmean, pm2, m, cfg[0], cout, device)
         else:
             mean, var = empty_vec(x), empty_vec(x)
-    if output_format(x) != torch.channels_last:
-        y = y.contiguous(memory_format=output_format(x))
-    return y, mean, var
+    return _in_format(y, output_format(x)), mean, var
+
+
+def _in_format(y: Tensor, fmt: torch.memory_format) -> Tensor:
+    """The dense NHWC ``y`` with exactly the strides a fresh tensor of format ``fmt`` has
+    (what the op's fake implementation promises, size-1 dimensions included)."""
+    if fmt == torch.channels_last:
+        return y
+    if y.is_contiguous():  # same memory order (size-1 dims only): relabel the strides, no copy
+        return y.as_strided(y.shape, _contiguous_strides(y.shape))
+    return y.contiguous(memory_format=fmt)
+
+
+def _contiguous_strides(shape) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for size in reversed(shape):
+        strides.append(acc)
+        acc *= max(int(size), 1)
+    return tuple(reversed(strides))
 
 
 class _nullcontext:
@@ -410,6 +426,10 @@ class TritonBackend(Backend):
         if not _interpreting() and not torch.cuda.is_available():
             return False, "no CUDA GPU is visible and TRITON_INTERPRET=1 is not set"
         return True, ""
+
+    def auto_reason(self, device: torch.device) -> str:
+        # The interpreter is a testing tool: backend="auto" never picks it for CPU tensors.
+        return "" if device.type == "cuda" else "the Triton interpreter runs only when asked for by name"
 
     def supports(self, device: torch.device, dtype: torch.dtype) -> tuple[bool, str]:
         if dtype not in FLOAT_DTYPES:
