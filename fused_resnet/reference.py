@@ -88,7 +88,7 @@ def conv_backward(
         [need_x or need_scale or need_shift, need_w, False],
     )
     dbias = g.sum(_CHANNEL_DIMS) if need_bias else empty_vec(x)
-    dres = like_layout(g.to(x.dtype), x) if need_res else empty_vec(x)
+    dres = like_layout(g.to(x.dtype, copy=True), x) if need_res else empty_vec(x)
     dx, dscale, dshift = empty_vec(x), empty_vec(x), empty_vec(x)
     if in_scale is None:
         dx = like_layout(da, x) if need_x else empty_vec(x)
@@ -120,13 +120,16 @@ def bn_update_running(
     num_batches_tracked: Optional[Tensor], momentum: Optional[float],
 ) -> None:
     # nn.BatchNorm2d: num_batches_tracked += 1; factor = momentum, or 1/num_batches_tracked
-    # (a cumulative average) when momentum is None; running_var takes the unbiased variance.
+    # (a cumulative average) when momentum is None, or 0 when it keeps no count either;
+    # running_var takes the unbiased variance.
     if num_batches_tracked is not None:
         num_batches_tracked.add_(1)
-    if momentum is None:
+    if momentum is not None:
+        factor = torch.tensor(momentum, dtype=torch.float64)
+    elif num_batches_tracked is not None:
         factor = 1.0 / num_batches_tracked.to(torch.float64)
     else:
-        factor = torch.tensor(momentum, dtype=torch.float64)
+        factor = torch.tensor(0.0, dtype=torch.float64)
     unbiased = var * (count / (count - 1))
     running_mean.copy_((running_mean * (1 - factor) + mean * factor).to(running_mean.dtype))
     running_var.copy_((running_var * (1 - factor) + unbiased * factor).to(running_var.dtype))
@@ -167,7 +170,7 @@ def bn_act_backward(
     dres, drscale = empty_vec(y), empty_vec(y)
     if need_res:
         gr = g * _per_channel(res_scale) if res_scale is not None else g
-        dres = like_layout(gr.to(residual.dtype), residual)
+        dres = like_layout(gr.to(residual.dtype, copy=True), residual)
     if need_rscale:
         drscale = (g * acc(residual)).sum(_CHANNEL_DIMS)
     return (

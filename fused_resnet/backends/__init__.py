@@ -77,7 +77,7 @@ def resolve(requested: str, device: torch.device, dtype: torch.dtype) -> str:
         return requested
     skipped = []
     for name in AUTO_ORDER:
-        reason = _why_not(BACKENDS[name], device, dtype)
+        reason = BACKENDS[name].auto_reason(device) or _why_not(BACKENDS[name], device, dtype)
         if not reason:
             _log_fallback(skipped, name, device)
             return name

@@ -23,6 +23,10 @@ class Backend:
         """Whether this backend can run a block whose input is on ``device`` in ``dtype``."""
         return True, ""
 
+    def auto_reason(self, device: torch.device) -> str:
+        """Why backend="auto" should pass over this backend on ``device`` even if it supports it ('' if not)."""
+        return ""
+
     conv = staticmethod(reference.conv)
     conv_backward = staticmethod(reference.conv_backward)
     batch_stats = staticmethod(reference.batch_stats)

@@ -1,0 +1,187 @@
+"""The op layer on the CPU: schemas and fake implementations (opcheck), fp64 gradients
+(gradcheck) and the running-statistics update against nn.BatchNorm2d."""
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from fused_resnet import ops, reference
+
+D = torch.float64
+
+
+def _vec(n, seed, positive=False):
+    g = torch.Generator().manual_seed(seed)
+    v = torch.rand(n, generator=g, dtype=D) + 0.5 if positive else torch.randn(n, generator=g, dtype=D)
+    return v.requires_grad_()
+
+
+def _t(*shape, seed=0, channels_last=False):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randn(*shape, generator=g, dtype=D)
+    if channels_last:
+        t = t.contiguous(memory_format=torch.channels_last)
+    return t.requires_grad_()
+
+
+CONV_CASES = [
+    # (cin, cout, k, stride, pad, dil, groups, hw)
+    (4, 6, 3, 1, 1, 1, 1, 5),
+    (4, 6, 3, 2, 1, 1, 2, 5),
+    (3, 5, 1, 1, 0, 1, 1, 4),
+    (4, 4, 3, 1, 2, 2, 1, 6),
+]
+
+
+def _conv_args(case, prologue, bias, residual, relu, stats, channels_last=False):
+    cin, cout, k, s, p, d, g, hw = case
+    x = _t(2, cin, hw, hw, seed=1, channels_last=channels_last)
+    w = _t(cout, cin // g, k, k, seed=2)
+    ho = (hw + 2 * p - d * (k - 1) - 1) // s + 1
+    return (
+        x, w, _vec(cout, 3) if bias else None,
+        _vec(cin, 4, positive=True) if prologue else None,
+        # A positive shift makes relu(shift) > 0, so padding-after-transform matters.
+        (_vec(cin, 5).detach() + 0.3).requires_grad_() if prologue else None,
+        _t(2, cout, ho, ho, seed=6) if residual else None,
+        [s, s], [p, p], [d, d], g, relu, stats, "reference",
+    )
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("prologue,bias,residual,relu,stats", [
+    (False, False, False, False, False),
+    (True, True, True, True, True),
+    (True, False, False, True, True),
+    (False, True, True, True, False),
+])
+def test_conv_gradcheck(case, prologue, bias, residual, relu, stats):
+    args = _conv_args(case, prologue, bias, residual, relu, stats)
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+
+    def f(*ts):
+        it = iter(ts)
+        full = [next(it) if isinstance(a, torch.Tensor) else a for a in args]
+        return ops.conv(*full)
+
+    assert torch.autograd.gradcheck(f, tensors)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("case", CONV_CASES[:2])
+def test_conv_opcheck(case, channels_last):
+    for flags in itertools.product([False, True], repeat=2):
+        args = _conv_args(case, flags[0], True, flags[1], True, True, channels_last)
+        torch.library.opcheck(ops.conv, args)
+
+
+def test_conv_prologue_pads_after_transform():
+    # With a shift of 1 and no ReLU cut, relu(0*s + 1) = 1 inside the image, but
+    # padded taps must contribute exactly 0.
+    x = torch.zeros(1, 1, 3, 3, dtype=D)
+    w = torch.ones(1, 1, 3, 3, dtype=D)
+    one = torch.ones(1, dtype=D)
+    y, _, _ = ops.conv(x, w, None, one, one, None, [1, 1], [1, 1], [1, 1], 1, False, False, "reference")
+    assert y[0, 0].tolist() == [[4, 6, 4], [6, 9, 6], [4, 6, 4]]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv_output_layout_follows_input(channels_last):
+    args = _conv_args(CONV_CASES[0], True, True, True, True, False, channels_last)
+    y = ops.conv(*args)[0]
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("residual,scaled,relu", [(False, False, True), (True, False, True), (True, True, False)])
+def test_bn_act_gradcheck_and_opcheck(residual, scaled, relu):
+    y = _t(2, 3, 4, 4, seed=1)
+    args = (
+        y, _vec(3, 2), _vec(3, 3), _t(2, 3, 4, 4, seed=4) if residual else None,
+        _vec(3, 5) if scaled else None, _vec(3, 6) if scaled else None, relu, "reference",
+    )
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+
+    def f(*ts):
+        it = iter(ts)
+        return ops.bn_act(*[next(it) if isinstance(a, torch.Tensor) else a for a in args])
+
+    assert torch.autograd.gradcheck(f, tensors)
+    torch.library.opcheck(ops.bn_act, args)
+
+
+def test_batch_stats_gradcheck_and_opcheck():
+    x = _t(3, 4, 5, 5, seed=1, channels_last=True)
+    assert torch.autograd.gradcheck(lambda t: ops.batch_stats(t, "reference"), (x,))
+    torch.library.opcheck(ops.batch_stats, (x, "reference"))
+    mean, var = ops.batch_stats(x, "reference")
+    ref_var, ref_mean = torch.var_mean(x.detach(), dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(mean, ref_mean)
+    torch.testing.assert_close(var, ref_var)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_bn_finalize_gradcheck_and_opcheck(affine):
+    args = (
+        _vec(5, 1), _vec(5, 2, positive=True), _vec(5, 3) if affine else None,
+        _vec(5, 4) if affine else None, 1e-5, "reference",
+    )
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+
+    def f(*ts):
+        it = iter(ts)
+        return ops.bn_finalize(*[next(it) if isinstance(a, torch.Tensor) else a for a in args])
+
+    assert torch.autograd.gradcheck(f, tensors)
+    torch.library.opcheck(ops.bn_finalize, args)
+
+
+def test_conv_backward_and_bn_act_backward_opcheck():
+    args = _conv_args(CONV_CASES[1], True, True, True, True, True)
+    x, w, b, s, t, r = [a.detach() for a in args[:6]]
+    y, mean, var = ops.conv(x, w, b, s, t, r, *args[6:])
+    dy = torch.randn_like(y)
+    torch.library.opcheck(ops.conv_backward, (
+        dy, torch.randn_like(mean), torch.randn_like(var), x, w, y, mean, s, t,
+        [2, 2], [1, 1], [1, 1], 2, True, True, [True] * 6, "reference",
+    ))
+    out = ops.bn_act(y, mean, var, r, None, None, True, "reference")
+    torch.library.opcheck(ops.bn_act_backward, (
+        torch.randn_like(out), out, y, mean, r, None, True, [True, True, True, True, False, False], "reference",
+    ))
+
+
+def test_unrequested_gradients_are_empty():
+    args = _conv_args(CONV_CASES[0], True, False, False, False, False)
+    x, w, _, s, t, _ = args[:6]
+    y, mean, _ = ops.conv(*args)
+    grads = reference.conv_backward(
+        torch.ones_like(y), mean, mean, x.detach(), w.detach(), y.detach(), mean, s.detach(), t.detach(),
+        [1, 1], [1, 1], [1, 1], 1, False, False, [False, True, False, False, False, False],
+    )
+    assert [g.numel() == 0 for g in grads] == [True, False, True, True, True, True]
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.5, None])
+@pytest.mark.parametrize("track_nbt", [True, False])
+def test_bn_update_running_matches_batchnorm(momentum, track_nbt):
+    bn = nn.BatchNorm2d(4, momentum=momentum).train()
+    running_mean, running_var = bn.running_mean.clone(), bn.running_var.clone()
+    nbt = bn.num_batches_tracked.clone() if track_nbt else None
+    if not track_nbt:
+        bn.num_batches_tracked = None
+    for step in range(3):
+        x = torch.randn(3, 4, 5, 5) * (step + 1) + step
+        bn(x)
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+        ops.bn_update_running(mean, var, 75, running_mean, running_var, nbt, momentum, "reference")
+    torch.testing.assert_close(running_mean, bn.running_mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(running_var, bn.running_var, rtol=1e-6, atol=1e-6)
+    if track_nbt:
+        assert nbt.item() == bn.num_batches_tracked.item() == 3
+
+
+def test_bn_update_running_opcheck():
+    m, v = torch.randn(4), torch.rand(4)
+    args = (m, v, 10, torch.zeros(4), torch.ones(4), torch.tensor(0), None, "reference")
+    torch.library.opcheck(ops.bn_update_running, args)
