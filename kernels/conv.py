@@ -171,40 +171,50 @@ def stats_partial_kernel(
 
 @triton.jit
 def stats_merge_kernel(
-    pmean_ptr, pm2_ptr, mean_ptr, var_ptr, T, C, M, TILE_M,
-    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+    pmean_ptr, pm2_ptr, out_mean_ptr, out_b_ptr, T, C, M, TILE_M, TILES_PER_PROG,
+    FINAL: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Merge T per-tile (mean, M2) partials (tile t has min(TILE_M, M - t*TILE_M) rows).
+    """Merge per-tile (mean, M2) partials [T, C]; tile t holds min(TILE_M, M - t*TILE_M) rows.
 
-    BLOCK_T tiles at a time are combined exactly (weighted mean, then M2 plus the
-    between-tile term about that mean), and the blocks are merged in order with
-    Chan's parallel formula; the result is the mean and biased variance. Fixed
-    order: deterministic.
+    Program (c, s) merges tiles [s*TILES_PER_PROG, (s+1)*TILES_PER_PROG) of BLOCK_C
+    channels: BLOCK_T tiles at a time exactly (count-weighted mean, then M2 plus
+    the between-tile term about that mean), the blocks in order with Chan's
+    parallel formula. FINAL: writes mean and the biased variance M2/n (one
+    program per channel block); otherwise writes the chunk's (mean, M2) to row s
+    of [S, C] partials, which a FINAL launch with TILE_M*TILES_PER_PROG rows per
+    tile then merges. Fixed order, no atomics: deterministic.
     """
-    pid = tl.program_id(0)
-    offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
+    pid_c = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = offs_c < C
+    t_begin = pid_s * TILES_PER_PROG
+    t_end = tl.minimum(T, t_begin + TILES_PER_PROG)
     n_a = 0.0
     mean_a = tl.zeros((BLOCK_C,), dtype=tl.float32)
     m2_a = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    for t0 in range(0, T, BLOCK_T):
+    for t0 in range(t_begin, t_end, BLOCK_T):
         offs_t = t0 + tl.arange(0, BLOCK_T)
-        t_ok = offs_t < T
+        t_ok = offs_t < t_end
         cnt = tl.where(t_ok, tl.minimum(M - offs_t * TILE_M, TILE_M), 0).to(tl.float32)
         mask = t_ok[:, None] & c_ok[None, :]
         pm = tl.load(pmean_ptr + offs_t[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
         p2 = tl.load(pm2_ptr + offs_t[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
         n_b = tl.sum(cnt, axis=0)
         mean_b = tl.sum(pm * cnt[:, None], axis=0) / n_b
-        dev = pm - mean_b[None, :]
+        dev = tl.where(mask, pm - mean_b[None, :], 0.0)
         m2_b = tl.sum(p2 + cnt[:, None] * dev * dev, axis=0)
         n = n_a + n_b
         delta = mean_b - mean_a
         mean_a = mean_a + delta * (n_b / n)
         m2_a = m2_a + m2_b + delta * delta * (n_a * n_b / n)
         n_a = n
-    tl.store(mean_ptr + offs_c, mean_a, mask=c_ok)
-    tl.store(var_ptr + offs_c, m2_a / n_a, mask=c_ok)
+    if FINAL:
+        tl.store(out_mean_ptr + offs_c, mean_a, mask=c_ok)
+        tl.store(out_b_ptr + offs_c, m2_a / n_a, mask=c_ok)
+    else:
+        tl.store(out_mean_ptr + pid_s * C + offs_c, mean_a, mask=c_ok)
+        tl.store(out_b_ptr + pid_s * C + offs_c, m2_a, mask=c_ok)
 
 
 # ----------------------------------------------------------------------------- BN-apply
@@ -389,10 +399,12 @@ def aux_specializations():
                         {"CHANNEL_ON_COLS": on_cols, "HAS_RES": has_res, "HAS_RSCALE": has_rs, "RELU": relu,
                          "BLOCK_R": 32, "BLOCK_L": 64},
                         {"num_warps": 4}, {}))
-    out.append(("stats_merge", stats_merge_kernel,
-                {"pmean_ptr": "*fp32", "pm2_ptr": "*fp32", "mean_ptr": "*fp32", "var_ptr": "*fp32", "T": "i32",
-                 "C": "i32", "M": "i32", "TILE_M": "i32", "BLOCK_T": "constexpr", "BLOCK_C": "constexpr"},
-                {"BLOCK_T": 64, "BLOCK_C": 32}, {"num_warps": 4}, {}))
+    for final in (False, True):
+        out.append((f"stats_merge_{'final' if final else 'chunk'}", stats_merge_kernel,
+                    {"pmean_ptr": "*fp32", "pm2_ptr": "*fp32", "out_mean_ptr": "*fp32", "out_b_ptr": "*fp32",
+                     "T": "i32", "C": "i32", "M": "i32", "TILE_M": "i32", "TILES_PER_PROG": "i32",
+                     "FINAL": "constexpr", "BLOCK_T": "constexpr", "BLOCK_C": "constexpr"},
+                    {"FINAL": final, "BLOCK_T": 64, "BLOCK_C": 32}, {"num_warps": 4}, {}))
     return out
 
 

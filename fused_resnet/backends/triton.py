@@ -44,19 +44,22 @@ _kernels_mod = None
 
 
 def kernels():
-    """The ``kernels/conv.py`` module of this repository (imported lazily, with triton)."""
+    """The Triton kernel module (``kernels/conv.py``), imported lazily together with triton.
+
+    Installed, it is ``fused_resnet.kernels.conv`` (setup.py maps ``kernels/`` there);
+    in a plain source checkout it is loaded from ``<repo>/kernels/conv.py``.
+    """
     global _kernels_mod
     if _kernels_mod is None:
-        path = _ROOT / "kernels" / "conv.py"
         try:
-            mod = importlib.import_module("kernels.conv")
-            if Path(mod.__file__).resolve() != path:
-                raise ImportError("a different 'kernels' package shadows the repository's")
+            mod = importlib.import_module("fused_resnet.kernels.conv")
         except ImportError:
+            path = _ROOT / "kernels" / "conv.py"
+            if not path.exists():
+                raise ImportError(f"the Triton kernels are missing: neither fused_resnet.kernels.conv "
+                                  f"nor {path} can be found") from None
             name = "_fused_resnet_kernels_conv"
             spec = importlib.util.spec_from_file_location(name, path)
-            if spec is None or not path.exists():
-                raise ImportError(f"the Triton kernels are missing: {path} not found") from None
             mod = importlib.util.module_from_spec(spec)
             sys.modules[name] = mod
             spec.loader.exec_module(mod)
@@ -191,14 +194,28 @@ def _pick_config(key: tuple, candidates: list, launch) -> tuple:
 
 
 def _merge_stats(pmean: Tensor, pm2: Tensor, m: int, tile_m: int, c: int, device) -> tuple[Tensor, Tensor]:
+    """mean and biased var from per-tile partials: one merge launch, or two when there are
+    many tiles (chunks of tiles merged in parallel, then the chunks), in a fixed order."""
     k = kernels()
     mean = torch.empty(c, dtype=torch.float32, device=device)
     var = torch.empty(c, dtype=torch.float32, device=device)
     t = pmean.shape[0]
-    block_c = 16 if _interpreting() else 32
-    block_t = 16 if _interpreting() else 128
-    k.stats_merge_kernel[(triton_cdiv(c, block_c),)](
-        pmean, pm2, mean, var, t, c, m, tile_m, BLOCK_T=block_t, BLOCK_C=block_c, num_warps=4,
+    if _interpreting():
+        block_c, block_t, per_prog, warps = 16, 4, 8, 1
+    else:
+        block_c, block_t, per_prog, warps = 32, 64, 128, 4
+    if t > per_prog:
+        chunks = triton_cdiv(t, per_prog)
+        cmean = torch.empty((chunks, c), dtype=torch.float32, device=device)
+        cm2 = torch.empty_like(cmean)
+        k.stats_merge_kernel[(triton_cdiv(c, block_c), chunks)](
+            pmean, pm2, cmean, cm2, t, c, m, tile_m, per_prog,
+            FINAL=False, BLOCK_T=block_t, BLOCK_C=block_c, num_warps=warps,
+        )
+        pmean, pm2, t, tile_m = cmean, cm2, chunks, tile_m * per_prog
+    k.stats_merge_kernel[(triton_cdiv(c, block_c), 1)](
+        pmean, pm2, mean, var, t, c, m, tile_m, t,
+        FINAL=True, BLOCK_T=block_t, BLOCK_C=block_c, num_warps=warps,
     )
     return mean, var
 
