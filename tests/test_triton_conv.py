@@ -119,6 +119,9 @@ FP32_CASES = [
     ("7x7-s2-p3", 1, 3, 9, 9, 8, 7, 2, 3, 1, 1, False, True, False, True, True, True),
     ("7x7-s1-p3-pro", 1, 3, 7, 7, 5, 7, 1, 3, 1, 1, True, False, True, False, False, False),
     ("batch1-1px", 1, 8, 1, 1, 8, 1, 1, 0, 1, 1, True, True, True, True, False, True),
+    ("3x3-even-k", 1, 16, 6, 6, 8, 3, 1, 1, 1, 1, True, True, False, True, True, True),
+    ("1x1-g2-multi-n", 1, 8, 5, 5, 40, 1, 1, 0, 1, 2, True, True, True, False, True, False),
+    ("1x1-swizzle", 2, 4, 17, 17, 40, 1, 1, 0, 1, 1, False, True, False, True, True, True),
 ]
 
 
@@ -136,7 +139,7 @@ def test_conv_via_torch_op(case):
     check_fp32(args, relu, stats, via_op=True)
 
 
-FP16_CASES = [FP32_CASES[i] for i in (1, 4, 5, 8, 9, 12)]
+FP16_CASES = [FP32_CASES[i] for i in (1, 4, 5, 8, 9, 12, 15)]
 
 
 @pytest.mark.parametrize("case", FP16_CASES, ids=[c[0] for c in FP16_CASES])
@@ -227,6 +230,20 @@ def test_autograd_through_op():
             a.grad = None
     for i, (gt, gr) in enumerate(zip(*grads)):
         assert_close_fp32(gt, gr, f"grad {i}", rtol=1e-4, atol=1e-4)
+
+
+def test_opcheck():
+    args = make_inputs(1, 5, 5, 5, 6, 3, 1, 1, pro=True, bias=True, res=True, channels_last=True, seed=14)
+    torch.library.opcheck(torch.ops.fused_resnet.conv.default, (*args, True, True, "triton"),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_inference_mode_weight():
+    with torch.inference_mode():
+        args = make_inputs(1, 4, 5, 5, 6, 3, 1, 1, bias=True, seed=15)
+        y, _, _ = _backend().conv(*args, True, False)
+        yr, _, _ = reference.conv(*args, True, False)
+    assert_close_fp32(y, yr, "y")
 
 
 def test_empty_batch():
