@@ -268,7 +268,8 @@ def bn_act_kernel(
 # ----------------------------------------------------------------------------- configurations
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) tried by the launcher's
-# autotuner on a GPU; pruned to the problem's channel counts before timing.
+# autotuner on a GPU; clamped to the problem's channel counts (and, for fp32,
+# to what fits in shared memory) before timing.
 CONV_CONFIGS = (
     (128, 64, 64, 4, 4),
     (128, 128, 64, 8, 3),
@@ -291,7 +292,9 @@ def conv_configs(cin_g: int, cout_g: int, elem_size: int) -> list[tuple[int, int
     if interpreting():
         return [INTERPRET_CONV_CONFIG]
     out = []
-    for bm, bn, bk, warps, stages in CONV_CONFIGS:
+    # Heuristic first: the candidate used untimed (autotuning off, CUDA graph capture).
+    first = CONV_CONFIGS[1] if cout_g >= 128 else CONV_CONFIGS[0]
+    for bm, bn, bk, warps, stages in (first,) + CONV_CONFIGS:
         bn = min(bn, _pow2_at_least(cout_g, 16))
         bk = min(bk, _pow2_at_least(cin_g, 16))
         if elem_size == 4:  # fp32 tiles need twice the shared memory
@@ -341,22 +344,24 @@ def conv_specializations():
     (1, 3, 7) x dtype x EVEN_K is compiled with all flags on, and fp32 with both
     TF32 and IEEE dot precision. EVEN_K specialisations carry the 16-divisibility
     a ResNet launch has (aligned pointers, channel counts), ragged ones none.
+    Finally every autotuning candidate block shape compiles (bf16 and fp32).
     """
     flags = ("HAS_PRO", "HAS_BIAS", "HAS_RES", "RELU", "STATS")
     seen = set()
     out = []
 
-    def add(dtype, k, even_k, prec, bits):
-        key = (dtype, k, even_k, prec, bits)
+    def add(dtype, k, even_k, prec, bits, cfg=None):
+        cfg = cfg or ((128, 64, 32, 4, 3) if dtype == "fp32" else (128, 64, 64, 4, 4))
+        key = (dtype, k, even_k, prec, bits, cfg)
         if key in seen:
             return
         seen.add(key)
-        bm, bn, bk, warps, stages = (128, 64, 32, 4, 3) if dtype == "fp32" else (128, 64, 64, 4, 4)
+        bm, bn, bk, warps, stages = cfg
         consts = dict(zip(flags, bits))
         consts.update(KH=k, KW=k, EVEN_K=even_k, DOT_PRECISION=prec, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
                       GROUP_M=GROUP_M)
         name = f"conv_{dtype}_{k}x{k}_{'even' if even_k else 'ragged'}_{prec}_" + "".join(
-            f for f, b in zip("pbrus", bits) if b)
+            f for f, b in zip("pbrus", bits) if b) + f"_{bm}x{bn}x{bk}w{warps}s{stages}"
         attrs = _attrs(conv_fwd_kernel, _DIVISIBLE_CONV_ARGS if even_k else ())
         out.append((name, conv_fwd_kernel, conv_signature(dtype), consts,
                     {"num_warps": warps, "num_stages": stages}, attrs))
@@ -374,6 +379,10 @@ def conv_specializations():
                 add(dtype, k, even_k, "tf32", on)
     add("fp32", 3, True, "ieee", on)
     add("fp32", 3, False, "ieee", off)
+    for cfg in CONV_CONFIGS:  # every autotuning candidate, as clamped for 16-bit and fp32 tiles
+        add("bf16", 3, True, "tf32", on, cfg)
+        bm, bn, bk, warps, stages = cfg
+        add("fp32", 3, True, "tf32", on, (bm, bn, min(bk, 32), warps, min(stages, 3)))
     return out
 
 

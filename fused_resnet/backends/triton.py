@@ -165,13 +165,21 @@ def _bucket(m: int) -> int:
     return 1 << max(int(m) - 1, 0).bit_length()
 
 
+def _autotune_enabled() -> bool:
+    """FUSED_RESNET_TRITON_AUTOTUNE=0 skips timing and takes the heuristic (first) candidate."""
+    return os.environ.get("FUSED_RESNET_TRITON_AUTOTUNE", "1") != "0"
+
+
 def _pick_config(key: tuple, candidates: list, launch) -> tuple:
-    """The fastest of ``candidates`` for ``key`` (timed once per key), or the only one."""
+    """The fastest of ``candidates`` for ``key`` (timed once per key), or the heuristic first one
+    (a single candidate, autotuning switched off, or inside a CUDA graph capture)."""
     if len(candidates) == 1:
         return candidates[0]
     cfg = _TUNED.get(key)
     if cfg is not None:
         return cfg
+    if not _autotune_enabled():
+        return candidates[0]
     if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         return candidates[0]  # no timing inside a CUDA graph capture; tune on an eager call first
     from triton.testing import do_bench
