@@ -1,10 +1,82 @@
-"""The cuda backend: the compiled ``fused_resnet._C`` kernels."""
+"""The cuda backend: the compiled ``fused_resnet._C`` kernels.
+
+It runs the memory-bound BatchNorm pieces (batch statistics, finalize, the
+running-statistics update, BN + residual + ReLU and its backward) with the CUDA
+kernels of ``csrc/``, registered as ``torch.ops.fused_resnet_cuda.<name>``; the
+convolutions stay inherited from the reference (cuDNN on a GPU).
+
+``_C`` is loaded lazily, at the first kernel call (``import fused_resnet`` never
+loads it). The fake (meta) implementations of the ``fused_resnet_cuda`` ops are
+registered here (``_register_fakes``), the module their C++ library names with
+``set_python_module``; ``_C`` calls it when it is imported.
+"""
 from __future__ import annotations
 
 import torch
 
 from .. import _ext
+from .._layout import empty_like_layout, empty_vec
 from .base import FLOAT_DTYPES, Backend
+
+LIB = "fused_resnet_cuda"
+OP_NAMES = ("batch_stats", "bn_finalize", "bn_update_running", "bn_act", "bn_act_backward")
+
+_ops_ns = None
+_fakes_registered = False
+
+
+def ops():
+    """``torch.ops.fused_resnet_cuda``, loading ``fused_resnet._C`` on first use.
+
+    Raises ImportError with the reason when the extension is not built.
+    """
+    global _ops_ns
+    if _ops_ns is None:
+        _ext.load()
+        _register_fakes()
+        _ops_ns = getattr(torch.ops, LIB)
+    return _ops_ns
+
+
+def _fvec(n, ref: torch.Tensor) -> torch.Tensor:
+    return torch.empty(n, dtype=torch.float32, device=ref.device)
+
+
+def _register_fakes() -> None:
+    """Fake implementations (shapes, dtypes, strides) of the ops; idempotent."""
+    global _fakes_registered
+    if _fakes_registered:
+        return
+    _fakes_registered = True
+
+    @torch.library.register_fake(f"{LIB}::batch_stats")
+    def _(x):
+        return _fvec(x.shape[1], x), _fvec(x.shape[1], x)
+
+    @torch.library.register_fake(f"{LIB}::bn_finalize")
+    def _(mean, var, weight, bias, eps):
+        return _fvec(mean.shape[0], mean), _fvec(mean.shape[0], mean), _fvec(mean.shape[0], mean)
+
+    @torch.library.register_fake(f"{LIB}::bn_update_running")
+    def _(mean, var, count, running_mean, running_var, num_batches_tracked, momentum):
+        return None
+
+    @torch.library.register_fake(f"{LIB}::bn_act")
+    def _(y, scale, shift, residual, res_scale, res_shift, relu):
+        return empty_like_layout(y, y.shape)
+
+    @torch.library.register_fake(f"{LIB}::bn_act_backward")
+    def _(dout, out, y, scale, residual, res_scale, relu, output_mask):
+        need_y, need_scale, need_shift, need_res, need_rscale, need_rshift = output_mask
+        c = y.shape[1]
+        return (
+            empty_like_layout(y, y.shape) if need_y else empty_vec(y),
+            _fvec(c, y) if need_scale else empty_vec(y),
+            _fvec(c, y) if need_shift else empty_vec(y),
+            empty_like_layout(residual, residual.shape) if need_res else empty_vec(y),
+            _fvec(c, y) if need_rscale else empty_vec(y),
+            _fvec(c, y) if need_rshift else empty_vec(y),
+        )
 
 
 class CudaBackend(Backend):
@@ -24,3 +96,27 @@ class CudaBackend(Backend):
         if dtype not in FLOAT_DTYPES:
             return False, f"dtype {dtype} is not one of fp32/fp16/bf16"
         return True, ""
+
+    # conv and conv_backward stay the reference's (cuDNN convolutions on a GPU).
+
+    def batch_stats(self, x):
+        mean, var = ops().batch_stats(x)
+        return mean, var
+
+    def bn_finalize(self, mean, var, weight, bias, eps):
+        scale, shift, invstd = ops().bn_finalize(mean, var, weight, bias, float(eps))
+        return scale, shift, invstd
+
+    def bn_update_running(self, mean, var, count, running_mean, running_var, num_batches_tracked, momentum):
+        ops().bn_update_running(
+            mean, var, int(count), running_mean, running_var, num_batches_tracked,
+            None if momentum is None else float(momentum),
+        )
+
+    def bn_act(self, y, scale, shift, residual, res_scale, res_shift, relu):
+        return ops().bn_act(y, scale, shift, residual, res_scale, res_shift, bool(relu))
+
+    def bn_act_backward(self, dout, out, y, scale, residual, res_scale, relu, output_mask):
+        return tuple(
+            ops().bn_act_backward(dout, out, y, scale, residual, res_scale, bool(relu), [bool(m) for m in output_mask])
+        )

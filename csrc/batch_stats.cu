@@ -1,0 +1,152 @@
+// batch_stats: per-channel mean and biased variance of a 4-D activation.
+//
+// Pass 1 (one kernel per layout): every block reduces a range of rows of a
+// tile of channels with per-thread Welford updates, merges its threads with
+// Chan's formula in a fixed tree, and writes (mean, M2) per channel into a
+// [2, nchunks, C] partials buffer (the chunk's count is known from its size).
+// Pass 2: one kernel merges the chunks of each channel in a fixed order in
+// fp64. No atomics, so the result is deterministic.
+#include "device.cuh"
+
+namespace fused_resnet {
+namespace {
+
+// NHWC: x is [M, C] row-major. Block (tx, ty): tx over channel vectors of VEC
+// channels, ty over rows; grid (gx, nchunks).
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    stats_nhwc_kernel(const T* __restrict__ x, int64_t M, int64_t C, int64_t rows_per_chunk, int64_t nchunks,
+                      float* __restrict__ partial) {
+  __shared__ float smem[kThreads * (2 * VEC + 1)];
+  const int64_t c0 = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * VEC;
+  const int64_t r0 = (int64_t)blockIdx.y * rows_per_chunk;
+  const int64_t r1 = min64(M, r0 + rows_per_chunk);
+  const bool active = c0 < C;
+  float n = 0.f, mean[VEC], m2[VEC];
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) mean[k] = m2[k] = 0.f;
+  if (active) {
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += blockDim.y) {
+      float v[VEC];
+      load_f<T, VEC>(x + r * C + c0, v);
+      n += 1.f;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) welford_add(n, mean[k], m2[k], v[k]);
+    }
+  }
+  block_welford_y<VEC>(n, mean, m2, smem);
+  if (threadIdx.y == 0 && active) {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      partial[(int64_t)blockIdx.y * C + c0 + k] = mean[k];
+      partial[(nchunks + blockIdx.y) * C + c0 + k] = m2[k];
+    }
+  }
+}
+
+// NCHW: channel c's values are N planes of HW contiguous elements. Block (1, 256)
+// owns channel blockIdx.x and a range of "units" of VEC elements of the flattened
+// (n, hw) index; HW % VEC == 0, so a unit never straddles two planes.
+template <typename T, int VEC>
+__global__ void __launch_bounds__(kThreads)
+    stats_nchw_kernel(const T* __restrict__ x, int64_t C, int64_t HW, int64_t units, int64_t units_per_chunk,
+                      int64_t nchunks, float* __restrict__ partial) {
+  __shared__ float smem[kThreads * 3];
+  const int64_t c = blockIdx.x;
+  const int64_t hwv = HW / VEC;
+  const int64_t u0 = (int64_t)blockIdx.y * units_per_chunk;
+  const int64_t u1 = min64(units, u0 + units_per_chunk);
+  float n = 0.f, mean[1] = {0.f}, m2[1] = {0.f};
+  for (int64_t u = u0 + threadIdx.y; u < u1; u += blockDim.y) {
+    const int64_t img = u / hwv;
+    const int64_t s = u - img * hwv;
+    float v[VEC];
+    load_f<T, VEC>(x + (img * C + c) * HW + s * VEC, v);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      n += 1.f;
+      welford_add(n, mean[0], m2[0], v[k]);
+    }
+  }
+  block_welford_y<1>(n, mean, m2, smem);
+  if (threadIdx.y == 0) {
+    partial[(int64_t)blockIdx.y * C + c] = mean[0];
+    partial[(nchunks + blockIdx.y) * C + c] = m2[0];
+  }
+}
+
+// Pass 2: block (32, 8), channel = blockIdx.x*32 + tx; thread ty merges chunks
+// ty, ty+8, ... in order, then a fixed tree merges the 8 rows. fp64 throughout.
+constexpr int kFx = 32, kFy = 8;
+
+__global__ void __launch_bounds__(kFx* kFy)
+    stats_merge_kernel(const float* __restrict__ partial, int64_t C, int64_t nchunks, int64_t units,
+                       int64_t units_per_chunk, int64_t unit_elems, float* __restrict__ mean_out,
+                       float* __restrict__ var_out) {
+  __shared__ double smem[kFx * kFy * 3];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t c = (int64_t)blockIdx.x * kFx + tx;
+  double n = 0.0, mean = 0.0, m2 = 0.0;
+  if (c < C) {
+    for (int64_t j = ty; j < nchunks; j += kFy) {
+      const int64_t u0 = j * units_per_chunk;
+      const int64_t u1 = min64(units, u0 + units_per_chunk);
+      const double nb = (double)((u1 - u0) * unit_elems);
+      chan_merge<double>(n, mean, m2, nb, (double)partial[j * C + c], (double)partial[(nchunks + j) * C + c]);
+    }
+  }
+  double* mine = smem + (ty * kFx + tx) * 3;
+  mine[0] = n;
+  mine[1] = mean;
+  mine[2] = m2;
+  __syncthreads();
+  for (int s = kFy / 2; s > 0; s >>= 1) {
+    if (ty < s) {
+      const double* other = smem + ((ty + s) * kFx + tx) * 3;
+      chan_merge<double>(n, mean, m2, other[0], other[1], other[2]);
+      mine[0] = n;
+      mine[1] = mean;
+      mine[2] = m2;
+    }
+    __syncthreads();
+  }
+  if (ty == 0 && c < C) {
+    mean_out[c] = (float)mean;
+    var_out[c] = (float)(m2 / n);
+  }
+}
+
+
+template <typename T>
+void launch_typed(const StatsArgs& a, cudaStream_t stream) {
+  constexpr int V = 16 / sizeof(T);
+  const T* x = static_cast<const T*>(a.x);
+  const Plan& p = a.plan;
+  if (a.nhwc) {
+    const dim3 grid((unsigned)p.gx, (unsigned)p.nchunks), block(p.tx, p.ty);
+    const int64_t M = a.N * a.HW;
+    if (a.vec) {
+      stats_nhwc_kernel<T, V><<<grid, block, 0, stream>>>(x, M, a.C, p.upc, p.nchunks, a.partial);
+    } else {
+      stats_nhwc_kernel<T, 1><<<grid, block, 0, stream>>>(x, M, a.C, p.upc, p.nchunks, a.partial);
+    }
+  } else {
+    const dim3 grid((unsigned)a.C, (unsigned)p.nchunks), block(1, kThreads);
+    if (a.vec) {
+      stats_nchw_kernel<T, V><<<grid, block, 0, stream>>>(x, a.C, a.HW, p.units, p.upc, p.nchunks, a.partial);
+    } else {
+      stats_nchw_kernel<T, 1><<<grid, block, 0, stream>>>(x, a.C, a.HW, p.units, p.upc, p.nchunks, a.partial);
+    }
+  }
+  if (cudaPeekAtLastError() != cudaSuccess) return;
+  stats_merge_kernel<<<(unsigned)ceil_div64(a.C, kFx), dim3(kFx, kFy), 0, stream>>>(
+      a.partial, a.C, p.nchunks, p.units, p.upc, p.unit_elems, a.mean, a.var);
+}
+
+}  // namespace
+
+cudaError_t launch_batch_stats(const StatsArgs& a, cudaStream_t stream) {
+  return dispatch_act(a.dtype, [&](auto tag) { launch_typed<decltype(tag)>(a, stream); });
+}
+
+}  // namespace fused_resnet

@@ -1,0 +1,96 @@
+// Registration of the fused_resnet CUDA kernels.
+//
+// TORCH_LIBRARY(fused_resnet_cuda) defines the ops with the names and schemas
+// of the Python ops in fused_resnet/ops.py (minus their `backend` argument);
+// their CUDA kernels are registered below, and their fake (meta) implementations
+// in Python, in fused_resnet/backends/cuda.py (set_python_module), which this
+// module's initialisation imports so they exist whenever the ops do.
+// PYBIND11_MODULE(_C) exposes built_with() and the kernels as plain functions.
+#include <torch/extension.h>
+#include <torch/library.h>
+#include <torch/version.h>
+
+#include <string>
+#include <vector>
+
+#include "launch.h"
+#include "ops.h"
+
+namespace py = pybind11;
+
+TORCH_LIBRARY(fused_resnet_cuda, m) {
+  m.set_python_module("fused_resnet.backends.cuda");
+  m.def("batch_stats(Tensor x) -> (Tensor, Tensor)");
+  m.def("bn_finalize(Tensor mean, Tensor var, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "bn_update_running(Tensor mean, Tensor var, SymInt count, Tensor(a!) running_mean, Tensor(b!) running_var, "
+      "Tensor(c!)? num_batches_tracked, float? momentum) -> ()");
+  m.def(
+      "bn_act(Tensor y, Tensor scale, Tensor shift, Tensor? residual, Tensor? res_scale, Tensor? res_shift, "
+      "bool relu) -> Tensor");
+  m.def(
+      "bn_act_backward(Tensor dout, Tensor out, Tensor y, Tensor scale, Tensor? residual, Tensor? res_scale, "
+      "bool relu, bool[] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fused_resnet_cuda, CUDA, m) {
+  m.impl("batch_stats", &fused_resnet::batch_stats);
+  m.impl("bn_finalize", &fused_resnet::bn_finalize);
+  m.impl("bn_update_running", &fused_resnet::bn_update_running);
+  m.impl("bn_act", &fused_resnet::bn_act);
+  m.impl("bn_act_backward", &fused_resnet::bn_act_backward);
+}
+
+namespace {
+
+std::string arch_name(int a) { return std::to_string(a / 100) + "." + std::to_string((a / 10) % 10); }
+
+py::dict built_with() {
+  py::dict d;
+  const int v = fused_resnet::cuda_toolkit_version();
+  d["cuda_version"] = std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10);
+  std::vector<std::string> archs;
+  for (int a : fused_resnet::compiled_archs()) archs.push_back(arch_name(a));
+  d["arch_list"] = archs;
+  d["torch_version"] = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
+                       std::to_string(TORCH_VERSION_PATCH);
+  d["ops"] = std::vector<std::string>{"batch_stats", "bn_finalize", "bn_update_running", "bn_act",
+                                      "bn_act_backward"};
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fused_resnet CUDA kernels (BatchNorm statistics, finalize, running update, BN+residual+ReLU)";
+  m.def("built_with", &built_with,
+        "Build information: CUDA toolkit version, SM architectures compiled in, torch version, ops.");
+  m.def("batch_stats", &fused_resnet::batch_stats, py::arg("x"));
+  m.def("bn_finalize", &fused_resnet::bn_finalize, py::arg("mean"), py::arg("var"), py::arg("weight"),
+        py::arg("bias"), py::arg("eps"));
+  m.def(
+      "bn_update_running",
+      [](const at::Tensor& mean, const at::Tensor& var, int64_t count, at::Tensor running_mean,
+         at::Tensor running_var, std::optional<at::Tensor> num_batches_tracked, std::optional<double> momentum) {
+        fused_resnet::bn_update_running(mean, var, c10::SymInt(count), running_mean, running_var,
+                                        num_batches_tracked, momentum);
+      },
+      py::arg("mean"), py::arg("var"), py::arg("count"), py::arg("running_mean"), py::arg("running_var"),
+      py::arg("num_batches_tracked"), py::arg("momentum"));
+  m.def("bn_act", &fused_resnet::bn_act, py::arg("y"), py::arg("scale"), py::arg("shift"), py::arg("residual"),
+        py::arg("res_scale"), py::arg("res_shift"), py::arg("relu"));
+  m.def(
+      "bn_act_backward",
+      [](const at::Tensor& dout, const at::Tensor& out, const at::Tensor& y, const at::Tensor& scale,
+         std::optional<at::Tensor> residual, std::optional<at::Tensor> res_scale, bool relu,
+         const std::vector<bool>& output_mask) {
+        c10::List<bool> mask;
+        for (bool b : output_mask) mask.push_back(b);
+        return fused_resnet::bn_act_backward(dout, out, y, scale, residual, res_scale, relu, std::move(mask));
+      },
+      py::arg("dout"), py::arg("out"), py::arg("y"), py::arg("scale"), py::arg("residual"), py::arg("res_scale"),
+      py::arg("relu"), py::arg("output_mask"));
+  // The fake (meta) implementations live in Python; registering them here makes
+  // them exist whenever the ops do, however _C was imported.
+  py::module_::import("fused_resnet.backends.cuda").attr("_register_fakes")();
+}

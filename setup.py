@@ -1,0 +1,148 @@
+"""Build of fused-resnet: the Python packages and, when a CUDA toolkit is found, the
+compiled extension ``fused_resnet._C`` (csrc/: BatchNorm statistics, finalize,
+running-statistics update, BN + residual + ReLU, forward and backward).
+
+Metadata and dependencies live in pyproject.toml; this file adds the packages
+(``kernels/`` is installed as ``fused_resnet.kernels``) and the extension.
+
+    MAX_JOBS=2 pip install --no-build-isolation -e .     # or: pip install --no-build-isolation .
+
+Environment:
+    FUSED_RESNET_SKIP_EXT=1   build no extension (pure-Python install: reference and triton backends)
+    TORCH_CUDA_ARCH_LIST      SM architectures to compile; "8.0;9.0" when unset and no GPU is visible
+    CUDA_HOME                 the toolkit (else nvcc on PATH, else /usr/local/cuda), as torch finds it
+    MAX_JOBS                  parallel compile jobs of ninja
+"""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import shutil
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCH_LIST = "8.0;9.0"
+SOURCES = [
+    "csrc/bindings.cpp",
+    "csrc/ops.cpp",
+    "csrc/batch_stats.cu",
+    "csrc/bn_finalize.cu",
+    "csrc/bn_act.cu",
+    "csrc/bn_act_backward.cu",
+]
+PACKAGES = ["fused_resnet", "fused_resnet.backends", "fused_resnet.models", "fused_resnet.kernels"]
+PACKAGE_DIR = {"fused_resnet": "fused_resnet", "fused_resnet.kernels": "kernels"}
+
+
+def say(msg: str) -> None:
+    print(f"[fused-resnet setup] {msg}", flush=True)
+
+
+def pip_nvidia_include_dirs() -> list[str]:
+    """The include dirs of the pip CUDA wheels (nvidia/cu13/include first, then nvidia/*/include).
+
+    The torch C++ headers include cuBLAS/cuSPARSE/cuSOLVER headers that a bare
+    toolkit may lack; the wheels torch depends on carry them.
+    """
+    spec = importlib.util.find_spec("nvidia")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    found: list[str] = []
+    for base in spec.submodule_search_locations:
+        for pattern in ("cu*/include", "*/include"):
+            for d in sorted(glob.glob(os.path.join(base, pattern))):
+                if os.path.isdir(d) and d not in found:
+                    found.append(d)
+    return found
+
+
+def resolve_cuda_home() -> None:
+    """Set CUDA_HOME to the real toolkit when it is unset and nvcc on PATH is a wrapper.
+
+    torch takes the parent of `which nvcc`; when that is a wrapper script (say
+    /usr/local/bin/nvcc exec'ing /usr/local/cuda-13.0/bin/nvcc) it would get
+    /usr/local, whose include/ and lib64/ hold no CUDA runtime. This must run
+    before torch.utils.cpp_extension is imported (it reads CUDA_HOME at import).
+    """
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    candidates = []
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates.append("/usr/local/cuda")
+    for home in candidates:
+        if os.path.exists(os.path.join(home, "bin", "nvcc")) and os.path.exists(
+            os.path.join(home, "include", "cuda_runtime.h")
+        ):
+            os.environ["CUDA_HOME"] = home
+            say(f"CUDA_HOME is unset: using the toolkit at {home}")
+            return
+
+
+def extension_build():
+    """(ext_modules, cmdclass) for setup(), or ([], {}) with the reason printed."""
+    if os.environ.get("FUSED_RESNET_SKIP_EXT", "0") not in ("", "0"):
+        say("FUSED_RESNET_SKIP_EXT is set: skipping the CUDA extension fused_resnet._C")
+        return [], {}
+    resolve_cuda_home()
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError as e:
+        say(f"torch is not importable ({e}): skipping the CUDA extension fused_resnet._C "
+            "(install torch first and build with --no-build-isolation)")
+        return [], {}
+    if torch.version.cuda is None:
+        say(f"torch {torch.__version__} is a CPU-only build: skipping the CUDA extension fused_resnet._C")
+        return [], {}
+    cuda_home = cpp_extension.CUDA_HOME
+    nvcc = os.path.join(cuda_home, "bin", "nvcc") if cuda_home else None
+    if nvcc is None or not os.path.exists(nvcc):
+        say("no CUDA toolkit found (no nvcc under CUDA_HOME, on PATH or in /usr/local/cuda): "
+            "skipping the CUDA extension fused_resnet._C")
+        return [], {}
+
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        if torch.cuda.is_available():
+            say("TORCH_CUDA_ARCH_LIST is unset: torch picks the architectures of the visible GPUs")
+        else:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
+            say(f"TORCH_CUDA_ARCH_LIST is unset and no GPU is visible: using {DEFAULT_ARCH_LIST!r}")
+
+    # Toolkit headers first, the pip wheels' headers after them (they only fill in
+    # what the toolkit lacks, e.g. cublas_v2.h); -I order decides who wins.
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    include_dirs += cpp_extension.include_paths("cuda")
+    include_dirs += pip_nvidia_include_dirs()
+    # Deduplicate, keeping the first occurrence.
+    include_dirs = list(dict.fromkeys(include_dirs))
+
+    cxx_flags = ["-O3", "-g0"]  # -g0: no debug info (Python's CFLAGS carry -g)
+    # No --use_fast_math: the statistics need IEEE division and rounding.
+    nvcc_flags = ["-O3", "-lineinfo"]
+    ext = cpp_extension.CUDAExtension(
+        name="fused_resnet._C",
+        sources=SOURCES,
+        include_dirs=include_dirs,
+        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+    )
+    say(
+        f"building the CUDA extension fused_resnet._C from {len(SOURCES)} sources with {nvcc} "
+        f"(CUDA {torch.version.cuda} torch {torch.__version__}), "
+        f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')!r}, "
+        f"MAX_JOBS={os.environ.get('MAX_JOBS', '(ninja default)')}"
+    )
+    build_ext = cpp_extension.BuildExtension.with_options(use_ninja=True)
+    return [ext], {"build_ext": build_ext}
+
+
+ext_modules, cmdclass = extension_build()
+setup(
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIR,
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
