@@ -10,7 +10,7 @@ The subprocesses use Triton's normal on-disk cache: only successful
 compilations are cached, under a key that includes the kernel source, the
 constexprs, the options and the target, so a cache hit is a specialisation that
 did compile, and any edit to a kernel recompiles it. A cold run compiles ~110
-specialisations (about 3-4 CPU-minutes); FUSED_RESNET_FRESH_COMPILE=1 forces
+specialisations (about 2.5 CPU-minutes); FUSED_RESNET_FRESH_COMPILE=1 forces
 one by using an empty cache directory.
 """
 from __future__ import annotations
