@@ -37,7 +37,8 @@ struct StatsArgs {
   int64_t N, C, HW;
   bool nhwc, vec;
   Plan plan;
-  float* partial;  // [2, nchunks, C]: chunk means, chunk M2s
+  float* partial;  // [2, nchunks, C]: chunk means, chunk M2s (of x - shift)
+  float* shift;    // [C]: each channel's first value, subtracted before reducing
   float* mean;
   float* var;
 };

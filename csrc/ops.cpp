@@ -162,8 +162,9 @@ std::tuple<at::Tensor, at::Tensor> batch_stats(const at::Tensor& x_in) {
     const int64_t unit = a.vec ? V : 1;
     a.plan = make_plan(N * HW / unit, unit, 0, C);
   }
-  at::Tensor partial = at::empty({2, a.plan.nchunks, C}, opts);
+  at::Tensor partial = at::empty({2 * a.plan.nchunks + 1, C}, opts);  // means, M2s, shifts
   a.partial = partial.mutable_data_ptr<float>();
+  a.shift = a.partial + 2 * a.plan.nchunks * C;
   a.mean = mean.mutable_data_ptr<float>();
   a.var = var.mutable_data_ptr<float>();
   check_launch(launch_batch_stats(a, c10::cuda::getCurrentCUDAStream()), op);
