@@ -121,7 +121,7 @@ def cmd_check(args, argv) -> int:
     report = B.run_parity(
         args.model, dtype=dtype, batch=batch, image_size=image, train=args.train, backend=args.backend,
         device=device, seed=args.seed, rtol=args.rtol, atol=args.atol, lowp_atol=args.lowp_atol,
-        channels_last=not args.contiguous, show=not args.quiet,
+        channels_last=not args.contiguous, direct=args.direct, show=not args.quiet,
     )
     h = report.header
     print(f"fused-resnet check: {h['model']} {h['mode']} {h['dtype']} batch {h['batch']} "
@@ -241,8 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check", help="parity of a converted model against torchvision",
                        description="Forward + backward of a torchvision model and of its converted twin on the "
                                    "same seeded batch; per-block outputs, logits, input and parameter gradients "
-                                   "(and BN running statistics with --train) are compared. Exit code 1 when any "
-                                   "is out of tolerance. Defaults: CPU batch 2 at 64x64, GPU batch 16 at 224x224.")
+                                   "(and BN running statistics with --train) are compared against an fp64 copy "
+                                   "of the plain model, next to plain PyTorch's own error: fp32 (TF32 off) passes "
+                                   "when err <= 2*plain_err + rtol*scale + atol*group_scale, fp16/bf16 when "
+                                   "err <= 2*plain_err + lowp_atol*group_scale. Exit code 1 when any tensor is "
+                                   "out of tolerance. Defaults: CPU batch 2 at 64x64, GPU batch 16 at 224x224.")
     common(s, "resnet50")
     s.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     s.add_argument("--train", action="store_true", help="train mode: batch statistics, running stats updated")
@@ -250,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--atol", type=float, default=1e-4, help="fp32: times the scale of its group")
     s.add_argument("--lowp-atol", type=float, default=None, help="fp16/bf16: times the group scale "
                    "(default 2e-3 fp16, 1e-2 bf16)")
+    s.add_argument("--direct", action="store_true", help="fp32: compare with plain fp32 directly "
+                   "(|fused - plain| <= rtol*scale + atol*group_scale) instead of against an fp64 reference")
     s.add_argument("--verbose", action="store_true", help="one row per parameter and buffer")
     s.add_argument("--json", default=None, help="also write the report as JSON to this path")
     s.set_defaults(func=cmd_check)

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: build the extension, report the environment, check
+# parity, run the test suite, time blocks and models, print a summary table.
+#
+#   bash bench/gpu_check.sh [--quick] [--compile] [--no-build]
+#
+#   --quick     resnet50 + cifar_resnet56 only, fewer steps, no torch.compile,
+#               skips the non-GPU part of the test suite
+#   --compile   add torch.compile variants (blocks: eager block; models: resnet50
+#               and cifar_resnet56, eager and fused); slow to build
+#   --no-build  skip `pip install -e .` (extension already built in place)
+#
+# Run from anywhere (it cd's to the repo root). Writes under $OUT (default
+# bench/out), 7 files, none nested:
+#   setup.log    nvidia-smi, versions, wheel install, extension build, fused-resnet info
+#   check.log    fused-resnet check runs (whole-model parity vs torchvision)
+#   tests.log    pytest -m gpu, then pytest -m "not gpu" (together: the whole suite)
+#   bench.log    stdout/stderr of the two benchmarks
+#   blocks.json  bench/bench_blocks.py results
+#   models.json  bench/bench_models.py results
+#   summary.txt  the table printed at the end
+# Every stage runs under `timeout`; the stages share a budget (BUDGET_S, default
+# 540 s) so that the whole script ends inside a 10-minute device call. Exit code
+# 1 if any stage failed or timed out.
+set -u -o pipefail
+export PYTHONUNBUFFERED=1
+
+cd "$(dirname "$0")/.." || exit 2
+OUT=${OUT:-bench/out}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+BUDGET=${BUDGET_S:-540}
+QUICK=0 COMPILE=0 BUILD=1
+for a in "$@"; do
+  case $a in
+    --quick) QUICK=1 ;;
+    --compile) COMPILE=1 ;;
+    --no-build) BUILD=0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    *) echo "gpu_check.sh: unknown option $a" >&2; exit 2 ;;
+  esac
+done
+
+START=$SECONDS
+STAGES=()
+FAILED=0
+
+# stage NAME CAP LOG CMD...: CMD under a timeout of min(CAP, budget left - 20 s),
+# output appended to LOG (and shown when SHOW=1); one status line per stage.
+stage() {
+  local name=$1 cap=$2 log=$3; shift 3
+  local left=$(( BUDGET - (SECONDS - START) - 20 ))
+  local limit=$(( cap < left ? cap : left ))
+  if (( limit < 15 )); then
+    STAGES+=("$name|skipped: time budget spent|0")
+    echo "--- $name: skipped (time budget spent)"
+    return 0
+  fi
+  echo "--- $name (limit ${limit}s, log $log)"
+  printf '\n===== %s [%s, limit %ss]\n$ %s\n' "$name" "$(date -u +%FT%TZ)" "$limit" "$*" >>"$log"
+  local t0=$SECONDS rc
+  if [[ ${SHOW:-0} == 1 ]]; then
+    timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$log"; rc=$?
+  else
+    timeout -k 10 "$limit" "$@" >>"$log" 2>&1; rc=$?
+  fi
+  local dt=$(( SECONDS - t0 )) st
+  case $rc in
+    0) st=ok ;;
+    124|137) st="TIMEOUT (${limit}s)" ;;
+    *) st="FAILED (rc=$rc)" ;;
+  esac
+  echo "===== $name: $st in ${dt}s" >>"$log"
+  STAGES+=("$name|$st|$dt")
+  if (( rc != 0 )); then
+    FAILED=1
+    echo "    $name: $st; last lines of $log:"
+    tail -n 15 "$log" | sed 's/^/    | /'
+  fi
+  return 0
+}
+
+SETUP=$OUT/setup.log CHECK=$OUT/check.log TESTS=$OUT/tests.log BENCH=$OUT/bench.log
+: >"$SETUP"; : >"$CHECK"; : >"$TESTS"; : >"$BENCH"
+
+echo "gpu_check.sh: quick=$QUICK compile=$COMPILE build=$BUILD budget=${BUDGET}s out=$OUT"
+stage env 30 "$SETUP" bash -c "nvidia-smi; $PY -c 'import sys, torch, torchvision; \
+print(sys.version); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"gpu\", \
+torch.cuda.get_device_name(0) if torch.cuda.is_available() else None); print(\"torchvision\", torchvision.__version__); \
+import triton; print(\"triton\", triton.__version__)'; git log --oneline -3 2>/dev/null; git status --short 2>/dev/null | head -20"
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  stage wheels 90 "$SETUP" "$PY" -m pip install --no-index --no-deps .whl/*.whl
+fi
+if (( BUILD )); then
+  if [[ -f setup.py || -f pyproject.toml ]]; then
+    stage build 300 "$SETUP" env MAX_JOBS=16 "$PY" -m pip install --no-build-isolation --no-deps -e .
+  else
+    STAGES+=("build|skipped: no setup.py/pyproject.toml|0")
+  fi
+fi
+
+if command -v fused-resnet >/dev/null 2>&1; then FR=(fused-resnet); else FR=("$PY" -m fused_resnet); fi
+SHOW=1 stage info 60 "$SETUP" "${FR[@]}" info
+
+# Whole-model parity against torchvision (TF32 off for fp32; fp64 reference and the 2x rule for bf16/fp16).
+stage check-resnet50-fp32 120 "$CHECK" "${FR[@]}" check --model resnet50 --dtype fp32 --batch 8 -q
+stage check-resnet50-bf16-train 120 "$CHECK" "${FR[@]}" check --model resnet50 --dtype bf16 --train --batch 32 -q
+if (( ! QUICK )); then
+  stage check-cifar56-bf16-train 90 "$CHECK" "${FR[@]}" check --model cifar_resnet56 --dtype bf16 --train --batch 128 -q
+fi
+
+stage tests-gpu 200 "$TESTS" "$PY" -m pytest tests -q -rfE -m gpu -p no:cacheprovider
+
+BLOCK_ARGS=(--json "$OUT/blocks.json")
+MODEL_ARGS=(--json "$OUT/models.json")
+if (( QUICK )); then
+  BLOCK_ARGS+=(--quick); MODEL_ARGS+=(--quick)
+else
+  (( COMPILE )) || BLOCK_ARGS+=(--no-compile)
+  (( COMPILE )) && MODEL_ARGS+=(--compile)
+fi
+stage bench-blocks 150 "$BENCH" "$PY" bench/bench_blocks.py "${BLOCK_ARGS[@]}"
+stage bench-models 240 "$BENCH" "$PY" bench/bench_models.py "${MODEL_ARGS[@]}"
+
+if (( ! QUICK )); then
+  stage tests-rest 200 "$TESTS" "$PY" -m pytest tests -q -rfE -m "not gpu" -p no:cacheprovider
+fi
+
+# ---------------------------------------------------------------- summary
+SUMMARY=$OUT/summary.txt
+{
+  echo "gpu_check.sh summary ($(date -u +%FT%TZ), total $(( SECONDS - START ))s, quick=$QUICK compile=$COMPILE)"
+  printf '%-28s %-34s %6s\n' stage status seconds
+  for s in "${STAGES[@]}"; do
+    IFS='|' read -r n st dt <<<"$s"
+    printf '%-28s %-34s %6s\n' "$n" "$st" "$dt"
+  done
+  grep -E '^(PASS|FAIL|PROBLEM)' "$CHECK" | sed 's/^/check: /'
+  grep -E '^[0-9]+ (passed|failed)|passed|failed|error' "$TESTS" | grep -E ' in [0-9.]+s' | sed 's/^/pytest: /'
+  "$PY" - "$OUT" <<'EOF'
+import json, os, sys
+out = sys.argv[1]
+for name in ("blocks.json", "models.json"):
+    path = os.path.join(out, name)
+    if not os.path.exists(path):
+        print(f"\n{name}: not written")
+        continue
+    d = json.load(open(path))
+    e = d.get("env", {})
+    ceil = d.get("ceilings") or {}
+    extra = f", copy {ceil['copy_GBps']:.0f} GB/s, bf16 GEMM {ceil['bf16_TFLOPs']:.0f} TFLOP/s" if ceil else ""
+    print(f"\n{name}{' (PARTIAL: cut short)' if d.get('partial') else ''}: {d.get('device')}, "
+          f"torch {e.get('torch')}, triton {e.get('triton')}, CUDA {e.get('cuda_runtime')}{extra}")
+    print(d.get("table", ""))
+EOF
+} 2>&1 | tee "$SUMMARY"
+
+exit $FAILED
