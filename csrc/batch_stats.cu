@@ -40,8 +40,9 @@ __global__ void __launch_bounds__(kThreads)
       float v[VEC];
       load_f<T, VEC>(x + r * C + c0, v);
       n += 1.f;
+      const float inv_n = 1.f / n;
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) welford_add(n, mean[k], m2[k], v[k] - K[k]);
+      for (int k = 0; k < VEC; ++k) welford_add_inv(inv_n, mean[k], m2[k], v[k] - K[k]);
     }
   }
   block_welford_y<VEC>(n, mean, m2, smem);
@@ -74,10 +75,21 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t s = u - img * hwv;
     float v[VEC];
     load_f<T, VEC>(x + (img * C + c) * HW + s * VEC, v);
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) {
+    if (VEC == 1) {
       n += 1.f;
-      welford_add(n, mean[0], m2[0], v[k] - K);
+      welford_add(n, mean[0], m2[0], v[0] - K);
+    } else {  // the vector's own (mean, M2), two-pass in registers, then one Chan merge
+      float sum = 0.f;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) sum += v[k] - K;
+      const float mb = sum * (1.f / VEC);
+      float m2b = 0.f;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float d = v[k] - K - mb;
+        m2b += d * d;
+      }
+      chan_merge(n, mean[0], m2[0], (float)VEC, mb, m2b);
     }
   }
   block_welford_y<1>(n, mean, m2, smem);

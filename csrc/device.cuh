@@ -55,6 +55,14 @@ __device__ __forceinline__ void welford_add(float n, float& mean, float& m2, flo
   m2 += d * (x - mean);
 }
 
+// Welford step with the reciprocal of the count precomputed (one division per
+// row shared by the VEC channels of a thread).
+__device__ __forceinline__ void welford_add_inv(float inv_n, float& mean, float& m2, float x) {
+  const float d = x - mean;
+  mean += d * inv_n;
+  m2 += d * (x - mean);
+}
+
 // Chan et al.'s merge of (nb, meanb, m2b) into (n, mean, m2).
 template <typename F>
 __device__ __forceinline__ void chan_merge(F& n, F& mean, F& m2, F nb, F meanb, F m2b) {
