@@ -212,18 +212,19 @@ def test_backend_on_cpu_machine(ns):
 
 # ====================================================================== GPU
 
+DEV = "cuda"
 SHAPES = [(4, 64, 9, 7), (3, 67, 5, 5), (2, 3, 11, 13), (8, 256, 4, 4), (1, 128, 1, 1)]
 
 
 def _act(shape, dtype, cl, seed=0, offset=0.0, scale=1.0):
-    t = randn(*shape, dtype=torch.float32, device="cuda", seed=seed) * scale + offset
+    t = randn(*shape, dtype=torch.float32, device=DEV, seed=seed) * scale + offset
     t = t.to(dtype)
     return t.contiguous(memory_format=torch.channels_last) if cl else t.contiguous()
 
 
 def _vec(c, seed=0, lo=0.5, hi=1.5):
     g = torch.Generator().manual_seed(seed)
-    return (torch.rand(c, generator=g) * (hi - lo) + lo).cuda()
+    return (torch.rand(c, generator=g) * (hi - lo) + lo).to(DEV)
 
 
 def _same_layout(a, b, name):
@@ -237,8 +238,8 @@ def _close_act(actual, expected, name):
     _same_layout(actual, expected, name)
     if actual.dtype == torch.float32:
         assert_close_fp32(actual, expected, name)
-    else:
-        torch.testing.assert_close(actual.float(), expected.float(), msg=lambda m: f"{name}: {m}")
+    else:  # the same fp32 math rounded once to the dtype: within the dtype's default tolerance
+        torch.testing.assert_close(actual, expected, msg=lambda m: f"{name}: {m}")
 
 
 def _close_stats(x, mean, var, rmean, rvar):
@@ -296,7 +297,7 @@ def test_batch_stats_odd_strides_and_offsets(ns):
     rmean, rvar = reference.batch_stats(x)
     assert_close_fp32(mean, rmean, "mean", rtol=1e-5, atol=1e-6)
     assert_close_fp32(var, rvar, "var", rtol=1e-4, atol=1e-6)
-    flat = torch.randn(1 + 2 * 16 * 5 * 5, device="cuda")[1:].view(2, 16, 5, 5)  # misaligned: scalar path
+    flat = torch.randn(1 + 2 * 16 * 5 * 5, device=DEV)[1:].view(2, 16, 5, 5)  # misaligned: scalar path
     m, v = ns.batch_stats(flat)
     rm, rv = reference.batch_stats(flat)
     assert_close_fp32(m, rm, "mean")
@@ -307,12 +308,12 @@ def test_batch_stats_odd_strides_and_offsets(ns):
 @pytest.mark.parametrize("affine", ["both", "weight", "none", "bf16"])
 def test_bn_finalize(ns, affine):
     c = 67
-    mean, var = torch.randn(c, device="cuda"), _vec(c, 1, 0.0, 3.0)
+    mean, var = torch.randn(c, device=DEV), _vec(c, 1, 0.0, 3.0)
     w = b = None
     if affine in ("both", "weight", "bf16"):
-        w = torch.randn(c, device="cuda")
+        w = torch.randn(c, device=DEV)
     if affine in ("both", "bf16"):
-        b = torch.randn(c, device="cuda")
+        b = torch.randn(c, device=DEV)
     if affine == "bf16":
         w, b = w.bfloat16(), b.bfloat16()
     got = ns.bn_finalize(mean, var, w, b, 1e-5)
@@ -330,10 +331,10 @@ def test_bn_update_running(ns, momentum, tracked, rdtype):
     if momentum is None and not tracked:
         pytest.skip("momentum=None needs num_batches_tracked")
     c, count = 67, 4 * 9 * 7
-    mean, var = torch.randn(c, device="cuda"), _vec(c, 2, 0.1, 2.0)
-    rm = torch.randn(c, device="cuda", dtype=rdtype)
+    mean, var = torch.randn(c, device=DEV), _vec(c, 2, 0.1, 2.0)
+    rm = torch.randn(c, device=DEV, dtype=rdtype)
     rv = _vec(c, 3).to(rdtype)
-    nbt = torch.tensor(4, device="cuda") if tracked else None
+    nbt = torch.tensor(4, device=DEV) if tracked else None
     rm2, rv2 = rm.clone(), rv.clone()
     nbt2 = nbt.clone() if tracked else None
     for _ in range(3):
@@ -350,7 +351,7 @@ def test_bn_update_running(ns, momentum, tracked, rdtype):
 def test_bn_update_running_matches_batchnorm(ns):
     """Against nn.BatchNorm2d itself, momentum 0.1 and None, over several steps."""
     for momentum in (0.1, None):
-        bn = torch.nn.BatchNorm2d(67, momentum=momentum).cuda().train()
+        bn = torch.nn.BatchNorm2d(67, momentum=momentum).to(DEV).train()
         rm, rv = bn.running_mean.clone(), bn.running_var.clone()
         nbt = bn.num_batches_tracked.clone()
         for step in range(4):
@@ -367,9 +368,9 @@ def test_bn_update_running_matches_batchnorm(ns):
 def test_bn_update_running_cuda_graph(ns):
     """No host synchronisation: the update captures into a CUDA graph and replays."""
     c = 64
-    mean, var = torch.randn(c, device="cuda"), _vec(c)
-    rm, rv = torch.zeros(c, device="cuda"), torch.ones(c, device="cuda")
-    nbt = torch.zeros((), dtype=torch.long, device="cuda")
+    mean, var = torch.randn(c, device=DEV), _vec(c)
+    rm, rv = torch.zeros(c, device=DEV), torch.ones(c, device=DEV)
+    nbt = torch.zeros((), dtype=torch.long, device=DEV)
     ref_rm, ref_rv, ref_nbt = rm.clone(), rv.clone(), nbt.clone()
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
@@ -394,12 +395,12 @@ RES_MODES = ["none", "plain", "affine", "other_layout"]
 def _bn_act_inputs(shape, dtype, cl, res_mode, seed=0):
     c = shape[1]
     y = _act(shape, dtype, cl, seed=seed)
-    scale, shift = _vec(c, seed + 1), torch.randn(c, device="cuda") * 0.5
+    scale, shift = _vec(c, seed + 1), torch.randn(c, device=DEV) * 0.5
     res = rs = rb = None
     if res_mode != "none":
         res = _act(shape, dtype, cl if res_mode != "other_layout" else not cl, seed=seed + 2)
     if res_mode == "affine":
-        rs, rb = _vec(c, seed + 3), torch.randn(c, device="cuda") * 0.5
+        rs, rb = _vec(c, seed + 3), torch.randn(c, device=DEV) * 0.5
     return y, scale, shift, res, rs, rb
 
 
@@ -419,9 +420,9 @@ def test_bn_act(ns, dtype, cl, shape, res_mode, relu):
 @pytest.mark.gpu
 def test_bn_act_misaligned_and_strided(ns):
     c = 64
-    base = torch.randn(1 + 2 * c * 6 * 6, device="cuda", dtype=torch.float16)
+    base = torch.randn(1 + 2 * c * 6 * 6, device=DEV, dtype=torch.float16)
     y = base[1:].view(2, c, 6, 6)  # 2-byte offset: not 16-byte aligned
-    scale, shift = _vec(c), torch.randn(c, device="cuda")
+    scale, shift = _vec(c), torch.randn(c, device=DEV)
     _close_act(ns.bn_act(y, scale, shift, None, None, None, True), reference.bn_act(y, scale, shift, None, None, None, True), "out")
     t = _act((2, 6, 6, c), torch.float16, False).permute(0, 3, 1, 2)  # channels_last view
     r = _act((2, c, 6, 6), torch.float16, False)
@@ -490,13 +491,13 @@ def test_bn_act_backward_residual_layouts(ns):
 @pytest.mark.gpu
 def test_opcheck_cuda(ns):
     def make(*s, dtype=torch.float32, cl=False):
-        t = torch.randn(*s, device="cuda").to(dtype)
+        t = torch.randn(*s, device=DEV).to(dtype)
         if len(s) == 1:
             return t.abs() + 0.1
         return t.contiguous(memory_format=torch.channels_last) if cl else t
 
     cases = _sample_inputs(make=make) + _running_inputs(
-        lambda n: torch.rand(n, device="cuda") + 0.1, lambda: torch.tensor(3, device="cuda")
+        lambda n: torch.rand(n, device=DEV) + 0.1, lambda: torch.tensor(3, device=DEV)
     )
     for name, args in cases:
         result = torch.library.opcheck(
@@ -513,6 +514,7 @@ def test_through_python_ops_and_autograd(ns):
 
     results = {}
     for backend in ("cuda", "reference"):
+        torch.manual_seed(0)  # the same inputs for both
         y, scale, shift, res, rs, rb = _bn_act_inputs((4, 64, 8, 8), torch.float32, True, "affine", seed=5)
         leaves = [t.requires_grad_() for t in (y, scale, shift, res, rs, rb)]
         mean, var = ops.batch_stats(y, backend)
@@ -551,7 +553,7 @@ def test_bad_inputs(ns):
     with pytest.raises(RuntimeError, match="count .* must be > 1"):
         ns.bn_update_running(scale, shift, 1, scale.clone(), shift.clone(), None, 0.1)
     with pytest.raises(RuntimeError, match="num_batches_tracked must have dtype int64, got Float"):
-        ns.bn_update_running(scale, shift, 10, scale.clone(), shift.clone(), torch.zeros((), device="cuda"), 0.1)
+        ns.bn_update_running(scale, shift, 10, scale.clone(), shift.clone(), torch.zeros((), device=DEV), 0.1)
     with pytest.raises(RuntimeError, match=r"dout must have shape \[2, 67, 5, 5\]"):
         ns.bn_act_backward(y[:1], y, y, scale, None, None, True, [True] * 3 + [False] * 3)
     with pytest.raises(RuntimeError, match="output_mask must have 6 entries"):
