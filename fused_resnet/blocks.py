@@ -207,18 +207,74 @@ class _Stage:
             )
             scale, shift = _batch_norm_params(y, mean, var, bn, run)
             return _Act(y, scale, shift, self.relu)
-        if bn is None:
-            weight, bias = conv.weight.to(run.dtype), _conv_bias(conv)
-        else:
-            weight, bias = self.block._fold_cache.get(conv, bn, run.dtype)
+        weight, bias = self.folded(run)
         y, _, _ = ops.conv(
             a.t, weight, bias, a.scale, a.shift, residual, *_conv_args(conv), self.relu, False, run.backend
         )
         return _Act(y)
 
+    def folded(self, run: _Run) -> tuple[Tensor, Optional[Tensor]]:
+        """(weight, bias) with a running-statistics BatchNorm folded in (or the conv's own)."""
+        if self.bn is None:
+            return self.conv.weight.to(run.dtype), _conv_bias(self.conv)
+        return self.block._fold_cache.get(self.conv, self.bn, run.dtype)
 
-def _finish(stage: _Stage, a: _Act, shortcut: Optional[_Act], run: _Run) -> Tensor:
-    """Last stage: [relu](bn(conv(a)) + shortcut), in one epilogue or one bn_act pass."""
+
+class _Shortcut(NamedTuple):
+    """A shortcut not computed yet, so the block's last conv can compute it in its own kernel.
+
+    ``stage`` is the projection (a 1x1 conv and its BN, if any) over ``a``; without
+    one, ``module`` is an option-A ShortcutA over ``a``.
+    """
+    a: _Act
+    stage: Optional[_Stage] = None
+    module: Optional[ShortcutA] = None
+
+    def fusable(self) -> bool:
+        if self.stage is None:
+            return True
+        c = self.stage.conv
+        return (
+            c.kernel_size == (1, 1) and c.padding == (0, 0) and c.dilation == (1, 1) and c.groups == 1
+            and c.stride[0] == c.stride[1] and not self.stage.batch_stats()
+        )
+
+    def stride(self) -> int:
+        return self.stage.conv.stride[0] if self.stage is not None else self.module.stride
+
+    def compute(self, run: _Run) -> _Act:
+        if self.stage is not None:
+            return self.stage(self.a, run)
+        return _Act(self.module(_materialize(self.a, run)))
+
+
+def _add_bias(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
+    return b if a is None else (a if b is None else a + b)
+
+
+def _conv_with_shortcut(stage: _Stage, a: _Act, sc: _Shortcut, run: _Run) -> Tensor:
+    """[relu](conv(a) + shortcut) in one op: the shortcut never round-trips through memory."""
+    a, sc_in = _prologue_input(a, run), _prologue_input(sc.a, run)
+    weight, bias = stage.folded(run)
+    sc_weight = None
+    if sc.stage is not None:
+        sc_weight, sc_bias = sc.stage.folded(run)
+        bias = _add_bias(bias, sc_bias)
+    return ops.conv_shortcut(
+        a.t, weight, bias, a.scale, a.shift, sc_in.t, sc_weight, sc_in.scale, sc_in.shift, sc.stride(),
+        *_conv_args(stage.conv), stage.relu, run.backend,
+    )
+
+
+def _finish(stage: _Stage, a: _Act, shortcut, run: _Run) -> Tensor:
+    """Last stage: [relu](bn(conv(a)) + shortcut), in one epilogue or one bn_act pass.
+
+    ``shortcut`` is None (no shortcut), an _Act, or a _Shortcut still to compute.
+    """
+    if isinstance(shortcut, _Shortcut):
+        if not stage.batch_stats() and shortcut.fusable():
+            return _conv_with_shortcut(stage, a, shortcut, run)
+        shortcut = shortcut.compute(run)
     if stage.batch_stats():
         # Shortcut stages never end in a ReLU, so a pending shortcut BN is a plain affine.
         y = _Stage(stage.block, stage.conv, stage.bn, relu=False)(a, run)
@@ -325,14 +381,16 @@ class _FusedV1(_FusedMixin):
         n = 3 if hasattr(self, "conv3") else 2
         return [_Stage(self, getattr(self, f"conv{i}"), getattr(self, f"bn{i}"), relu=True) for i in range(1, n + 1)]
 
-    def _shortcut(self, x: Tensor, run: _Run) -> Optional[_Act]:
+    def _shortcut(self, x: Tensor, run: _Run):
         if not self._has_shortcut:
             return None
         ds = self.downsample
         if ds is None:
             return _Act(x)
         if _is_conv_bn(ds):
-            return _Stage(self, ds[0], ds[1], relu=False)(_Act(x), run)
+            return _Shortcut(_Act(x), stage=_Stage(self, ds[0], ds[1], relu=False))
+        if type(ds) is ShortcutA:
+            return _Shortcut(_Act(x), module=ds)
         return _Act(ds(x))
 
     def _fused_forward(self, x: Tensor, run: _Run) -> Tensor:
@@ -358,16 +416,18 @@ class _FusedPreAct(_FusedMixin):
             scale, shift = _eval_scale_shift(bn)
         return _Act(x, scale, shift, relu=True)
 
-    def _shortcut(self, x: Tensor, a0: _Act, run: _Run) -> Optional[_Act]:
+    def _shortcut(self, x: Tensor, a0: _Act, run: _Run):
         if not self._has_shortcut:
             return None
         ds = self.downsample
         if ds is None:
             return _Act(x)
         if type(ds) is nn.Conv2d and not _conv_reason(ds, ""):
-            return _Stage(self, ds, None, relu=False)(a0, run)
+            return _Shortcut(a0, stage=_Stage(self, ds, None, relu=False))
         if _is_conv_bn(ds):
-            return _Stage(self, ds[0], ds[1], relu=False)(a0, run)
+            return _Shortcut(a0, stage=_Stage(self, ds[0], ds[1], relu=False))
+        if type(ds) is ShortcutA:
+            return _Shortcut(a0, module=ds)
         return _Act(ds(_materialize(a0, run)))
 
     def _fused_forward(self, x: Tensor, run: _Run) -> Tensor:

@@ -15,6 +15,10 @@ caller did not ask for come back as empty fp32 tensors.
       y = [relu](conv2d(a, W) + bias + residual); mean/var: per-channel batch
       statistics of y (biased variance) when ``stats``.
   conv_backward(...)       -> gradients of conv w.r.t. (x, W, bias, in_scale, in_shift, residual)
+  conv_shortcut(x, W, bias, in_scale, in_shift, sc_x, sc_W, sc_in_scale, sc_in_shift, sc_stride, ...) -> y
+      y = [relu](conv2d(a, W) + bias + S): the block's last conv with its shortcut in the
+      same kernel, S a strided 1x1 projection of (pre-activated) sc_x, or, without sc_W,
+      option A (sc_x subsampled, channels zero-padded); S never round-trips through memory
   batch_stats(x)           -> (mean, var) per channel, biased variance
   bn_finalize(mean, var, gamma, beta, eps) -> (scale, shift, invstd), scale = gamma/sqrt(var+eps)
   bn_update_running(mean, var, count, running_mean, running_var, num_batches_tracked, momentum)
@@ -119,6 +123,93 @@ def _conv_bwd(ctx, dy, dmean, dvar):
 
 
 conv.register_autograd(_conv_bwd, setup_context=_conv_setup)
+
+
+# ---------------------------------------------------------------- conv + shortcut
+
+
+@torch.library.custom_op(f"{_NS}::conv_shortcut", mutates_args=())
+def conv_shortcut(
+    x: Tensor, weight: Tensor, bias: Optional[Tensor], in_scale: Optional[Tensor],
+    in_shift: Optional[Tensor], sc_x: Tensor, sc_weight: Optional[Tensor],
+    sc_in_scale: Optional[Tensor], sc_in_shift: Optional[Tensor], sc_stride: int,
+    stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int, relu: bool,
+    backend: str,
+) -> Tensor:
+    return _impl(backend).conv_shortcut(
+        x, weight, bias, in_scale, in_shift, sc_x, sc_weight, sc_in_scale, sc_in_shift, sc_stride,
+        stride, padding, dilation, groups, relu,
+    )
+
+
+@conv_shortcut.register_fake
+def _(x, weight, bias, in_scale, in_shift, sc_x, sc_weight, sc_in_scale, sc_in_shift, sc_stride,
+      stride, padding, dilation, groups, relu, backend):
+    ho, wo = conv_out_hw(x.shape[2], x.shape[3], weight.shape[2:], stride, padding, dilation)
+    return empty_like_layout(x, (x.shape[0], weight.shape[0], ho, wo))
+
+
+def _conv_shortcut_setup(ctx, inputs, output):
+    (x, weight, bias, in_scale, in_shift, sc_x, sc_weight, sc_in_scale, sc_in_shift, sc_stride,
+     stride, padding, dilation, groups, relu, backend) = inputs
+    ctx.save_for_backward(x, weight, in_scale, in_shift, sc_x, sc_weight, sc_in_scale, sc_in_shift, output)
+    ctx.args = (sc_stride, stride, padding, dilation, groups, relu, backend, bias is not None)
+
+
+def _conv_shortcut_bwd(ctx, dy):
+    # y = relu(z), z = conv(a, W) + bias + S. The main branch is conv's backward with
+    # S in the place of its residual, which yields g = dz; S's inputs get the
+    # gradient of a 1x1 strided conv of g (conv_backward again, without ReLU or
+    # statistics, so its y argument is not read), or, for option A, the slice of g
+    # that the padded, subsampled channels came from.
+    x, weight, in_scale, in_shift, sc_x, sc_weight, sc_in_scale, sc_in_shift, y = ctx.saved_tensors
+    sc_stride, stride, padding, dilation, groups, relu, backend, has_bias = ctx.args
+    need = ctx.needs_input_grad
+    e = empty_vec(x)
+    has_pro = in_scale is not None
+    dx, dw, dbias, dscale, dshift, g = conv_backward(
+        dy, e, e, x, weight, y, e, in_scale, in_shift, stride, padding, dilation, groups, relu, False,
+        [need[0], need[1], has_bias and need[2], has_pro and need[3], has_pro and need[4], True], backend,
+    )
+    sc_grads = _shortcut_grads(ctx, g, sc_x, sc_weight, sc_in_scale, sc_in_shift, sc_stride, backend)
+    main = (dx, dw, dbias, dscale, dshift)
+    main_mask = (need[0], need[1], has_bias and need[2], has_pro and need[3], has_pro and need[4])
+    return tuple(t if m else None for t, m in zip(main, main_mask)) + sc_grads + (None,) * 7
+
+
+def _shortcut_grads(ctx, g, sc_x, sc_weight, sc_in_scale, sc_in_shift, sc_stride, backend):
+    need = ctx.needs_input_grad[5:9]
+    if sc_weight is None:
+        return _option_a_grads(need, g, sc_x, sc_in_scale, sc_in_shift, sc_stride)
+    e = empty_vec(g)
+    has_pro = sc_in_scale is not None
+    mask = [need[0], need[1], False, has_pro and need[2], has_pro and need[3], False]
+    dsc, dscw, _, dss, dst, _ = conv_backward(
+        g, e, e, sc_x, sc_weight, g, e, sc_in_scale, sc_in_shift, [sc_stride] * 2, [0, 0], [1, 1], 1,
+        False, False, mask, backend,
+    )
+    return tuple(t if m else None for t, m in zip((dsc, dscw, dss, dst), (mask[0], mask[1], mask[3], mask[4])))
+
+
+def _option_a_grads(need, g, sc_x, sc_in_scale, sc_in_shift, sc_stride):
+    # S = pad(a[:, :, ::s, ::s]), a = relu(u), u = x*scale + shift: da is the slice of g
+    # that the kept channels landed in, scattered back to the kept positions; then
+    # du = da * (u > 0), dx = du*scale, dscale = sum(du*x), dshift = sum(du).
+    front = (g.shape[1] - sc_x.shape[1]) // 2
+    da = torch.zeros(sc_x.shape, dtype=acc_dtype(g), device=g.device)
+    da[:, :, ::sc_stride, ::sc_stride] = acc(g[:, front:front + sc_x.shape[1]])
+    if sc_in_scale is None:
+        return (da.to(sc_x.dtype) if need[0] else None), None, None, None
+    x = acc(sc_x)
+    du = da * (x * sc_in_scale.view(1, -1, 1, 1) + sc_in_shift.view(1, -1, 1, 1) > 0)
+    dims = (0, 2, 3)
+    return (
+        (du * sc_in_scale.view(1, -1, 1, 1)).to(sc_x.dtype) if need[0] else None, None,
+        (du * x).sum(dims) if need[2] else None, du.sum(dims) if need[3] else None,
+    )
+
+
+conv_shortcut.register_autograd(_conv_shortcut_bwd, setup_context=_conv_shortcut_setup)
 
 
 # ---------------------------------------------------------------- batch statistics
@@ -262,4 +353,4 @@ def _bn_act_bwd(ctx, dout):
 
 bn_act.register_autograd(_bn_act_bwd, setup_context=_bn_act_setup)
 
-ALL_OPS = (conv, conv_backward, batch_stats, bn_finalize, bn_update_running, bn_act, bn_act_backward)
+ALL_OPS = (conv, conv_backward, conv_shortcut, batch_stats, bn_finalize, bn_update_running, bn_act, bn_act_backward)

@@ -56,6 +56,41 @@ def conv(
     return y, mean, var
 
 
+def shortcut(
+    sc_x: Tensor, sc_weight: Optional[Tensor], sc_in_scale: Optional[Tensor],
+    sc_in_shift: Optional[Tensor], sc_stride: int, out_channels: int,
+) -> Tensor:
+    """The shortcut branch of ``conv_shortcut``, in the accumulation dtype.
+
+    With ``sc_weight``: a 1x1 convolution of stride ``sc_stride`` over
+    relu(sc_x*sc_in_scale + sc_in_shift) (the prologue only if given). Without:
+    option A, sc_x subsampled by ``sc_stride`` with its channels zero-padded to
+    ``out_channels``, (out - in)//2 in front.
+    """
+    a = prologue(sc_x, sc_in_scale, sc_in_shift)
+    if sc_weight is not None:
+        return acc(torch.nn.functional.conv2d(a, sc_weight, None, sc_stride))
+    a = acc(a[:, :, ::sc_stride, ::sc_stride])
+    extra = out_channels - a.shape[1]
+    return torch.nn.functional.pad(a, (0, 0, 0, 0, extra // 2, extra - extra // 2))
+
+
+def conv_shortcut(
+    x: Tensor, weight: Tensor, bias: Optional[Tensor], in_scale: Optional[Tensor],
+    in_shift: Optional[Tensor], sc_x: Tensor, sc_weight: Optional[Tensor],
+    sc_in_scale: Optional[Tensor], sc_in_shift: Optional[Tensor], sc_stride: int,
+    stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int, relu: bool,
+) -> Tensor:
+    a = prologue(x, in_scale, in_shift)
+    z = acc(torch.nn.functional.conv2d(a, weight, None, stride, padding, dilation, groups))
+    z = z + shortcut(sc_x, sc_weight, sc_in_scale, sc_in_shift, sc_stride, weight.shape[0])
+    if bias is not None:
+        z = z + _per_channel(bias)
+    if relu:
+        z = torch.relu(z)
+    return like_layout(z.to(x.dtype), x)
+
+
 def conv_backward(
     dy: Tensor, dmean: Tensor, dvar: Tensor, x: Tensor, weight: Tensor, y: Tensor,
     mean: Tensor, in_scale: Optional[Tensor], in_shift: Optional[Tensor],

@@ -185,3 +185,34 @@ def test_bn_update_running_opcheck():
     m, v = torch.randn(4), torch.rand(4)
     args = (m, v, 10, torch.zeros(4), torch.ones(4), torch.tensor(0), None, "reference")
     torch.library.opcheck(ops.bn_update_running, args)
+
+
+@pytest.mark.parametrize("projection,prologue,sc_prologue", [
+    (True, True, True), (True, False, False), (False, False, False), (False, True, True),
+])
+def test_conv_shortcut_gradcheck_and_opcheck(projection, prologue, sc_prologue):
+    sc_c = 6 if projection else 4
+    args = (
+        _t(2, 4, 5, 5, seed=1), _t(8, 4, 3, 3, seed=2), _vec(8, 3),
+        _vec(4, 4, positive=True) if prologue else None, _vec(4, 5) if prologue else None,
+        _t(2, sc_c, 10, 10, seed=6), _t(8, sc_c, 1, 1, seed=7) if projection else None,
+        _vec(sc_c, 8, positive=True) if sc_prologue else None, _vec(sc_c, 9) if sc_prologue else None,
+        2, [1, 1], [1, 1], [1, 1], 1, True, "reference",
+    )
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+
+    def f(*ts):
+        it = iter(ts)
+        return ops.conv_shortcut(*[next(it) if isinstance(a, torch.Tensor) else a for a in args])
+
+    assert torch.autograd.gradcheck(f, tensors)
+    torch.library.opcheck(ops.conv_shortcut, args)
+
+
+def test_conv_shortcut_option_a_pads_channels_centrally():
+    x = torch.zeros(1, 1, 2, 2, dtype=D)
+    w = torch.zeros(4, 1, 1, 1, dtype=D)
+    sc = torch.arange(32, dtype=D).view(1, 2, 4, 4)
+    y = ops.conv_shortcut(x, w, None, None, None, sc, None, None, None, 2, [1, 1], [0, 0], [1, 1], 1, False, "reference")
+    assert y[0, :, 0, 0].tolist() == [0, 0, 16, 0]
+    assert y[0, :, 1, 1].tolist() == [0, 10, 26, 0]

@@ -29,6 +29,7 @@ class Backend:
 
     conv = staticmethod(reference.conv)
     conv_backward = staticmethod(reference.conv_backward)
+    conv_shortcut = staticmethod(reference.conv_shortcut)
     batch_stats = staticmethod(reference.batch_stats)
     bn_finalize = staticmethod(reference.bn_finalize)
     bn_update_running = staticmethod(reference.bn_update_running)
