@@ -42,3 +42,17 @@ def assert_within_2x(fused, plain, ref64, name="tensor"):
     err_fused, err_plain = max_err(fused, ref64), max_err(plain, ref64)
     bound = 2 * err_plain + LOWP_ATOL[fused.dtype]
     assert err_fused <= bound, f"{name}: error {err_fused:.3g} > 2 x plain PyTorch's {err_plain:.3g} + atol"
+
+
+def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    ref = ref.double()
+    return ((a.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def assert_rel_within_2x(fused, plain, ref64, name="tensor", atol=1e-4):
+    """The 2x rule on relative L2 error, for whole-model outputs and gradients."""
+    assert torch.isfinite(fused).all(), f"{name}: non-finite values"
+    err_fused, err_plain = rel_err(fused, ref64), rel_err(plain, ref64)
+    assert err_fused <= 2 * err_plain + atol, (
+        f"{name}: relative error {err_fused:.3g} > 2 x plain PyTorch's {err_plain:.3g} + {atol}"
+    )

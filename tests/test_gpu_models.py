@@ -1,0 +1,94 @@
+"""Whole converted models on a GPU against torchvision, per dtype and backend.
+
+The fused model in fp16/bf16 must be within 2x of plain PyTorch's error in the
+same dtype, both measured against the model run in fp64 on the same device.
+Eval and train mode (outputs, input gradient, parameter gradients, BatchNorm
+buffers after three steps).
+"""
+import copy
+
+import pytest
+import torch
+import torchvision
+
+import fused_resnet
+from fused_resnet.models import cifar_resnet
+
+from helpers import assert_rel_within_2x, rel_err
+
+pytestmark = pytest.mark.gpu
+
+MODELS = {
+    "resnet18": (lambda: torchvision.models.resnet18(), 224),
+    "resnet50": (lambda: torchvision.models.resnet50(), 224),
+    "resnext50_32x4d": (lambda: torchvision.models.resnext50_32x4d(), 224),
+    "wide_resnet50_2": (lambda: torchvision.models.wide_resnet50_2(), 224),
+    "cifar_resnet56": (lambda: cifar_resnet(56), 32),
+    "cifar_resnet20_v2_B": (lambda: cifar_resnet(20, version=2, shortcut="B"), 32),
+}
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+BACKENDS = ["triton", "cuda"]
+
+
+def _backend_or_skip(name):
+    ok, reason = fused_resnet.available_backends()[name]
+    if not ok:
+        pytest.fail(f"backend {name} unavailable on a GPU machine: {reason}")
+
+
+def _models(name, dtype, backend):
+    torch.manual_seed(0)
+    build, hw = MODELS[name]
+    base = build().cuda().to(memory_format=torch.channels_last)
+    ref = copy.deepcopy(base).double()
+    plain = copy.deepcopy(base).to(dtype)
+    fused = fused_resnet.convert(copy.deepcopy(base), backend=backend).to(dtype)
+    x = torch.randn(8, 3, hw, hw, device="cuda").contiguous(memory_format=torch.channels_last)
+    return ref, plain, fused, x
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_eval_logits(name, dtype, backend):
+    _backend_or_skip(backend)
+    ref, plain, fused, x = _models(name, dtype, backend)
+    for m in (ref, plain, fused):
+        m.eval()
+    with torch.no_grad():
+        y64, yp, yf = ref(x.double()), plain(x.to(dtype)), fused(x.to(dtype))
+    assert yf.dtype == yp.dtype
+    assert all(b.backend == backend for b in fused.modules() if isinstance(b, fused_resnet.blocks.FUSED_BLOCKS))
+    if dtype == torch.float32:
+        assert rel_err(yf, y64) < 1e-2  # tf32 convolutions on both sides
+    assert_rel_within_2x(yf, yp, y64, f"{name} {dtype} logits")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", ["resnet50", "cifar_resnet56", "cifar_resnet20_v2_B"])
+def test_train_steps_under_autocast(name, dtype, backend):
+    _backend_or_skip(backend)
+    ref, plain, fused, x = _models(name, torch.float32, backend)
+    for m in (ref, plain, fused):
+        m.train()
+    for step in range(3):
+        xs = x + 0.1 * step
+        y64 = ref(xs.double())
+        y64.float().square().mean().backward()
+        outs = []
+        for m in (plain, fused):
+            with torch.autocast("cuda", dtype=dtype):
+                y = m(xs)
+            y.float().square().mean().backward()
+            outs.append(y)
+        assert_rel_within_2x(outs[1], outs[0], y64, f"{name} step {step} logits", atol=1e-3)
+        for (n, p64), (_, pp), (_, pf) in zip(ref.named_parameters(), plain.named_parameters(), fused.named_parameters()):
+            assert_rel_within_2x(pf.grad, pp.grad, p64.grad, f"{name} step {step} grad {n}", atol=1e-3)
+        for m in (ref, plain, fused):
+            m.zero_grad()
+    for (n, b64), (_, bp), (_, bf) in zip(ref.named_buffers(), plain.named_buffers(), fused.named_buffers()):
+        if b64.is_floating_point():
+            assert_rel_within_2x(bf, bp, b64, f"{name} buffer {n}", atol=1e-3)
+        else:
+            assert torch.equal(bf, bp), n
