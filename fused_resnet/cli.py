@@ -34,8 +34,6 @@ def _command_line(argv: Optional[Sequence[str]]) -> str:
 
 
 def cmd_info(args, argv) -> int:
-    import torch
-
     from . import benchmark as B
 
     env = B.env_info()
@@ -78,7 +76,6 @@ def cmd_info(args, argv) -> int:
             print(f"auto backend ({where}, resnet50 bottleneck): {backend}")
     if device.type == "cpu":
         print("note: no CUDA GPU is visible; fused blocks run on the CPU with the reference backend")
-    torch  # noqa: B018 - imported for side-effect-free version lookups above
     return 0
 
 
