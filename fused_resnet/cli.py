@@ -75,7 +75,8 @@ def cmd_info(args, argv) -> int:
         else:
             print(f"auto backend ({where}, resnet50 bottleneck): {backend}")
     if device.type == "cpu":
-        print("note: no CUDA GPU is visible; fused blocks run on the CPU with the reference backend")
+        chosen = probes.get("fp32", (None, None))[0] or "an unknown backend"
+        print(f"note: no CUDA GPU is visible; fused blocks run on the CPU with the {chosen} backend")
     return 0
 
 
