@@ -98,12 +98,18 @@ def _uses_batch_stats(bn: nn.Module) -> bool:
     return isinstance(bn, nn.BatchNorm2d) and (bn.training or bn.running_mean is None)
 
 
-def _eval_scale_shift(bn: nn.Module) -> tuple[Tensor, Tensor]:
-    invstd = torch.rsqrt(bn.running_var.float() + bn.eps)
-    scale = invstd * bn.weight.float() if bn.weight is not None else invstd
-    shift = -bn.running_mean.float() * scale
+def _vec_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Per-channel vectors are fp32, or fp64 in an fp64 model (the ops' contract)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _eval_scale_shift(bn: nn.Module, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    v = _vec_dtype(dtype)
+    invstd = torch.rsqrt(bn.running_var.to(v) + bn.eps)
+    scale = invstd * bn.weight.to(v) if bn.weight is not None else invstd
+    shift = -bn.running_mean.to(v) * scale
     if bn.bias is not None:
-        shift = shift + bn.bias.float()
+        shift = shift + bn.bias.to(v)
     return scale, shift
 
 
@@ -134,8 +140,8 @@ def _materialize(a: _Act, run: _Run) -> Tensor:
     return ops.bn_act(a.t, a.scale, a.shift, None, None, None, a.relu, run.backend)
 
 
-def _conv_bias(conv: nn.Conv2d) -> Optional[Tensor]:
-    return conv.bias.float() if conv.bias is not None else None
+def _conv_bias(conv: nn.Conv2d, dtype: torch.dtype) -> Optional[Tensor]:
+    return conv.bias.to(_vec_dtype(dtype)) if conv.bias is not None else None
 
 
 def _conv_args(conv: nn.Conv2d) -> tuple:
@@ -175,9 +181,9 @@ class _FoldCache:
 
 def _fold(conv: nn.Conv2d, bn: nn.Module, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     # bn(conv(x) + b) = scale * conv(x) + (scale * b + shift) = conv_{W*scale}(x) + bias'
-    scale, shift = _eval_scale_shift(bn)
-    weight = (conv.weight.float() * scale.view(-1, 1, 1, 1)).to(dtype)
-    bias = shift if conv.bias is None else shift + scale * conv.bias.float()
+    scale, shift = _eval_scale_shift(bn, dtype)
+    weight = (conv.weight.to(scale.dtype) * scale.view(-1, 1, 1, 1)).to(dtype)
+    bias = shift if conv.bias is None else shift + scale * conv.bias.to(scale.dtype)
     return weight, bias
 
 
@@ -202,7 +208,7 @@ class _Stage:
         if self.batch_stats():
             assert residual is None, "a batch-statistics stage adds its residual in bn_act"
             y, mean, var = ops.conv(
-                a.t, conv.weight.to(run.dtype), _conv_bias(conv), a.scale, a.shift, None,
+                a.t, conv.weight.to(run.dtype), _conv_bias(conv, run.dtype), a.scale, a.shift, None,
                 *_conv_args(conv), False, True, run.backend,
             )
             scale, shift = _batch_norm_params(y, mean, var, bn, run)
@@ -216,7 +222,7 @@ class _Stage:
     def folded(self, run: _Run) -> tuple[Tensor, Optional[Tensor]]:
         """(weight, bias) with a running-statistics BatchNorm folded in (or the conv's own)."""
         if self.bn is None:
-            return self.conv.weight.to(run.dtype), _conv_bias(self.conv)
+            return self.conv.weight.to(run.dtype), _conv_bias(self.conv, run.dtype)
         return self.block._fold_cache.get(self.conv, self.bn, run.dtype)
 
 
@@ -413,7 +419,7 @@ class _FusedPreAct(_FusedMixin):
             mean, var = ops.batch_stats(x, run.backend)
             scale, shift = _batch_norm_params(x, mean, var, bn, run)
         else:
-            scale, shift = _eval_scale_shift(bn)
+            scale, shift = _eval_scale_shift(bn, run.dtype)
         return _Act(x, scale, shift, relu=True)
 
     def _shortcut(self, x: Tensor, a0: _Act, run: _Run):
