@@ -10,8 +10,10 @@ The subprocesses use Triton's normal on-disk cache: only successful
 compilations are cached, under a key that includes the kernel source, the
 constexprs, the options and the target, so a cache hit is a specialisation that
 did compile, and any edit to a kernel recompiles it. A cold run compiles ~110
-specialisations (about 2.5 CPU-minutes); FUSED_RESNET_FRESH_COMPILE=1 forces
-one by using an empty cache directory.
+forward specialisations (about 2.5 CPU-minutes) and ~130 backward ones
+(``kernels/conv_backward.py``: dgrad, wgrad, bn_act backward, reductions; a few
+CPU-minutes more); FUSED_RESNET_FRESH_COMPILE=1 forces one by using an empty
+cache directory.
 """
 from __future__ import annotations
 
@@ -20,12 +22,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
 _CHILD = (
     "import sys; sys.path.insert(0, {root!r}); "
     "from fused_resnet.backends.triton import kernels; kernels()._main(sys.argv[1:])"
+)
+_CHILD_BWD = (
+    "import sys; sys.path.insert(0, {root!r}); "
+    "from fused_resnet.backends.triton import backward_kernels; backward_kernels()._main(sys.argv[1:])"
 )
 
 
@@ -41,6 +49,12 @@ def _kernels():
     from fused_resnet.backends.triton import kernels
 
     return kernels()
+
+
+def _bwd_kernels():
+    from fused_resnet.backends.triton import backward_kernels
+
+    return backward_kernels()
 
 
 def test_specialisation_list_covers_the_launcher():
@@ -69,10 +83,38 @@ def test_specialisation_list_covers_the_launcher():
             assert k.conv_configs(cin_g, cout_g, esize)
 
 
-def test_compile_all_for_sm90(tmp_path):
+def test_backward_specialisation_list_covers_the_launcher():
+    k = _bwd_kernels()
+    specs = k.all_specializations()
+    names = [s[0] for s in specs]
+    assert len(names) == len(set(names)), "duplicate specialisation names"
+    for _, fn, sig, consts, _, _ in specs:  # signatures in sync with the kernels' parameters
+        assert list(sig) == list(fn.arg_names), fn.__name__
+        assert set(consts) == {n for n, t in sig.items() if t == "constexpr"}, fn.__name__
+    flags = ("HAS_PRO", "STATS", "RELU")
+    for kern, ptr in ((k.conv_dgrad_kernel, "dy_ptr"), (k.conv_wgrad_kernel, "dy_ptr")):
+        ss = [s for s in specs if s[1] is kern]
+        for dtype in ("bf16", "fp16", "fp32"):
+            combos = {tuple(s[3][f] for f in flags) for s in ss if s[2][ptr] == f"*{dtype}"}
+            assert len(combos) == 8, (kern.__name__, dtype)  # every prologue/stats/relu combination
+            for ks in (1, 3, 7):
+                assert any(s[3]["KH"] == ks and s[2][ptr] == f"*{dtype}" for s in ss), (kern.__name__, dtype, ks)
+    dg = [s for s in specs if s[1] is k.conv_dgrad_kernel]
+    assert {(s[3]["NEED_DX"], s[3]["NEED_PSUM"]) for s in dg if s[3]["HAS_PRO"]} == {
+        (True, True), (True, False), (False, True)}
+    assert {s[3]["EVEN_K"] for s in dg} == {True, False}
+    bn = [s for s in specs if s[1] is k.bn_act_bwd_kernel]
+    assert {s[3]["CHANNEL_ON_COLS"] for s in bn} == {True, False}
+    for cin_g, cout_g in ((3, 64), (4, 4), (64, 64), (256, 1024)):
+        for esize in (2, 4):
+            assert k.dgrad_configs(cin_g, cout_g, esize) and k.wgrad_configs(cin_g, cout_g, esize)
+
+
+@pytest.mark.parametrize("which", ["forward", "backward"])
+def test_compile_all_for_sm90(tmp_path, which):
     nshards = max(1, min(4, os.cpu_count() or 1))
     env = _env(tmp_path / "triton-cache")
-    child = _CHILD.format(root=str(ROOT))
+    child = (_CHILD if which == "forward" else _CHILD_BWD).format(root=str(ROOT))
     procs = [
         subprocess.Popen([sys.executable, "-c", child, str(i), str(nshards), "90"], cwd=str(ROOT), env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -83,4 +125,5 @@ def test_compile_all_for_sm90(tmp_path):
     compiled = [line for line in log.splitlines() if line.startswith("ok ")]
     failed = [line for line in log.splitlines() if line.startswith("FAIL ")]
     assert all(p.returncode == 0 for p in procs) and not failed, log[-6000:]
-    assert len(compiled) == len(_kernels().all_specializations()), log[-3000:]
+    mod = _kernels() if which == "forward" else _bwd_kernels()
+    assert len(compiled) == len(mod.all_specializations()), log[-3000:]

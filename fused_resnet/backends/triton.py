@@ -13,7 +13,14 @@ fp32 convolutions use TF32 tensor cores exactly when
 own convolutions, default True), full IEEE fp32 otherwise and always under the
 interpreter. fp16/bf16 run on tensor cores with fp32 accumulation.
 
-``conv_backward`` and ``bn_act_backward`` are inherited from the reference.
+``conv_backward`` and ``bn_act_backward`` run the kernels of ``kernels/conv_backward.py``:
+the gradient at the conv output is recomputed in the operand loads of the dgrad and
+wgrad implicit GEMMs (never materialised), the prologue backward is the dgrad
+epilogue, and every per-channel reduction and the split-K weight gradient go
+through a partials buffer and an ordered reduction (no atomics: bitwise
+repeatable). Under ``torch.use_deterministic_algorithms(True)`` the backward
+launchers skip autotuning and take the heuristic configuration, so the reduction
+order (and the bits) do not depend on timing either.
 """
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from .._layout import conv_out_hw, empty_vec, output_format
+from .._layout import conv_out_hw, empty_like_layout, empty_vec, output_format
 from .base import FLOAT_DTYPES, Backend
 
 _ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +48,33 @@ def _interpreting() -> bool:
 
 
 _kernels_mod = None
+_bwd_kernels_mod = None
+
+
+def _load_kernel_module(stem: str):
+    try:
+        return importlib.import_module(f"fused_resnet.kernels.{stem}")
+    except ImportError:
+        path = _ROOT / "kernels" / f"{stem}.py"
+        if not path.exists():
+            raise ImportError(f"the Triton kernels are missing: neither fused_resnet.kernels.{stem} "
+                              f"nor {path} can be found") from None
+        name = f"_fused_resnet_kernels_{stem}"
+        if name in sys.modules:
+            return sys.modules[name]
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+        return mod
+
+
+def backward_kernels():
+    """The Triton backward kernel module (``kernels/conv_backward.py``), imported lazily."""
+    global _bwd_kernels_mod
+    if _bwd_kernels_mod is None:
+        _bwd_kernels_mod = _load_kernel_module("conv_backward")
+    return _bwd_kernels_mod
 
 
 def kernels():
@@ -320,9 +354,10 @@ def conv(
             in_scale if in_scale is not None else dummy, in_shift if in_shift is not None else dummy,
             rk if rk is not None else dummy, pmean, pm2,
             m, h, w, cin, ho, wo, cout, cin_g, cout_g, sh, sw, ph, pw, dh, dw,
+            dummy, dummy, dummy, dummy, 1, 1, 1, 1, 0,  # no shortcut (conv_shortcut's operands)
             KH=kh, KW=kw, HAS_PRO=in_scale is not None, HAS_BIAS=bias is not None,
             HAS_RES=residual is not None, RELU=bool(relu), STATS=bool(stats), EVEN_K=cin_g % bk == 0,
-            DOT_PRECISION=prec, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=k.GROUP_M,
+            SC_MODE=0, SC_PRO=False, SC_EVEN_K=True, DOT_PRECISION=prec, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=k.GROUP_M,
             num_warps=warps, num_stages=stages,
         )
 
@@ -337,6 +372,121 @@ def conv(
         else:
             mean, var = empty_vec(x), empty_vec(x)
     return _in_format(y, output_format(x)), mean, var
+
+
+def conv_shortcut(
+    x: Tensor, weight: Tensor, bias: Optional[Tensor], in_scale: Optional[Tensor],
+    in_shift: Optional[Tensor], sc_x: Tensor, sc_weight: Optional[Tensor],
+    sc_in_scale: Optional[Tensor], sc_in_shift: Optional[Tensor], sc_stride: int,
+    stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int, relu: bool,
+) -> Tensor:
+    """``fused_resnet::conv_shortcut`` on one conv kernel launch (contract: ops.py, reference.conv_shortcut).
+
+    With ``sc_weight`` the strided 1x1 projection of sc_x is a second K loop into the
+    main conv's accumulator (SC_MODE=1); without, option A is read in the epilogue
+    (SC_MODE=2). The shortcut never touches memory.
+    """
+    _check_activation("x", x)
+    device, dtype = x.device, x.dtype
+    if not isinstance(weight, Tensor) or weight.dim() != 4:
+        raise ValueError(f"triton conv_shortcut: weight must be a 4-D tensor [Cout, Cin/groups, KH, KW], got "
+                         f"{list(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__}")
+    _check_device("weight", weight, device)
+    if weight.dtype != dtype:
+        raise TypeError(f"triton conv_shortcut: weight has dtype {weight.dtype}, but x has {dtype} (they must match)")
+    groups = int(groups)
+    n, cin, h, w = x.shape
+    cout, cin_g, kh, kw = weight.shape
+    if groups < 1 or cin % groups or cout % groups:
+        raise ValueError(f"triton conv_shortcut: groups={groups} must divide Cin={cin} and Cout={cout}")
+    if cin_g != cin // groups:
+        raise ValueError(f"triton conv_shortcut: weight has {cin_g} input channels per group, but x has Cin={cin} "
+                         f"and groups={groups} (expected {cin // groups})")
+    sh, sw = _pair("stride", stride)
+    ph, pw = _pair("padding", padding)
+    dh, dw = _pair("dilation", dilation)
+    if min(sh, sw, dh, dw) < 1 or min(ph, pw) < 0:
+        raise ValueError(f"triton conv_shortcut: invalid stride {stride}, padding {padding} or dilation {dilation}")
+    ho, wo = conv_out_hw(h, w, (kh, kw), (sh, sw), (ph, pw), (dh, dw))
+    if ho < 1 or wo < 1:
+        raise ValueError(f"triton conv_shortcut: the output would be empty ({ho}x{wo}) for input {h}x{w}, "
+                         f"kernel {kh}x{kw}")
+    _check_vec("bias", bias, cout, device)
+    if (in_scale is None) != (in_shift is None):
+        raise ValueError("triton conv_shortcut: in_scale and in_shift must be given together")
+    _check_vec("in_scale", in_scale, cin, device)
+    _check_vec("in_shift", in_shift, cin, device)
+    # ---- the shortcut's operands
+    _check_activation("sc_x", sc_x)
+    _check_device("sc_x", sc_x, device)
+    if sc_x.dtype != dtype:
+        raise TypeError(f"triton conv_shortcut: sc_x has dtype {sc_x.dtype}, but x has {dtype} (they must match)")
+    if isinstance(sc_stride, bool) or not isinstance(sc_stride, int) or sc_stride < 1:
+        raise ValueError(f"triton conv_shortcut: sc_stride must be a positive int, got {sc_stride!r}")
+    sc_stride = int(sc_stride)
+    sn, csc, h_sc, w_sc = sc_x.shape
+    if sn != n:
+        raise ValueError(f"triton conv_shortcut: sc_x has batch size {sn}, but x has {n}")
+    sho, swo = triton_cdiv(h_sc, sc_stride), triton_cdiv(w_sc, sc_stride)
+    if (sho, swo) != (ho, wo):
+        raise ValueError(f"triton conv_shortcut: sc_x is {h_sc}x{w_sc}, which at sc_stride={sc_stride} gives "
+                         f"{sho}x{swo}, but the conv's output is {ho}x{wo}")
+    if sc_weight is not None:
+        if not isinstance(sc_weight, Tensor):
+            raise TypeError(f"triton conv_shortcut: sc_weight must be a tensor, got {type(sc_weight).__name__}")
+        _check_device("sc_weight", sc_weight, device)
+        if sc_weight.dtype != dtype:
+            raise TypeError(f"triton conv_shortcut: sc_weight has dtype {sc_weight.dtype}, but x has {dtype} "
+                            f"(they must match)")
+        if tuple(sc_weight.shape) != (cout, csc, 1, 1):
+            raise ValueError(f"triton conv_shortcut: sc_weight must have shape {[cout, csc, 1, 1]} "
+                             f"([Cout, Csc, 1, 1]), got {list(sc_weight.shape)}")
+    elif csc > cout:
+        raise ValueError(f"triton conv_shortcut: option A (no sc_weight) pads sc_x's {csc} channels up to Cout={cout}, "
+                         f"so sc_x must not have more channels than the output")
+    if (sc_in_scale is None) != (sc_in_shift is None):
+        raise ValueError("triton conv_shortcut: sc_in_scale and sc_in_shift must be given together")
+    _check_vec("sc_in_scale", sc_in_scale, csc, device)
+    _check_vec("sc_in_shift", sc_in_shift, csc, device)
+    if n * cout * ho * wo >= _INT32_LIMIT:
+        raise ValueError("triton conv_shortcut: the output has 2**31 elements or more; the kernels index with int32")
+
+    if n == 0:
+        return torch.empty((n, cout, ho, wo), dtype=dtype, device=device, memory_format=output_format(x))
+    k = kernels()
+    xk = _nhwc(x)
+    wk = _kernel_weight(weight)
+    sxk = _nhwc(sc_x)
+    sc_mode = 1 if sc_weight is not None else 2
+    y = torch.empty((n, cout, ho, wo), dtype=dtype, device=device, memory_format=torch.channels_last)
+    swk = _kernel_weight(sc_weight) if sc_weight is not None else y  # [1, 1, Csc, Cout] = [Csc, Cout]
+    m = n * ho * wo
+    cout_g = cout // groups
+    dummy = y  # stands in for absent optional pointers (never dereferenced)
+    has_pro, sc_pro = in_scale is not None, sc_in_scale is not None
+    prec = _dot_precision(dtype)
+    candidates = k.conv_configs(cin_g, cout_g, x.element_size())
+
+    def launch(cfg):
+        bm, bn, bk, warps, stages = cfg
+        grid = (triton_cdiv(m, bm) * triton_cdiv(cout_g, bn), groups)
+        k.conv_fwd_kernel[grid](
+            xk, wk, y, bias if bias is not None else dummy,
+            in_scale if has_pro else dummy, in_shift if has_pro else dummy, dummy, dummy, dummy,
+            m, h, w, cin, ho, wo, cout, cin_g, cout_g, sh, sw, ph, pw, dh, dw,
+            sxk, swk, sc_in_scale if sc_pro else dummy, sc_in_shift if sc_pro else dummy,
+            h_sc, w_sc, csc, sc_stride, (cout - csc) // 2,
+            KH=kh, KW=kw, HAS_PRO=has_pro, HAS_BIAS=bias is not None, HAS_RES=False, RELU=bool(relu),
+            STATS=False, EVEN_K=cin_g % bk == 0, SC_MODE=sc_mode, SC_PRO=sc_pro, SC_EVEN_K=csc % bk == 0,
+            DOT_PRECISION=prec, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=k.GROUP_M,
+            num_warps=warps, num_stages=stages,
+        )
+
+    key = ("shortcut", _bucket(m), cin, cout, kh, kw, sh, sw, ph, pw, dh, dw, groups, dtype, has_pro,
+           bias is not None, bool(relu), sc_mode, csc, sc_stride, sc_pro, prec, device.index)
+    with torch.cuda.device(device) if device.type == "cuda" else _nullcontext():
+        launch(_pick_config(key, candidates, launch))
+    return _in_format(y, output_format(x))
 
 
 def _in_format(y: Tensor, fmt: torch.memory_format) -> Tensor:
@@ -436,6 +586,295 @@ def bn_act(
     return out
 
 
+# ----------------------------------------------------------------------------- backward
+
+
+def _kernel_weight_dgrad(weight: Tensor) -> Tensor:
+    """[Cout, Cin/g, KH, KW] -> dense [KH, KW, Cout, Cin/g] (the dgrad GEMM's B operand,
+    coalesced along input channels), cached like ``_kernel_weight``."""
+    def convert():
+        return weight.detach().permute(2, 3, 0, 1).contiguous()
+
+    if torch.compiler.is_compiling() or weight.is_inference():
+        return convert()
+    key = ("dgrad", weight.data_ptr(), weight._version, tuple(weight.shape), tuple(weight.stride()), weight.dtype,
+           weight.device)
+    hit = _W_CACHE.get(key)
+    if hit is not None and hit[0]() is weight:
+        _W_CACHE.move_to_end(key)
+        return hit[1]
+    w = convert()
+    _W_CACHE[key] = (weakref.ref(weight), w)
+    while len(_W_CACHE) > _W_CACHE_MAX:
+        _W_CACHE.popitem(last=False)
+    return w
+
+
+def _deterministic() -> bool:
+    return torch.are_deterministic_algorithms_enabled()
+
+
+def _bwd_candidates(cands: list) -> list:
+    """Under deterministic algorithms only the heuristic configuration (timing-independent bits)."""
+    return cands[:1] if _deterministic() else cands
+
+
+def _sum_partials(p: Tensor) -> Tensor:
+    """[S, T, C] fp32 partials -> [S, C], summed over T in order (deterministic)."""
+    s_, t_, c_ = p.shape
+    out = torch.empty((s_, c_), dtype=torch.float32, device=p.device)
+    bt, bc = (4, 16) if _interpreting() else (32, 64)
+    backward_kernels().sum_partials_kernel[(triton_cdiv(c_, bc), s_)](p, out, t_, c_, BLOCK_T=bt, BLOCK_C=bc,
+                                                                       num_warps=4)
+    return out
+
+
+def _grad_vec(name: str, t: Tensor, n: int, device) -> Tensor:
+    if not isinstance(t, Tensor) or t.numel() != n:
+        raise ValueError(f"triton conv_backward: {name} must have {n} elements when stats=True, got "
+                         f"{list(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+    _check_device(name, t, device)
+    return t.reshape(n).to(torch.float32)
+
+
+def conv_backward(
+    dy: Tensor, dmean: Tensor, dvar: Tensor, x: Tensor, weight: Tensor, y: Tensor, mean: Tensor,
+    in_scale: Optional[Tensor], in_shift: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],
+    dilation: Sequence[int], groups: int, relu: bool, stats: bool, output_mask: Sequence[bool],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``fused_resnet::conv_backward`` on the Triton kernels (contract: ops.py, reference.conv_backward)."""
+    _check_activation("x", x)
+    _check_activation("dy", dy)
+    _check_activation("y", y)
+    device, dtype = x.device, x.dtype
+    for name, t in (("dy", dy), ("y", y), ("weight", weight)):
+        _check_device(name, t, device)
+        if t.dtype != dtype:
+            raise TypeError(f"triton conv_backward: {name} has dtype {t.dtype}, but x has {dtype} (they must match)")
+    if weight.dim() != 4:
+        raise ValueError(f"triton conv_backward: weight must be 4-D, got shape {list(weight.shape)}")
+    need_x, need_w, need_bias, need_scale, need_shift, need_res = (bool(b) for b in output_mask)
+    groups = int(groups)
+    n, cin, h, w = x.shape
+    cout, cin_g, kh, kw = weight.shape
+    if groups < 1 or cin % groups or cout % groups or cin_g != cin // groups:
+        raise ValueError(f"triton conv_backward: weight {list(weight.shape)} does not fit x with Cin={cin} "
+                         f"and groups={groups}")
+    sh, sw = _pair("stride", stride)
+    ph, pw = _pair("padding", padding)
+    dh, dw_ = _pair("dilation", dilation)
+    ho, wo = conv_out_hw(h, w, (kh, kw), (sh, sw), (ph, pw), (dh, dw_))
+    if tuple(dy.shape) != (n, cout, ho, wo) or tuple(y.shape) != (n, cout, ho, wo):
+        raise ValueError(f"triton conv_backward: dy and y must have the output's shape {[n, cout, ho, wo]}, "
+                         f"got {list(dy.shape)} and {list(y.shape)}")
+    has_pro = in_scale is not None
+    if has_pro != (in_shift is not None):
+        raise ValueError("triton conv_backward: in_scale and in_shift must be given together")
+    _check_vec("in_scale", in_scale, cin, device)
+    _check_vec("in_shift", in_shift, cin, device)
+    if (need_scale or need_shift) and not has_pro:
+        raise ValueError("triton conv_backward: in_scale/in_shift gradients asked for without a prologue")
+    if n * cout * ho * wo >= _INT32_LIMIT or n * cin * h * w >= _INT32_LIMIT:
+        raise ValueError("triton conv_backward: tensors of 2**31 elements or more (the kernels index with int32)")
+    if n == 0:  # empty batch: nothing to launch; the sums over no rows are zeros
+        def vec(c, m):
+            return torch.zeros(c, dtype=torch.float32, device=device) if m else empty_vec(x)
+        return (empty_like_layout(x, x.shape) if need_x else empty_vec(x),
+                torch.zeros_like(weight, memory_format=torch.contiguous_format) if need_w else empty_vec(x),
+                vec(cout, need_bias), vec(cin, need_scale), vec(cin, need_shift),
+                empty_like_layout(x, (n, cout, ho, wo)) if need_res else empty_vec(x))
+
+    kb = backward_kernels()
+    fmt = output_format(x)
+    m_out = n * ho * wo
+    m_in = n * h * w
+    cout_g = cout // groups
+    dyk = _nhwc(dy)
+    yk = _nhwc(y)
+    if stats:
+        ga = _grad_vec("dmean", dmean, cout, device) / m_out
+        gb = _grad_vec("dvar", dvar, cout, device) * (2.0 / m_out)
+        mu = _grad_vec("mean", mean, cout, device)
+    else:
+        ga = gb = mu = None
+    vdummy = in_scale if has_pro else torch.empty(1, dtype=torch.float32, device=device)
+    ga_, gb_, mu_ = (ga, gb, mu) if stats else (vdummy, vdummy, vdummy)
+    sc_, sf_ = (in_scale, in_shift) if has_pro else (vdummy, vdummy)
+    prec = _dot_precision(dtype)
+    ctx = torch.cuda.device(device) if device.type == "cuda" else _nullcontext()
+    dx = dw = dbias = dscale = dshift = dres = None
+    with ctx:
+        # ---- outputs that are g itself: dresidual, dbias
+        if need_res or need_bias:
+            bm, bc = (16, 16) if _interpreting() else (64, 64)
+            tiles = triton_cdiv(m_out, bm)
+            dres_k = torch.empty((n, cout, ho, wo), dtype=dtype, device=device,
+                                 memory_format=torch.channels_last) if need_res else dyk
+            psum = torch.empty((1, tiles, cout), dtype=torch.float32, device=device) if need_bias else vdummy
+            kb.conv_grad_out_kernel[(tiles, triton_cdiv(cout, bc))](
+                dyk, yk, ga_, gb_, mu_, dres_k, psum, m_out, cout,
+                STATS=bool(stats), RELU=bool(relu), NEED_RES=need_res, NEED_SUM=need_bias,
+                BLOCK_M=bm, BLOCK_C=bc, num_warps=4,
+            )
+            if need_res:
+                dres = _in_format(dres_k, fmt)
+            if need_bias:
+                dbias = _sum_partials(psum)[0]
+
+        xk = _nhwc(x) if (need_w or has_pro) else None
+        # ---- dgrad (+ prologue backward)
+        if need_x or need_scale or need_shift:
+            wd = _kernel_weight_dgrad(weight)
+            dx_k = torch.empty((n, cin, h, w), dtype=dtype, device=device,
+                               memory_format=torch.channels_last) if need_x else dyk
+            need_psum = need_scale or need_shift
+            cands = _bwd_candidates(kb.dgrad_configs(cin_g, cout_g, x.element_size()))
+            partials = {}
+
+            def launch_d(cfg):
+                bm, bn, bk, warps, stages = cfg
+                nt = triton_cdiv(m_in, bm)
+                if need_psum and bm not in partials:
+                    partials[bm] = torch.empty((2, nt, cin), dtype=torch.float32, device=device)
+                ps = partials[bm] if need_psum else vdummy
+                grid = (nt * triton_cdiv(cin_g, bn), groups)
+                kb.conv_dgrad_kernel[grid](
+                    dyk, yk, wd, xk if has_pro else dyk, dx_k, ga_, gb_, mu_, sc_, sf_, ps,
+                    m_in, h, w, cin, ho, wo, cout, cin_g, cout_g, nt, sh, sw, ph, pw, dh, dw_,
+                    KH=kh, KW=kw, HAS_PRO=has_pro, STATS=bool(stats), RELU=bool(relu),
+                    NEED_DX=need_x or not has_pro, NEED_PSUM=need_psum, EVEN_K=cout_g % bk == 0,
+                    DOT_PRECISION=prec, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=kb.GROUP_M,
+                    num_warps=warps, num_stages=stages,
+                )
+
+            key = ("dgrad", _bucket(m_in), cin, cout, h, w, kh, kw, sh, sw, ph, pw, dh, dw_, groups, dtype, has_pro,
+                   bool(stats), bool(relu), need_x, need_psum, prec, device.index)
+            cfg = _pick_config(key, cands, launch_d)
+            launch_d(cfg)
+            if need_x:
+                dx = _in_format(dx_k, fmt)
+            if need_psum:
+                sums = _sum_partials(partials[cfg[0]])
+                dscale, dshift = sums[0].clone(), sums[1].clone()  # returns must not alias
+
+        # ---- wgrad (split-K over rows, ordered reduce)
+        if need_w:
+            cands = _bwd_candidates(kb.wgrad_configs(cin_g, cout_g, x.element_size()))
+            dw_out = torch.empty((cout, cin_g, kh, kw), dtype=dtype, device=device)
+            sms = (torch.cuda.get_device_properties(device).multi_processor_count
+                   if device.type == "cuda" else 132)
+            parts = {}
+
+            def launch_w(cfg, reduce=True):
+                bm, bci, bco, warps, stages = cfg
+                tiles = kh * kw * triton_cdiv(cin_g, bci) * triton_cdiv(cout_g, bco)
+                splits, per = kb.wgrad_splits(m_out, tiles * groups, bm, sms)
+                pk = (splits, per)
+                if pk not in parts:
+                    parts[pk] = torch.empty((splits, kh * kw, cin_g, cout), dtype=torch.float32, device=device)
+                part = parts[pk]
+                kb.conv_wgrad_kernel[(tiles, splits, groups)](
+                    dyk, yk, xk, part, ga_, gb_, mu_, sc_, sf_,
+                    m_out, h, w, cin, ho, wo, cout, cin_g, cout_g, per, sh, sw, ph, pw, dh, dw_,
+                    KH=kh, KW=kw, HAS_PRO=has_pro, STATS=bool(stats), RELU=bool(relu), DOT_PRECISION=prec,
+                    BLOCK_M=bm, BLOCK_CI=bci, BLOCK_CO=bco, num_warps=warps, num_stages=stages,
+                )
+                if reduce:
+                    e = kh * kw * cin_g * cout
+                    blk = 128 if _interpreting() else 512
+                    kb.wgrad_reduce_kernel[(triton_cdiv(e, blk),)](
+                        part, dw_out, splits, kh * kw, cin_g, cout, BLOCK=blk, num_warps=4)
+
+            key = ("wgrad", _bucket(m_out), cin, cout, h, w, kh, kw, sh, sw, ph, pw, dh, dw_, groups, dtype, has_pro,
+                   bool(stats), bool(relu), prec, device.index)
+            cfg = _pick_config(key, cands, launch_w)
+            launch_w(cfg)
+            dw = dw_out
+
+    e = empty_vec(x)
+    return (dx if need_x else e, dw if need_w else empty_vec(x), dbias if need_bias else empty_vec(x),
+            dscale if need_scale else empty_vec(x), dshift if need_shift else empty_vec(x),
+            dres if need_res else empty_vec(x))
+
+
+def bn_act_backward(
+    dout: Tensor, out: Tensor, y: Tensor, scale: Tensor, residual: Optional[Tensor],
+    res_scale: Optional[Tensor], relu: bool, output_mask: Sequence[bool],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``fused_resnet::bn_act_backward`` on one elementwise kernel + an ordered per-channel reduce."""
+    _check_activation("y", y)
+    device, dtype = y.device, y.dtype
+    n, c, h, w = y.shape
+    for name, t in (("dout", dout), ("out", out)):
+        _check_activation(name, t)
+        _check_device(name, t, device)
+        if t.dtype != dtype or t.shape != y.shape:
+            raise ValueError(f"triton bn_act_backward: {name} must match y ({dtype}, {list(y.shape)}), got "
+                             f"{t.dtype}, {list(t.shape)}")
+    _check_vec("scale", scale, c, device)
+    _check_vec("res_scale", res_scale, c, device)
+    need_y, need_scale, need_shift, need_res, need_rscale, need_rshift = (bool(b) for b in output_mask)
+    if (need_res or need_rscale or need_rshift) and residual is None:
+        raise ValueError("triton bn_act_backward: residual gradients asked for without a residual")
+    if residual is not None:
+        _check_activation("residual", residual)
+        _check_device("residual", residual, device)
+        if residual.dtype != dtype or residual.shape != y.shape:
+            raise ValueError("triton bn_act_backward: residual must match y's dtype and shape")
+    if need_rscale and res_scale is None:
+        raise ValueError("triton bn_act_backward: res_scale gradient asked for without res_scale")
+    fmt = output_format(y)
+    e = empty_vec(y)
+    if y.numel() == 0:
+        from .. import reference as _ref
+        return _ref.bn_act_backward(dout, out, y, scale, residual, res_scale, relu, output_mask)
+    kb = backward_kernels()
+    dk = dout.contiguous(memory_format=fmt)
+    ok = out.contiguous(memory_format=fmt) if relu else dk
+    yk = y.contiguous(memory_format=fmt) if need_scale else dk
+    rk = residual.contiguous(memory_format=fmt) if (need_rscale and residual is not None) else dk
+    dy = torch.empty(y.shape, dtype=dtype, device=device, memory_format=fmt) if need_y else dk
+    dres = torch.empty(y.shape, dtype=dtype, device=device, memory_format=fmt) if need_res else dk
+    on_cols = fmt == torch.channels_last
+    r_, l_ = (n * h * w, c) if on_cols else (n * c, h * w)
+    need_sum = need_shift or need_rshift
+    any_sum = need_scale or need_sum or need_rscale
+    if on_cols:
+        if _interpreting():
+            bl = min(triton_next_pow2(l_), 32)
+            br = max(1, 128 // bl)
+        else:
+            bl = min(triton_next_pow2(l_), 128)
+            br = max(1, 4096 // bl)
+        t_ = triton_cdiv(r_, br)
+        grid = (t_, triton_cdiv(l_, bl))
+    else:
+        bl = min(triton_next_pow2(l_), 32 if _interpreting() else 256)
+        br = 4 if _interpreting() else 16
+        t_ = n
+        grid = (triton_cdiv(r_, br), 1)
+    psum = torch.empty((3, t_, c), dtype=torch.float32, device=device) if any_sum else dk
+    rs = res_scale if res_scale is not None else scale
+    with torch.cuda.device(device) if device.type == "cuda" else _nullcontext():
+        kb.bn_act_bwd_kernel[grid](
+            dk, ok, yk, scale, rk, rs, dy, dres, psum, r_, l_, c, t_,
+            CHANNEL_ON_COLS=on_cols, RELU=bool(relu), HAS_RSCALE=res_scale is not None,
+            NEED_Y=need_y, NEED_SCALE=need_scale, NEED_SUM=need_sum, NEED_RES=need_res, NEED_RSCALE=need_rscale,
+            BLOCK_R=br, BLOCK_L=bl, num_warps=4,
+        )
+        sums = _sum_partials(psum) if any_sum else None
+    if need_res:
+        dres = dres.contiguous(memory_format=output_format(residual))
+    return (
+        dy if need_y else e,
+        sums[0].clone() if need_scale else empty_vec(y),
+        sums[1].clone() if need_shift else empty_vec(y),
+        dres if need_res else empty_vec(y),
+        sums[2].clone() if need_rscale else empty_vec(y),
+        sums[1].clone() if need_rshift else empty_vec(y),
+    )
+
+
 def triton_next_pow2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 
@@ -466,5 +905,8 @@ class TritonBackend(Backend):
         return True, ""
 
     conv = staticmethod(conv)
+    conv_shortcut = staticmethod(conv_shortcut)
     batch_stats = staticmethod(batch_stats)
     bn_act = staticmethod(bn_act)
+    conv_backward = staticmethod(conv_backward)
+    bn_act_backward = staticmethod(bn_act_backward)

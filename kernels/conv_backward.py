@@ -1,0 +1,654 @@
+"""Triton kernels of the ``triton`` backend's training backward: conv_backward and bn_act_backward.
+
+Kernels never allocate and never validate: the launchers in
+``fused_resnet/backends/triton.py`` do both. Every activation a kernel sees is a
+dense NHWC buffer ([rows, channels] row-major) unless documented otherwise.
+No kernel uses atomics: every reduction writes per-tile partials that an
+ordered reduction kernel sums in a fixed order, so results are bitwise
+repeatable for a given configuration.
+
+The gradient at the convolution's output (contract: reference.conv_backward)
+    g = dy + ga[c] + gb[c]*(y - mean[c])    (STATS; ga = dmean/M, gb = 2 dvar/M)
+    g = g * (y > 0)                         (RELU)
+is never materialised for the GEMMs: it is recomputed in fp32 in the operand
+load of both GEMMs that consume it (``_load_g``), then rounded to the
+activation dtype for the tensor cores, exactly as the reference rounds it
+before its convolution backward.
+
+conv_dgrad_kernel
+    da[n, ih, iw, ci] = sum_{kh, kw, co} g[n, oh, ow, co] * w[co, ci, kh, kw]
+    with ih = oh*SH - PH + kh*DH: an implicit GEMM with rows = input pixels
+    (M = N*H*W), columns = one group's input channels, reduction over (tap,
+    output channel); taps whose output pixel does not exist (padding, or not on
+    the stride grid) contribute 0. Epilogue without prologue: dx = da. With the
+    forward prologue a = relu(x*s + t): gu = da*(x*s + t > 0), dx = gu*s
+    (NEED_DX), and per-tile partial sums of gu*x and gu per input channel into
+    psum [2, tiles, Cin] (NEED_PSUM) for dscale / dshift.
+    w: [KH, KW, Cout, Cin/groups] dense.
+
+conv_wgrad_kernel
+    partial[s, kh, kw, ci, co] = sum_{rows m of split s} a[m @ tap, ci] * g[m, co]
+    with a = relu(x*s + t) recomputed (HAS_PRO), rounded to x's dtype and
+    zero-padded after the transform. Program = (tap, ci block, co block) x split
+    x group; fp32 accumulation; wgrad_reduce_kernel sums the splits in order and
+    writes dW [Cout, Cin/groups, KH, KW] in the weight's dtype.
+
+conv_grad_out_kernel
+    g itself, only for the outputs that are g: dresidual = g (x's dtype,
+    NEED_RES) and per-tile partial column sums for dbias (NEED_SUM).
+
+bn_act_bwd_kernel
+    out = [relu](y*scale + shift + residual*res_scale + res_shift):
+    g = dout*(out > 0); dy = g*scale; dres = g*res_scale (or g); partial sums of
+    g*y, g, g*residual per channel into psum [3, T, C]. On an [R, L] view of a
+    dense NHWC (channel = column; T = row tiles) or NCHW tensor (channel =
+    row % C, rows summed whole; T = N).
+
+sum_partials_kernel
+    out[s, c] = sum_t p[s, t, c], t in increasing order (BLOCK_T rows at a time).
+
+Offsets are int32: the launcher refuses tensors of 2**31 elements or more.
+"""
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@triton.jit
+def _load_g(dy_ptr, y_ptr, off, mask, ga, gb, mu, STATS: tl.constexpr, RELU: tl.constexpr):
+    """fp32 gradient at the conv output for a tile (zeros where ``mask`` is off).
+    ga, gb, mu: per-column fp32 vectors (only read when STATS)."""
+    g = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    if STATS or RELU:
+        yv = tl.load(y_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        if STATS:
+            g = g + ga[None, :] + gb[None, :] * (yv - mu[None, :])
+        if RELU:
+            g = tl.where(yv > 0, g, 0.0)
+    return tl.where(mask, g, 0.0)
+
+
+# ----------------------------------------------------------------------------- dgrad
+
+
+@triton.jit
+def conv_dgrad_kernel(
+    dy_ptr, y_ptr, w_ptr, x_ptr, dx_ptr, ga_ptr, gb_ptr, mu_ptr, scale_ptr, shift_ptr, psum_ptr,
+    M, H, W, CIN, HO, WO, COUT, CIN_G, COUT_G, NT,
+    SH, SW, PH, PW, DH, DW,
+    KH: tl.constexpr, KW: tl.constexpr,
+    HAS_PRO: tl.constexpr, STATS: tl.constexpr, RELU: tl.constexpr,
+    NEED_DX: tl.constexpr, NEED_PSUM: tl.constexpr, EVEN_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    g = tl.program_id(1)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(CIN_G, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # input pixel (n, ih, iw)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # input channel within the group
+    offs_k = tl.arange(0, BLOCK_K)  # output channel within the group (per chunk)
+    m_ok = offs_m < M
+    n_ok = offs_n < CIN_G
+    col = g * CIN_G + offs_n
+
+    iw = offs_m % W
+    t = offs_m // W
+    ih = t % H
+    nb = t // H
+    hbase = ih + PH
+    wbase = iw + PW
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    KC = tl.cdiv(COUT_G, BLOCK_K)
+    for kk in range(0, KH * KW * KC):
+        tap = kk // KC
+        c0 = (kk - tap * KC) * BLOCK_K
+        kh = tap // KW
+        kw = tap - kh * KW
+        hn = hbase - kh * DH
+        wn = wbase - kw * DW
+        oh = hn // SH
+        ow = wn // SW
+        row_ok = m_ok & (hn >= 0) & (wn >= 0) & (oh * SH == hn) & (ow * SW == wn) & (oh < HO) & (ow < WO)
+        cs = c0 + offs_k
+        k_ok = cs < COUT_G
+        if EVEN_K:
+            a_mask = tl.broadcast_to(row_ok[:, None], (BLOCK_M, BLOCK_K))
+            b_mask = tl.broadcast_to(n_ok[None, :], (BLOCK_K, BLOCK_N))
+        else:
+            a_mask = row_ok[:, None] & k_ok[None, :]
+            b_mask = k_ok[:, None] & n_ok[None, :]
+        co = g * COUT_G + cs
+        if STATS:
+            ga = tl.load(ga_ptr + co, mask=k_ok, other=0.0)
+            gb = tl.load(gb_ptr + co, mask=k_ok, other=0.0)
+            mu = tl.load(mu_ptr + co, mask=k_ok, other=0.0)
+        else:
+            ga = 0.0
+            gb = 0.0
+            mu = 0.0
+        dy_off = (((nb * HO + oh) * WO + ow) * COUT)[:, None] + co[None, :]
+        a = _load_g(dy_ptr, y_ptr, dy_off, a_mask, ga, gb, mu, STATS, RELU).to(dy_ptr.dtype.element_ty)
+        b_ptrs = w_ptr + ((tap * COUT + co) * CIN_G)[:, None] + offs_n[None, :]
+        b = tl.load(b_ptrs, mask=b_mask, other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+    # ---- epilogue: prologue backward
+    mask = m_ok[:, None] & n_ok[None, :]
+    x_off = offs_m[:, None] * CIN + col[None, :]
+    if HAS_PRO:
+        xv = tl.load(x_ptr + x_off, mask=mask, other=0.0).to(tl.float32)
+        sc = tl.load(scale_ptr + col, mask=n_ok, other=0.0)
+        sf = tl.load(shift_ptr + col, mask=n_ok, other=0.0)
+        u = xv * sc[None, :] + sf[None, :]
+        gu = tl.where(mask & (u > 0), acc, 0.0)
+        if NEED_DX:
+            tl.store(dx_ptr + x_off, (gu * sc[None, :]).to(dx_ptr.dtype.element_ty), mask=mask)
+        if NEED_PSUM:
+            tl.store(psum_ptr + pid_m * CIN + col, tl.sum(gu * xv, axis=0), mask=n_ok)
+            tl.store(psum_ptr + (NT + pid_m) * CIN + col, tl.sum(gu, axis=0), mask=n_ok)
+    else:
+        tl.store(dx_ptr + x_off, acc.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------- wgrad
+
+
+@triton.jit
+def conv_wgrad_kernel(
+    dy_ptr, y_ptr, x_ptr, part_ptr, ga_ptr, gb_ptr, mu_ptr, scale_ptr, shift_ptr,
+    M, H, W, CIN, HO, WO, COUT, CIN_G, COUT_G, M_PER_SPLIT,
+    SH, SW, PH, PW, DH, DW,
+    KH: tl.constexpr, KW: tl.constexpr,
+    HAS_PRO: tl.constexpr, STATS: tl.constexpr, RELU: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    g = tl.program_id(2)
+    n_co = tl.cdiv(COUT_G, BLOCK_CO)
+    n_ci = tl.cdiv(CIN_G, BLOCK_CI)
+    pid_co = pid % n_co
+    r = pid // n_co
+    pid_ci = r % n_ci
+    tap = r // n_ci
+    kh = tap // KW
+    kw = tap - kh * KW
+
+    offs_ci = pid_ci * BLOCK_CI + tl.arange(0, BLOCK_CI)
+    offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    ci_ok = offs_ci < CIN_G
+    co_ok = offs_co < COUT_G
+    ci = g * CIN_G + offs_ci
+    co = g * COUT_G + offs_co
+    if STATS:
+        ga = tl.load(ga_ptr + co, mask=co_ok, other=0.0)
+        gb = tl.load(gb_ptr + co, mask=co_ok, other=0.0)
+        mu = tl.load(mu_ptr + co, mask=co_ok, other=0.0)
+    else:
+        ga = 0.0
+        gb = 0.0
+        mu = 0.0
+    if HAS_PRO:
+        sc = tl.load(scale_ptr + ci, mask=ci_ok, other=0.0)
+        sf = tl.load(shift_ptr + ci, mask=ci_ok, other=0.0)
+
+    acc = tl.zeros((BLOCK_CI, BLOCK_CO), dtype=tl.float32)
+    m_begin = split * M_PER_SPLIT
+    m_end = tl.minimum(M, m_begin + M_PER_SPLIT)
+    for m0 in range(m_begin, m_end, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        m_ok = offs_m < m_end
+        ow = offs_m % WO
+        t = offs_m // WO
+        oh = t % HO
+        nb = t // HO
+        ih = oh * SH - PH + kh * DH
+        iw = ow * SW - PW + kw * DW
+        row_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        a_mask = row_ok[:, None] & ci_ok[None, :]
+        a = tl.load(x_ptr + (((nb * H + ih) * W + iw) * CIN)[:, None] + ci[None, :], mask=a_mask, other=0.0)
+        if HAS_PRO:
+            u = a.to(tl.float32) * sc[None, :] + sf[None, :]
+            u = tl.maximum(u, 0.0).to(x_ptr.dtype.element_ty)
+            a = tl.where(a_mask, u, tl.zeros_like(u))  # zero padding after the transform
+        g_mask = m_ok[:, None] & co_ok[None, :]
+        gt = _load_g(dy_ptr, y_ptr, (offs_m * COUT)[:, None] + co[None, :], g_mask, ga, gb, mu, STATS, RELU)
+        acc = tl.dot(tl.trans(a), gt.to(x_ptr.dtype.element_ty), acc, input_precision=DOT_PRECISION)
+
+    # partial[split, tap, ci_local, co]: [S, KH*KW, CIN_G, COUT]
+    p_off = ((split * KH * KW + tap) * CIN_G + offs_ci)[:, None] * COUT + co[None, :]
+    tl.store(part_ptr + p_off, acc, mask=ci_ok[:, None] & co_ok[None, :])
+
+
+@triton.jit
+def wgrad_reduce_kernel(
+    part_ptr, dw_ptr, S, KHW, CIN_G, COUT,
+    BLOCK: tl.constexpr,
+):
+    """dw[co, ci, tap] = sum_s part[s, tap, ci, co], s in increasing order; cast to dw's dtype."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    E = KHW * CIN_G * COUT
+    ok = offs < E
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in range(0, S):
+        acc += tl.load(part_ptr + s * E + offs, mask=ok, other=0.0)
+    co = offs % COUT
+    t = offs // COUT
+    ci = t % CIN_G
+    tap = t // CIN_G
+    tl.store(dw_ptr + (co * CIN_G + ci) * KHW + tap, acc.to(dw_ptr.dtype.element_ty), mask=ok)
+
+
+# ----------------------------------------------------------------------------- g itself
+
+
+@triton.jit
+def conv_grad_out_kernel(
+    dy_ptr, y_ptr, ga_ptr, gb_ptr, mu_ptr, dres_ptr, psum_ptr, M, C,
+    STATS: tl.constexpr, RELU: tl.constexpr, NEED_RES: tl.constexpr, NEED_SUM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = offs_c < C
+    mask = (offs_m < M)[:, None] & c_ok[None, :]
+    if STATS:
+        ga = tl.load(ga_ptr + offs_c, mask=c_ok, other=0.0)
+        gb = tl.load(gb_ptr + offs_c, mask=c_ok, other=0.0)
+        mu = tl.load(mu_ptr + offs_c, mask=c_ok, other=0.0)
+    else:
+        ga = 0.0
+        gb = 0.0
+        mu = 0.0
+    off = offs_m[:, None] * C + offs_c[None, :]
+    gv = _load_g(dy_ptr, y_ptr, off, mask, ga, gb, mu, STATS, RELU)
+    if NEED_RES:
+        tl.store(dres_ptr + off, gv.to(dres_ptr.dtype.element_ty), mask=mask)
+    if NEED_SUM:
+        tl.store(psum_ptr + pid_m * C + offs_c, tl.sum(gv, axis=0), mask=c_ok)
+
+
+# ----------------------------------------------------------------------------- bn_act backward
+
+
+@triton.jit
+def bn_act_bwd_kernel(
+    dout_ptr, out_ptr, y_ptr, scale_ptr, res_ptr, rscale_ptr, dy_ptr, dres_ptr, psum_ptr,
+    R, L, C, T,
+    CHANNEL_ON_COLS: tl.constexpr, RELU: tl.constexpr, HAS_RSCALE: tl.constexpr,
+    NEED_Y: tl.constexpr, NEED_SCALE: tl.constexpr, NEED_SUM: tl.constexpr, NEED_RES: tl.constexpr,
+    NEED_RSCALE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """psum [3, T, C]: sums of g*y, g, g*residual. NHWC: grid (row tiles, column tiles), one
+    partial row per row tile. NCHW: grid (row tiles,), each program sums its rows whole
+    (loop over L), row r = n*C + c lands at partial row n (T = N)."""
+    pid_r = tl.program_id(0)
+    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    r_ok = offs_r < R
+    if CHANNEL_ON_COLS:
+        offs_l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+        l_ok = offs_l < L
+        ch = offs_l
+        ch_ok = l_ok
+        mask = r_ok[:, None] & l_ok[None, :]
+        off = offs_r[:, None] * L + offs_l[None, :]
+        gv = tl.load(dout_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        if RELU:
+            o = tl.load(out_ptr + off, mask=mask, other=0.0)
+            gv = tl.where(o > 0, gv, 0.0)
+        if NEED_Y:
+            sc = tl.load(scale_ptr + ch, mask=ch_ok, other=0.0)
+            tl.store(dy_ptr + off, (gv * sc[None, :]).to(dy_ptr.dtype.element_ty), mask=mask)
+        if NEED_RES:
+            if HAS_RSCALE:
+                rs = tl.load(rscale_ptr + ch, mask=ch_ok, other=0.0)
+                tl.store(dres_ptr + off, (gv * rs[None, :]).to(dres_ptr.dtype.element_ty), mask=mask)
+            else:
+                tl.store(dres_ptr + off, gv.to(dres_ptr.dtype.element_ty), mask=mask)
+        if NEED_SCALE:
+            yv = tl.load(y_ptr + off, mask=mask, other=0.0).to(tl.float32)
+            tl.store(psum_ptr + pid_r * C + ch, tl.sum(gv * yv, axis=0), mask=ch_ok)
+        if NEED_SUM:
+            tl.store(psum_ptr + (T + pid_r) * C + ch, tl.sum(gv, axis=0), mask=ch_ok)
+        if NEED_RSCALE:
+            rv = tl.load(res_ptr + off, mask=mask, other=0.0).to(tl.float32)
+            tl.store(psum_ptr + (2 * T + pid_r) * C + ch, tl.sum(gv * rv, axis=0), mask=ch_ok)
+    else:
+        ch = offs_r % C
+        sc = tl.load(scale_ptr + ch, mask=r_ok, other=0.0)
+        if HAS_RSCALE:
+            rs = tl.load(rscale_ptr + ch, mask=r_ok, other=0.0)
+        s_y = tl.zeros((BLOCK_R,), dtype=tl.float32)
+        s_g = tl.zeros((BLOCK_R,), dtype=tl.float32)
+        s_r = tl.zeros((BLOCK_R,), dtype=tl.float32)
+        for l0 in range(0, L, BLOCK_L):
+            offs_l = l0 + tl.arange(0, BLOCK_L)
+            mask = r_ok[:, None] & (offs_l < L)[None, :]
+            off = offs_r[:, None] * L + offs_l[None, :]
+            gv = tl.load(dout_ptr + off, mask=mask, other=0.0).to(tl.float32)
+            if RELU:
+                o = tl.load(out_ptr + off, mask=mask, other=0.0)
+                gv = tl.where(o > 0, gv, 0.0)
+            if NEED_Y:
+                tl.store(dy_ptr + off, (gv * sc[:, None]).to(dy_ptr.dtype.element_ty), mask=mask)
+            if NEED_RES:
+                if HAS_RSCALE:
+                    tl.store(dres_ptr + off, (gv * rs[:, None]).to(dres_ptr.dtype.element_ty), mask=mask)
+                else:
+                    tl.store(dres_ptr + off, gv.to(dres_ptr.dtype.element_ty), mask=mask)
+            if NEED_SCALE:
+                yv = tl.load(y_ptr + off, mask=mask, other=0.0).to(tl.float32)
+                s_y += tl.sum(gv * yv, axis=1)
+            if NEED_SUM:
+                s_g += tl.sum(gv, axis=1)
+            if NEED_RSCALE:
+                rv = tl.load(res_ptr + off, mask=mask, other=0.0).to(tl.float32)
+                s_r += tl.sum(gv * rv, axis=1)
+        # row r = n*C + c is partial row n, channel c: flat offset r in each [T, C] slab
+        if NEED_SCALE:
+            tl.store(psum_ptr + offs_r, s_y, mask=r_ok)
+        if NEED_SUM:
+            tl.store(psum_ptr + R + offs_r, s_g, mask=r_ok)
+        if NEED_RSCALE:
+            tl.store(psum_ptr + 2 * R + offs_r, s_r, mask=r_ok)
+
+
+# ----------------------------------------------------------------------------- ordered reduce
+
+
+@triton.jit
+def sum_partials_kernel(
+    p_ptr, out_ptr, T, C,
+    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """out[s, c] = sum over t of p[s, t, c] ([S, T, C] dense), BLOCK_T rows at a time in order."""
+    offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    s = tl.program_id(1)
+    c_ok = offs_c < C
+    acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    base = p_ptr + s * T * C
+    for t0 in range(0, T, BLOCK_T):
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        mask = (offs_t < T)[:, None] & c_ok[None, :]
+        v = tl.load(base + offs_t[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
+        acc += tl.sum(v, axis=0)
+    tl.store(out_ptr + s * C + offs_c, acc, mask=c_ok)
+
+
+# ----------------------------------------------------------------------------- configurations
+
+# dgrad: (BLOCK_M, BLOCK_N (input channels), BLOCK_K (output channels), num_warps, num_stages)
+DGRAD_CONFIGS = (
+    (128, 64, 64, 4, 4),
+    (128, 128, 64, 8, 3),
+    (64, 128, 64, 4, 4),
+    (64, 64, 64, 4, 4),
+    (128, 256, 64, 8, 3),
+)
+# wgrad: (BLOCK_M (rows reduced), BLOCK_CI, BLOCK_CO, num_warps, num_stages)
+WGRAD_CONFIGS = (
+    (64, 128, 128, 8, 3),
+    (64, 64, 128, 4, 3),
+    (64, 128, 64, 4, 3),
+    (128, 64, 64, 4, 3),
+    (32, 64, 64, 4, 4),
+)
+INTERPRET_DGRAD_CONFIG = (32, 16, 16, 1, 1)
+INTERPRET_WGRAD_CONFIG = (32, 16, 16, 1, 1)
+GROUP_M = 8
+
+
+def _pow2_at_least(n: int, lo: int) -> int:
+    return max(lo, triton.next_power_of_2(max(int(n), 1)))
+
+
+def dgrad_configs(cin_g: int, cout_g: int, elem_size: int) -> list[tuple[int, int, int, int, int]]:
+    if interpreting():
+        return [INTERPRET_DGRAD_CONFIG]
+    out = []
+    first = DGRAD_CONFIGS[1] if cin_g >= 128 else DGRAD_CONFIGS[0]
+    for bm, bn, bk, warps, stages in (first,) + DGRAD_CONFIGS:
+        bn = min(bn, _pow2_at_least(cin_g, 16))
+        bk = min(bk, _pow2_at_least(cout_g, 16))
+        if elem_size == 4:
+            bk = min(bk, 32)
+            stages = min(stages, 3)
+        cfg = (bm, bn, bk, warps, stages)
+        if cfg not in out:
+            out.append(cfg)
+    return out
+
+
+def wgrad_configs(cin_g: int, cout_g: int, elem_size: int) -> list[tuple[int, int, int, int, int]]:
+    if interpreting():
+        return [INTERPRET_WGRAD_CONFIG]
+    out = []
+    first = WGRAD_CONFIGS[0] if min(cin_g, cout_g) >= 128 else WGRAD_CONFIGS[1]
+    for bm, bci, bco, warps, stages in (first,) + WGRAD_CONFIGS:
+        bci = min(bci, _pow2_at_least(cin_g, 16))
+        bco = min(bco, _pow2_at_least(cout_g, 16))
+        if elem_size == 4:
+            bm = min(bm, 32)
+            stages = min(stages, 3)
+        cfg = (bm, bci, bco, warps, stages)
+        if cfg not in out:
+            out.append(cfg)
+    return out
+
+
+def wgrad_splits(m: int, tiles: int, block_m: int, sms: int = 132) -> tuple[int, int]:
+    """(splits, rows per split) so that tiles*splits programs fill the GPU about twice over,
+    each reducing at least 4 blocks of rows (two blocks under the interpreter, so tiny
+    shapes exercise both the in-program loop and the split reduction)."""
+    blocks = triton.cdiv(m, block_m)
+    if interpreting():
+        per = 2
+    else:
+        want = max(1, triton.cdiv(2 * sms, max(tiles, 1)))
+        per = max(4, triton.cdiv(blocks, want))
+    splits = triton.cdiv(blocks, per)
+    return splits, per * block_m
+
+
+# ----------------------------------------------------------------------------- AOT compile checks
+
+
+def _attrs(fn, names):
+    return {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in names}
+
+
+_SHAPE_ARGS = ("M", "H", "W", "CIN", "HO", "WO", "COUT", "CIN_G", "COUT_G")
+_CONV_GEOM = ("SH", "SW", "PH", "PW", "DH", "DW")
+
+
+def dgrad_signature(dtype: str) -> dict[str, str]:
+    p = f"*{dtype}"
+    sig = {"dy_ptr": p, "y_ptr": p, "w_ptr": p, "x_ptr": p, "dx_ptr": p, "ga_ptr": "*fp32", "gb_ptr": "*fp32",
+           "mu_ptr": "*fp32", "scale_ptr": "*fp32", "shift_ptr": "*fp32", "psum_ptr": "*fp32"}
+    for name in _SHAPE_ARGS + ("NT",) + _CONV_GEOM:
+        sig[name] = "i32"
+    for name in ("KH", "KW", "HAS_PRO", "STATS", "RELU", "NEED_DX", "NEED_PSUM", "EVEN_K", "DOT_PRECISION",
+                 "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"):
+        sig[name] = "constexpr"
+    return sig
+
+
+def wgrad_signature(dtype: str) -> dict[str, str]:
+    p = f"*{dtype}"
+    sig = {"dy_ptr": p, "y_ptr": p, "x_ptr": p, "part_ptr": "*fp32", "ga_ptr": "*fp32", "gb_ptr": "*fp32",
+           "mu_ptr": "*fp32", "scale_ptr": "*fp32", "shift_ptr": "*fp32"}
+    for name in _SHAPE_ARGS + ("M_PER_SPLIT",) + _CONV_GEOM:
+        sig[name] = "i32"
+    for name in ("KH", "KW", "HAS_PRO", "STATS", "RELU", "DOT_PRECISION", "BLOCK_M", "BLOCK_CI", "BLOCK_CO"):
+        sig[name] = "constexpr"
+    return sig
+
+
+_DIV_DGRAD = ("dy_ptr", "y_ptr", "w_ptr", "x_ptr", "dx_ptr", "ga_ptr", "gb_ptr", "mu_ptr", "scale_ptr",
+              "shift_ptr", "psum_ptr", "CIN", "COUT", "CIN_G", "COUT_G")
+_DIV_WGRAD = ("dy_ptr", "y_ptr", "x_ptr", "part_ptr", "ga_ptr", "gb_ptr", "mu_ptr", "scale_ptr", "shift_ptr",
+              "CIN", "COUT", "CIN_G", "COUT_G")
+
+
+def backward_specializations():
+    """The constexpr combinations the backward launchers produce, one representative config each.
+
+    dgrad and wgrad: every (HAS_PRO, STATS, RELU) combination in bf16, fp16 and fp32
+    (fp32 with TF32 and IEEE), dgrad with each epilogue output set (dx only,
+    dscale/dshift only, both), kernel sizes 1/3/7 with aligned and ragged channels,
+    and every autotuning candidate in bf16; plus the elementwise and reduction kernels.
+    """
+    out = []
+    seen = set()
+
+    def add_dgrad(dtype, k, even, prec, pro, stats, relu, need_dx=True, need_psum=True, cfg=None):
+        cfg = cfg or ((128, 64, 32, 4, 3) if dtype == "fp32" else (128, 64, 64, 4, 4))
+        if not pro:
+            need_dx, need_psum = True, False
+        key = ("dgrad", dtype, k, even, prec, pro, stats, relu, need_dx, need_psum, cfg)
+        if key in seen:
+            return
+        seen.add(key)
+        bm, bn, bk, warps, stages = cfg
+        consts = dict(KH=k, KW=k, HAS_PRO=pro, STATS=stats, RELU=relu, NEED_DX=need_dx, NEED_PSUM=need_psum,
+                      EVEN_K=even, DOT_PRECISION=prec, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=GROUP_M)
+        name = (f"dgrad_{dtype}_{k}x{k}_{'even' if even else 'ragged'}_{prec}_"
+                + "".join(f for f, b in zip("psrxd", (pro, stats, relu, need_dx, need_psum)) if b)
+                + f"_{bm}x{bn}x{bk}w{warps}s{stages}")
+        out.append((name, conv_dgrad_kernel, dgrad_signature(dtype), consts, {"num_warps": warps, "num_stages": stages},
+                    _attrs(conv_dgrad_kernel, _DIV_DGRAD if even else ())))
+
+    def add_wgrad(dtype, k, even, prec, pro, stats, relu, cfg=None):
+        cfg = cfg or ((32, 64, 64, 4, 3) if dtype == "fp32" else (64, 64, 128, 4, 3))
+        key = ("wgrad", dtype, k, even, prec, pro, stats, relu, cfg)
+        if key in seen:
+            return
+        seen.add(key)
+        bm, bci, bco, warps, stages = cfg
+        consts = dict(KH=k, KW=k, HAS_PRO=pro, STATS=stats, RELU=relu, DOT_PRECISION=prec, BLOCK_M=bm,
+                      BLOCK_CI=bci, BLOCK_CO=bco)
+        name = (f"wgrad_{dtype}_{k}x{k}_{'even' if even else 'ragged'}_{prec}_"
+                + "".join(f for f, b in zip("psr", (pro, stats, relu)) if b)
+                + f"_{bm}x{bci}x{bco}w{warps}s{stages}")
+        out.append((name, conv_wgrad_kernel, wgrad_signature(dtype), consts, {"num_warps": warps, "num_stages": stages},
+                    _attrs(conv_wgrad_kernel, _DIV_WGRAD if even else ())))
+
+    combos = [(bool(i & 1), bool(i & 2), bool(i & 4)) for i in range(8)]
+    for dtype in ("bf16", "fp16", "fp32"):
+        for pro, stats, relu in combos:
+            add_dgrad(dtype, 3, True, "tf32", pro, stats, relu)
+            add_wgrad(dtype, 3, True, "tf32", pro, stats, relu)
+        for need_dx, need_psum in ((True, False), (False, True)):
+            add_dgrad(dtype, 1, True, "tf32", True, True, False, need_dx, need_psum)
+        for k in (1, 3, 7):
+            for even in (True, False):
+                add_dgrad(dtype, k, even, "tf32", True, True, False)
+                add_wgrad(dtype, k, even, "tf32", True, True, False)
+    add_dgrad("fp32", 3, True, "ieee", True, True, True)
+    add_wgrad("fp32", 3, True, "ieee", True, True, True)
+    for cfg in DGRAD_CONFIGS:
+        add_dgrad("bf16", 3, True, "tf32", True, True, False, cfg=cfg)
+    for cfg in WGRAD_CONFIGS:
+        add_wgrad("bf16", 3, True, "tf32", True, True, False, cfg=cfg)
+
+    for dtype in ("bf16", "fp16", "fp32"):
+        p = f"*{dtype}"
+        for stats, relu, need_res, need_sum in ((True, False, False, True), (False, True, True, True),
+                                                (False, False, True, False), (True, True, True, True)):
+            out.append((f"grad_out_{dtype}_{int(stats)}{int(relu)}{int(need_res)}{int(need_sum)}",
+                        conv_grad_out_kernel,
+                        {"dy_ptr": p, "y_ptr": p, "ga_ptr": "*fp32", "gb_ptr": "*fp32", "mu_ptr": "*fp32",
+                         "dres_ptr": p, "psum_ptr": "*fp32", "M": "i32", "C": "i32", "STATS": "constexpr",
+                         "RELU": "constexpr", "NEED_RES": "constexpr", "NEED_SUM": "constexpr",
+                         "BLOCK_M": "constexpr", "BLOCK_C": "constexpr"},
+                        {"STATS": stats, "RELU": relu, "NEED_RES": need_res, "NEED_SUM": need_sum,
+                         "BLOCK_M": 64, "BLOCK_C": 64}, {"num_warps": 4}, {}))
+        for on_cols in (True, False):
+            for relu, has_rs, need in ((True, False, (True, True, True, True, False)),
+                                       (True, True, (True, True, True, True, True)),
+                                       (False, False, (True, True, True, False, False)),
+                                       (True, True, (True, False, False, True, False))):
+                bits = dict(zip(("NEED_Y", "NEED_SCALE", "NEED_SUM", "NEED_RES", "NEED_RSCALE"), need))
+                out.append((
+                    f"bn_act_bwd_{dtype}_{'nhwc' if on_cols else 'nchw'}_{int(relu)}{int(has_rs)}_"
+                    + "".join(str(int(b)) for b in need),
+                    bn_act_bwd_kernel,
+                    {"dout_ptr": p, "out_ptr": p, "y_ptr": p, "scale_ptr": "*fp32", "res_ptr": p, "rscale_ptr": "*fp32",
+                     "dy_ptr": p, "dres_ptr": p, "psum_ptr": "*fp32", "R": "i32", "L": "i32", "C": "i32", "T": "i32",
+                     "CHANNEL_ON_COLS": "constexpr", "RELU": "constexpr", "HAS_RSCALE": "constexpr",
+                     "NEED_Y": "constexpr", "NEED_SCALE": "constexpr", "NEED_SUM": "constexpr",
+                     "NEED_RES": "constexpr", "NEED_RSCALE": "constexpr", "BLOCK_R": "constexpr",
+                     "BLOCK_L": "constexpr"},
+                    dict(CHANNEL_ON_COLS=on_cols, RELU=relu, HAS_RSCALE=has_rs, BLOCK_R=32 if on_cols else 16,
+                         BLOCK_L=64 if on_cols else 256, **bits),
+                    {"num_warps": 4}, {}))
+    out.append(("sum_partials", sum_partials_kernel,
+                {"p_ptr": "*fp32", "out_ptr": "*fp32", "T": "i32", "C": "i32", "BLOCK_T": "constexpr",
+                 "BLOCK_C": "constexpr"}, {"BLOCK_T": 64, "BLOCK_C": 32}, {"num_warps": 4}, {}))
+    for dtype in ("bf16", "fp16", "fp32"):
+        out.append((f"wgrad_reduce_{dtype}", wgrad_reduce_kernel,
+                    {"part_ptr": "*fp32", "dw_ptr": f"*{dtype}", "S": "i32", "KHW": "i32", "CIN_G": "i32",
+                     "COUT": "i32", "BLOCK": "constexpr"}, {"BLOCK": 512}, {"num_warps": 4}, {}))
+    return out
+
+
+def all_specializations():
+    return backward_specializations()
+
+
+def compile_specialization(spec, arch: int = 90):
+    """Compile one specialisation for ``sm_<arch>`` without a GPU; returns the CompiledKernel."""
+    from triton.backends.compiler import GPUTarget
+
+    name, fn, sig, consts, options, attrs = spec
+    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(options))
+
+
+def _main(argv):
+    """``python -m kernels.conv_backward [SHARD NSHARDS [ARCH]]``: like kernels.conv's."""
+    if interpreting():
+        raise SystemExit("unset TRITON_INTERPRET to compile for a GPU target")
+    shard = int(argv[0]) if argv else 0
+    nshards = int(argv[1]) if len(argv) > 1 else 1
+    arch = int(argv[2]) if len(argv) > 2 else 90
+    failed = []
+    for spec in all_specializations()[shard::nshards]:
+        try:
+            k = compile_specialization(spec, arch)
+            assert k.asm.get("cubin"), "no cubin produced"
+            print(f"ok {spec[0]} shared={getattr(k.metadata, 'shared', '?')}", flush=True)
+        except Exception as e:  # noqa: BLE001 - report every failure, then fail
+            failed.append(spec[0])
+            print(f"FAIL {spec[0]}: {type(e).__name__}: {e}", flush=True)
+    if failed:
+        print(f"{len(failed)} specialisations failed: {failed}", flush=True)
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    import sys
+
+    _main(sys.argv[1:])
