@@ -21,6 +21,15 @@ conv_fwd_kernel
           deterministic), merged by stats_merge_kernel.
     x: [N, H, W, Cin] dense; w: [KH, KW, Cin/groups, Cout] dense; y, residual:
     [N, Ho, Wo, Cout] dense; bias, scale, shift: fp32 vectors.
+      shortcut (``conv_shortcut``; sc_x: [N, H_SC, W_SC, CSC] dense, read at the
+      pixel (n, oh*SC_STRIDE, ow*SC_STRIDE) of each output row; sc prologue SC_PRO:
+      relu(sc_x*sc_scale + sc_shift) rounded to the activation dtype, as above):
+        SC_MODE=1, projection: after the main K loop a second K loop accumulates the
+          strided 1x1 GEMM sc_x @ sc_w (sc_w: [CSC, Cout] dense) into the same fp32
+          accumulator (the concatenated-K GEMM [a | sc_x] @ [w; sc_w]);
+        SC_MODE=2, option A: the epilogue adds sc_x[..., co - SC_FRONT] where
+          0 <= co - SC_FRONT < CSC, else 0 (masked loads), before the bias.
+      Either way the shortcut never round-trips through memory.
 
 stats_partial_kernel / stats_merge_kernel
     per-channel mean and biased variance of an [M, C] row-major matrix (an NHWC
@@ -53,9 +62,11 @@ def conv_fwd_kernel(
     x_ptr, w_ptr, y_ptr, bias_ptr, scale_ptr, shift_ptr, res_ptr, pmean_ptr, pm2_ptr,
     M, H, W, CIN, HO, WO, COUT, CIN_G, COUT_G,
     SH, SW, PH, PW, DH, DW,
+    sc_x_ptr, sc_w_ptr, sc_scale_ptr, sc_shift_ptr, H_SC, W_SC, CSC, SC_STRIDE, SC_FRONT,
     KH: tl.constexpr, KW: tl.constexpr,
     HAS_PRO: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
     RELU: tl.constexpr, STATS: tl.constexpr, EVEN_K: tl.constexpr,
+    SC_MODE: tl.constexpr, SC_PRO: tl.constexpr, SC_EVEN_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
@@ -122,9 +133,52 @@ def conv_fwd_kernel(
         b = tl.load(b_ptrs, mask=b_mask, other=0.0)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
+    if SC_MODE != 0:
+        # The shortcut's input pixel of each output row: (n, oh*SC_STRIDE, ow*SC_STRIDE).
+        sc_row = ((nb * H_SC + oh * SC_STRIDE) * W_SC + ow * SC_STRIDE) * CSC
+    if SC_MODE == 1:
+        # Projection: a second K loop, the strided 1x1 GEMM over sc_x (its own prologue
+        # on load), into the same accumulator; its result never touches memory.
+        for kk in range(0, tl.cdiv(CSC, BLOCK_K)):
+            cs = kk * BLOCK_K + offs_k
+            if SC_EVEN_K:
+                a_mask = tl.broadcast_to(m_ok[:, None], (BLOCK_M, BLOCK_K))
+                b_mask = tl.broadcast_to(n_ok[None, :], (BLOCK_K, BLOCK_N))
+            else:
+                k_ok = cs < CSC
+                a_mask = m_ok[:, None] & k_ok[None, :]
+                b_mask = k_ok[:, None] & n_ok[None, :]
+            a = tl.load(sc_x_ptr + sc_row[:, None] + cs[None, :], mask=a_mask, other=0.0)
+            if SC_PRO:
+                if SC_EVEN_K:
+                    sc = tl.load(sc_scale_ptr + cs)
+                    sf = tl.load(sc_shift_ptr + cs)
+                else:
+                    sc = tl.load(sc_scale_ptr + cs, mask=cs < CSC, other=0.0)
+                    sf = tl.load(sc_shift_ptr + cs, mask=cs < CSC, other=0.0)
+                u = a.to(tl.float32) * sc[None, :] + sf[None, :]
+                u = tl.maximum(u, 0.0).to(sc_x_ptr.dtype.element_ty)
+                a = tl.where(a_mask, u, tl.zeros_like(u))
+            b = tl.load(sc_w_ptr + (cs * COUT)[:, None] + col[None, :], mask=b_mask, other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
     # ---- epilogue
     mask = m_ok[:, None] & n_ok[None, :]
     y_off = offs_m[:, None] * COUT + col[None, :]
+    if SC_MODE == 2:
+        # Option A: sc_x subsampled, channels zero-padded (SC_FRONT in front); the padded
+        # channels are masked loads, exactly 0 (the prologue is not applied to them).
+        cc = col - SC_FRONT
+        c_ok = n_ok & (cc >= 0) & (cc < CSC)
+        s_mask = m_ok[:, None] & c_ok[None, :]
+        s = tl.load(sc_x_ptr + sc_row[:, None] + cc[None, :], mask=s_mask, other=0.0)
+        if SC_PRO:
+            sc = tl.load(sc_scale_ptr + cc, mask=c_ok, other=0.0)
+            sf = tl.load(sc_shift_ptr + cc, mask=c_ok, other=0.0)
+            u = s.to(tl.float32) * sc[None, :] + sf[None, :]
+            u = tl.maximum(u, 0.0).to(sc_x_ptr.dtype.element_ty)
+            s = tl.where(s_mask, u, tl.zeros_like(u))
+        acc += s.to(tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + col, mask=n_ok, other=0.0)
         acc += bias[None, :]
@@ -320,14 +374,18 @@ def conv_signature(dtype: str) -> dict[str, str]:
     }
     for name in ("M", "H", "W", "CIN", "HO", "WO", "COUT", "CIN_G", "COUT_G", "SH", "SW", "PH", "PW", "DH", "DW"):
         sig[name] = "i32"
-    for name in ("KH", "KW", "HAS_PRO", "HAS_BIAS", "HAS_RES", "RELU", "STATS", "EVEN_K", "DOT_PRECISION",
-                 "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"):
+    sig.update(sc_x_ptr=p, sc_w_ptr=p, sc_scale_ptr="*fp32", sc_shift_ptr="*fp32")
+    for name in ("H_SC", "W_SC", "CSC", "SC_STRIDE", "SC_FRONT"):
+        sig[name] = "i32"
+    for name in ("KH", "KW", "HAS_PRO", "HAS_BIAS", "HAS_RES", "RELU", "STATS", "EVEN_K", "SC_MODE", "SC_PRO",
+                 "SC_EVEN_K", "DOT_PRECISION", "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"):
         sig[name] = "constexpr"
     return sig
 
 
 _DIVISIBLE_CONV_ARGS = ("x_ptr", "w_ptr", "y_ptr", "bias_ptr", "scale_ptr", "shift_ptr", "res_ptr", "pmean_ptr",
                         "pm2_ptr", "CIN", "COUT", "CIN_G", "COUT_G")
+_DIVISIBLE_SC_ARGS = ("sc_x_ptr", "sc_w_ptr", "sc_scale_ptr", "sc_shift_ptr", "CSC")
 
 
 def _attrs(fn, names):
@@ -345,24 +403,33 @@ def conv_specializations():
     TF32 and IEEE dot precision. EVEN_K specialisations carry the 16-divisibility
     a ResNet launch has (aligned pointers, channel counts), ragged ones none.
     Finally every autotuning candidate block shape compiles (bf16 and fp32).
+    conv_shortcut's specialisations (SC_MODE 1 projection / 2 option A, SC_PRO
+    off/on, every dtype; no residual, no statistics) follow, including EVEN_K !=
+    SC_EVEN_K and the autotuning block shapes for the bf16 projection.
     """
     flags = ("HAS_PRO", "HAS_BIAS", "HAS_RES", "RELU", "STATS")
     seen = set()
     out = []
 
-    def add(dtype, k, even_k, prec, bits, cfg=None):
+    def add(dtype, k, even_k, prec, bits, cfg=None, sc=(0, False), sc_even=None):
         cfg = cfg or ((128, 64, 32, 4, 3) if dtype == "fp32" else (128, 64, 64, 4, 4))
-        key = (dtype, k, even_k, prec, bits, cfg)
+        sc_even = even_k if sc_even is None else sc_even
+        key = (dtype, k, even_k, prec, bits, cfg, sc, sc_even)
         if key in seen:
             return
         seen.add(key)
         bm, bn, bk, warps, stages = cfg
+        sc_mode, sc_pro = sc
         consts = dict(zip(flags, bits))
-        consts.update(KH=k, KW=k, EVEN_K=even_k, DOT_PRECISION=prec, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-                      GROUP_M=GROUP_M)
+        consts.update(KH=k, KW=k, EVEN_K=even_k, SC_MODE=sc_mode, SC_PRO=sc_pro, SC_EVEN_K=sc_even,
+                      DOT_PRECISION=prec, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=GROUP_M)
         name = f"conv_{dtype}_{k}x{k}_{'even' if even_k else 'ragged'}_{prec}_" + "".join(
             f for f, b in zip("pbrus", bits) if b) + f"_{bm}x{bn}x{bk}w{warps}s{stages}"
-        attrs = _attrs(conv_fwd_kernel, _DIVISIBLE_CONV_ARGS if even_k else ())
+        if sc_mode:
+            name += f"_sc{'proj' if sc_mode == 1 else 'optA'}{'_pro' if sc_pro else ''}"
+            name += "" if sc_even == even_k else ("_sceven" if sc_even else "_scragged")
+        divisible = (_DIVISIBLE_CONV_ARGS if even_k else ()) + (_DIVISIBLE_SC_ARGS if sc_mode and sc_even else ())
+        attrs = _attrs(conv_fwd_kernel, divisible)
         out.append((name, conv_fwd_kernel, conv_signature(dtype), consts,
                     {"num_warps": warps, "num_stages": stages}, attrs))
 
@@ -383,6 +450,25 @@ def conv_specializations():
         add("bf16", 3, True, "tf32", on, cfg)
         bm, bn, bk, warps, stages = cfg
         add("fp32", 3, True, "tf32", on, (bm, bn, min(bk, 32), warps, min(stages, 3)))
+    # conv_shortcut (no residual, no statistics): projection and option A, each with the
+    # sc prologue off and on, in every dtype, with the flags of the eval blocks' last conv
+    # (bias + ReLU; with and without the main prologue); projection also ragged, 3x3 and
+    # with each autotuning block shape (bf16).
+    for dtype in ("bf16", "fp16", "fp32"):
+        for sc_mode in (1, 2):
+            for sc_pro in (False, True):
+                for pro in (False, True):
+                    add(dtype, 1, True, "tf32", (pro, True, False, True, False), sc=(sc_mode, sc_pro))
+                add(dtype, 3, False, "tf32", (sc_pro, True, False, True, False), sc=(sc_mode, sc_pro))
+    add("bf16", 1, True, "tf32", off, sc=(1, False))
+    add("bf16", 1, True, "tf32", off, sc=(2, False))
+    add("fp32", 1, True, "ieee", (False, True, False, True, False), sc=(1, True))
+    add("fp32", 1, False, "ieee", (False, True, False, True, False), sc=(2, True))
+    for dtype in ("bf16", "fp16", "fp32"):  # EVEN_K and SC_EVEN_K differ (e.g. Cin=64, Csc=3)
+        add(dtype, 3, True, "tf32", (True, True, False, True, False), sc=(1, True), sc_even=False)
+        add(dtype, 1, False, "tf32", (False, True, False, True, False), sc=(1, False), sc_even=True)
+    for cfg in CONV_CONFIGS:
+        add("bf16", 1, True, "tf32", (False, True, False, True, False), cfg, sc=(1, False))
     return out
 
 

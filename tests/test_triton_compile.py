@@ -74,6 +74,14 @@ def test_specialisation_list_covers_the_launcher():
                 assert any(s[3]["KH"] == ks and s[3]["EVEN_K"] == even and s[2]["x_ptr"] == f"*{dtype}"
                            for s in conv), (dtype, ks, even)
     assert {s[3]["DOT_PRECISION"] for s in conv if s[2]["x_ptr"] == "*fp32"} == {"tf32", "ieee"}
+    # conv_shortcut: projection (SC_MODE=1) and option A (2), sc prologue off and on, every dtype
+    for dtype in ("bf16", "fp16", "fp32"):
+        sc = [s[3] for s in conv if s[2]["x_ptr"] == f"*{dtype}" and s[3]["SC_MODE"]]
+        assert {(c["SC_MODE"], c["SC_PRO"]) for c in sc} == {(1, False), (1, True), (2, False), (2, True)}, dtype
+        assert {c["SC_EVEN_K"] for c in sc if c["SC_MODE"] == 1} == {False, True}, dtype
+        assert {c["HAS_PRO"] for c in sc} == {False, True}, dtype
+    assert not any(s[3]["SC_MODE"] and (s[3]["HAS_RES"] or s[3]["STATS"]) for s in conv), "conv_shortcut has neither"
+    assert not any(s[3]["SC_PRO"] and not s[3]["SC_MODE"] for s in conv)
     for _, fn, sig, consts, _, _ in specs:  # signatures in sync with the kernels' parameters
         assert list(sig) == list(fn.arg_names), fn.__name__
         assert set(consts) == {n for n, t in sig.items() if t == "constexpr"}, fn.__name__

@@ -354,8 +354,10 @@ def conv(
             in_scale if in_scale is not None else dummy, in_shift if in_shift is not None else dummy,
             rk if rk is not None else dummy, pmean, pm2,
             m, h, w, cin, ho, wo, cout, cin_g, cout_g, sh, sw, ph, pw, dh, dw,
+            dummy, dummy, dummy, dummy, 1, 1, 1, 1, 0,  # no shortcut (conv_shortcut's operands)
             KH=kh, KW=kw, HAS_PRO=in_scale is not None, HAS_BIAS=bias is not None,
             HAS_RES=residual is not None, RELU=bool(relu), STATS=bool(stats), EVEN_K=cin_g % bk == 0,
+            SC_MODE=0, SC_PRO=False, SC_EVEN_K=True,
             DOT_PRECISION=prec, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=k.GROUP_M,
             num_warps=warps, num_stages=stages,
         )
@@ -371,6 +373,121 @@ def conv(
         else:
             mean, var = empty_vec(x), empty_vec(x)
     return _in_format(y, output_format(x)), mean, var
+
+
+def conv_shortcut(
+    x: Tensor, weight: Tensor, bias: Optional[Tensor], in_scale: Optional[Tensor],
+    in_shift: Optional[Tensor], sc_x: Tensor, sc_weight: Optional[Tensor],
+    sc_in_scale: Optional[Tensor], sc_in_shift: Optional[Tensor], sc_stride: int,
+    stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int, relu: bool,
+) -> Tensor:
+    """``fused_resnet::conv_shortcut`` on one conv kernel launch (contract: ops.py, reference.conv_shortcut).
+
+    With ``sc_weight`` the strided 1x1 projection of sc_x is a second K loop into the
+    main conv's accumulator (SC_MODE=1); without, option A is read in the epilogue
+    (SC_MODE=2). The shortcut never touches memory.
+    """
+    _check_activation("x", x)
+    device, dtype = x.device, x.dtype
+    if not isinstance(weight, Tensor) or weight.dim() != 4:
+        raise ValueError(f"triton conv_shortcut: weight must be a 4-D tensor [Cout, Cin/groups, KH, KW], got "
+                         f"{list(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__}")
+    _check_device("weight", weight, device)
+    if weight.dtype != dtype:
+        raise TypeError(f"triton conv_shortcut: weight has dtype {weight.dtype}, but x has {dtype} (they must match)")
+    groups = int(groups)
+    n, cin, h, w = x.shape
+    cout, cin_g, kh, kw = weight.shape
+    if groups < 1 or cin % groups or cout % groups:
+        raise ValueError(f"triton conv_shortcut: groups={groups} must divide Cin={cin} and Cout={cout}")
+    if cin_g != cin // groups:
+        raise ValueError(f"triton conv_shortcut: weight has {cin_g} input channels per group, but x has Cin={cin} "
+                         f"and groups={groups} (expected {cin // groups})")
+    sh, sw = _pair("stride", stride)
+    ph, pw = _pair("padding", padding)
+    dh, dw = _pair("dilation", dilation)
+    if min(sh, sw, dh, dw) < 1 or min(ph, pw) < 0:
+        raise ValueError(f"triton conv_shortcut: invalid stride {stride}, padding {padding} or dilation {dilation}")
+    ho, wo = conv_out_hw(h, w, (kh, kw), (sh, sw), (ph, pw), (dh, dw))
+    if ho < 1 or wo < 1:
+        raise ValueError(f"triton conv_shortcut: the output would be empty ({ho}x{wo}) for input {h}x{w}, "
+                         f"kernel {kh}x{kw}")
+    _check_vec("bias", bias, cout, device)
+    if (in_scale is None) != (in_shift is None):
+        raise ValueError("triton conv_shortcut: in_scale and in_shift must be given together")
+    _check_vec("in_scale", in_scale, cin, device)
+    _check_vec("in_shift", in_shift, cin, device)
+    # ---- the shortcut's operands
+    _check_activation("sc_x", sc_x)
+    _check_device("sc_x", sc_x, device)
+    if sc_x.dtype != dtype:
+        raise TypeError(f"triton conv_shortcut: sc_x has dtype {sc_x.dtype}, but x has {dtype} (they must match)")
+    if isinstance(sc_stride, bool) or not isinstance(sc_stride, int) or sc_stride < 1:
+        raise ValueError(f"triton conv_shortcut: sc_stride must be a positive int, got {sc_stride!r}")
+    sc_stride = int(sc_stride)
+    sn, csc, h_sc, w_sc = sc_x.shape
+    if sn != n:
+        raise ValueError(f"triton conv_shortcut: sc_x has batch size {sn}, but x has {n}")
+    sho, swo = triton_cdiv(h_sc, sc_stride), triton_cdiv(w_sc, sc_stride)
+    if (sho, swo) != (ho, wo):
+        raise ValueError(f"triton conv_shortcut: sc_x is {h_sc}x{w_sc}, which at sc_stride={sc_stride} gives "
+                         f"{sho}x{swo}, but the conv's output is {ho}x{wo}")
+    if sc_weight is not None:
+        if not isinstance(sc_weight, Tensor):
+            raise TypeError(f"triton conv_shortcut: sc_weight must be a tensor, got {type(sc_weight).__name__}")
+        _check_device("sc_weight", sc_weight, device)
+        if sc_weight.dtype != dtype:
+            raise TypeError(f"triton conv_shortcut: sc_weight has dtype {sc_weight.dtype}, but x has {dtype} "
+                            f"(they must match)")
+        if tuple(sc_weight.shape) != (cout, csc, 1, 1):
+            raise ValueError(f"triton conv_shortcut: sc_weight must have shape {[cout, csc, 1, 1]} "
+                             f"([Cout, Csc, 1, 1]), got {list(sc_weight.shape)}")
+    elif csc > cout:
+        raise ValueError(f"triton conv_shortcut: option A (no sc_weight) pads sc_x's {csc} channels up to Cout={cout}, "
+                         f"so sc_x must not have more channels than the output")
+    if (sc_in_scale is None) != (sc_in_shift is None):
+        raise ValueError("triton conv_shortcut: sc_in_scale and sc_in_shift must be given together")
+    _check_vec("sc_in_scale", sc_in_scale, csc, device)
+    _check_vec("sc_in_shift", sc_in_shift, csc, device)
+    if n * cout * ho * wo >= _INT32_LIMIT:
+        raise ValueError("triton conv_shortcut: the output has 2**31 elements or more; the kernels index with int32")
+
+    if n == 0:
+        return torch.empty((n, cout, ho, wo), dtype=dtype, device=device, memory_format=output_format(x))
+    k = kernels()
+    xk = _nhwc(x)
+    wk = _kernel_weight(weight)
+    sxk = _nhwc(sc_x)
+    sc_mode = 1 if sc_weight is not None else 2
+    y = torch.empty((n, cout, ho, wo), dtype=dtype, device=device, memory_format=torch.channels_last)
+    swk = _kernel_weight(sc_weight) if sc_weight is not None else y  # [1, 1, Csc, Cout] = [Csc, Cout]
+    m = n * ho * wo
+    cout_g = cout // groups
+    dummy = y  # stands in for absent optional pointers (never dereferenced)
+    has_pro, sc_pro = in_scale is not None, sc_in_scale is not None
+    prec = _dot_precision(dtype)
+    candidates = k.conv_configs(cin_g, cout_g, x.element_size())
+
+    def launch(cfg):
+        bm, bn, bk, warps, stages = cfg
+        grid = (triton_cdiv(m, bm) * triton_cdiv(cout_g, bn), groups)
+        k.conv_fwd_kernel[grid](
+            xk, wk, y, bias if bias is not None else dummy,
+            in_scale if has_pro else dummy, in_shift if has_pro else dummy, dummy, dummy, dummy,
+            m, h, w, cin, ho, wo, cout, cin_g, cout_g, sh, sw, ph, pw, dh, dw,
+            sxk, swk, sc_in_scale if sc_pro else dummy, sc_in_shift if sc_pro else dummy,
+            h_sc, w_sc, csc, sc_stride, (cout - csc) // 2,
+            KH=kh, KW=kw, HAS_PRO=has_pro, HAS_BIAS=bias is not None, HAS_RES=False, RELU=bool(relu),
+            STATS=False, EVEN_K=cin_g % bk == 0, SC_MODE=sc_mode, SC_PRO=sc_pro, SC_EVEN_K=csc % bk == 0,
+            DOT_PRECISION=prec, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=k.GROUP_M,
+            num_warps=warps, num_stages=stages,
+        )
+
+    key = ("shortcut", _bucket(m), cin, cout, kh, kw, sh, sw, ph, pw, dh, dw, groups, dtype, has_pro,
+           bias is not None, bool(relu), sc_mode, csc, sc_stride, sc_pro, prec, device.index)
+    with torch.cuda.device(device) if device.type == "cuda" else _nullcontext():
+        launch(_pick_config(key, candidates, launch))
+    return _in_format(y, output_format(x))
 
 
 def _in_format(y: Tensor, fmt: torch.memory_format) -> Tensor:
@@ -789,6 +906,7 @@ class TritonBackend(Backend):
         return True, ""
 
     conv = staticmethod(conv)
+    conv_shortcut = staticmethod(conv_shortcut)
     batch_stats = staticmethod(batch_stats)
     bn_act = staticmethod(bn_act)
     conv_backward = staticmethod(conv_backward)
