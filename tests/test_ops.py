@@ -25,6 +25,17 @@ def _t(*shape, seed=0, channels_last=False):
     return t.requires_grad_()
 
 
+def _gradcheck(op, args):
+    """gradcheck ``op`` over the tensor entries of ``args``, the others held fixed."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+
+    def f(*ts):
+        it = iter(ts)
+        return op(*[next(it) if isinstance(a, torch.Tensor) else a for a in args])
+
+    assert torch.autograd.gradcheck(f, tensors)
+
+
 CONV_CASES = [
     # (cin, cout, k, stride, pad, dil, groups, hw)
     (4, 6, 3, 1, 1, 1, 1, 5),
@@ -58,14 +69,7 @@ def _conv_args(case, prologue, bias, residual, relu, stats, channels_last=False)
 ])
 def test_conv_gradcheck(case, prologue, bias, residual, relu, stats):
     args = _conv_args(case, prologue, bias, residual, relu, stats)
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
-
-    def f(*ts):
-        it = iter(ts)
-        full = [next(it) if isinstance(a, torch.Tensor) else a for a in args]
-        return ops.conv(*full)
-
-    assert torch.autograd.gradcheck(f, tensors)
+    _gradcheck(ops.conv, args)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -100,13 +104,7 @@ def test_bn_act_gradcheck_and_opcheck(residual, scaled, relu):
         y, _vec(3, 2), _vec(3, 3), _t(2, 3, 4, 4, seed=4) if residual else None,
         _vec(3, 5) if scaled else None, _vec(3, 6) if scaled else None, relu, "reference",
     )
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
-
-    def f(*ts):
-        it = iter(ts)
-        return ops.bn_act(*[next(it) if isinstance(a, torch.Tensor) else a for a in args])
-
-    assert torch.autograd.gradcheck(f, tensors)
+    _gradcheck(ops.bn_act, args)
     torch.library.opcheck(ops.bn_act, args)
 
 
@@ -126,13 +124,7 @@ def test_bn_finalize_gradcheck_and_opcheck(affine):
         _vec(5, 1), _vec(5, 2, positive=True), _vec(5, 3) if affine else None,
         _vec(5, 4) if affine else None, 1e-5, "reference",
     )
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
-
-    def f(*ts):
-        it = iter(ts)
-        return ops.bn_finalize(*[next(it) if isinstance(a, torch.Tensor) else a for a in args])
-
-    assert torch.autograd.gradcheck(f, tensors)
+    _gradcheck(ops.bn_finalize, args)
     torch.library.opcheck(ops.bn_finalize, args)
 
 
@@ -199,13 +191,7 @@ def test_conv_shortcut_gradcheck_and_opcheck(projection, prologue, sc_prologue):
         _vec(sc_c, 8, positive=True) if sc_prologue else None, _vec(sc_c, 9) if sc_prologue else None,
         2, [1, 1], [1, 1], [1, 1], 1, True, "reference",
     )
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
-
-    def f(*ts):
-        it = iter(ts)
-        return ops.conv_shortcut(*[next(it) if isinstance(a, torch.Tensor) else a for a in args])
-
-    assert torch.autograd.gradcheck(f, tensors)
+    _gradcheck(ops.conv_shortcut, args)
     torch.library.opcheck(ops.conv_shortcut, args)
 
 
