@@ -196,6 +196,24 @@ def test_opcheck(proj):
                           test_utils=("test_schema", "test_faketensor"))
 
 
+@pytest.mark.parametrize("proj", [True, False], ids=["proj", "optA"])
+def test_autograd_through_op(proj):
+    # The backward is composed in ops.py from conv_backward (the triton one here).
+    args = list(make_args(1, 4, 5, 5, 8, 3, 1, 1, 3, 9, 2, proj, True, True, seed=16))
+    idx = [i for i in range(9) if isinstance(args[i], torch.Tensor)]
+    for i in idx:
+        args[i] = args[i].detach().requires_grad_(True)
+    grads = []
+    for backend in ("triton", "reference"):
+        y = torch.ops.fused_resnet.conv_shortcut(*args, backend)
+        y.square().sum().backward()
+        grads.append([args[i].grad.clone() for i in idx])
+        for i in idx:
+            args[i].grad = None
+    for i, gt, gr in zip(idx, *grads):
+        assert_close_fp32(gt, gr, f"grad {i}", rtol=1e-4, atol=1e-4)
+
+
 def test_grouped_main_conv():
     args = make_args(1, 8, 5, 5, 16, 3, 1, 1, 6, 9, 2, True, True, True, seed=6, groups=2)
     check_fp32(args)
