@@ -221,7 +221,7 @@ def batch_stats(x: Tensor, backend: str) -> tuple[Tensor, Tensor]:
 
 
 @batch_stats.register_fake
-def _(x, backend):
+def _batch_stats_fake(x, backend):
     return _vec(x.shape[1], x), _vec(x.shape[1], x)
 
 
@@ -251,7 +251,7 @@ def bn_finalize(
 
 
 @bn_finalize.register_fake
-def _(mean, var, weight, bias, eps, backend):
+def _bn_finalize_fake(mean, var, weight, bias, eps, backend):
     return torch.empty_like(mean), torch.empty_like(mean), torch.empty_like(mean)
 
 
@@ -294,7 +294,7 @@ def bn_update_running(
 
 
 @bn_update_running.register_fake
-def _(mean, var, count, running_mean, running_var, num_batches_tracked, momentum, backend):
+def _bn_update_running_fake(mean, var, count, running_mean, running_var, num_batches_tracked, momentum, backend):
     return None
 
 
@@ -310,7 +310,7 @@ def bn_act(
 
 
 @bn_act.register_fake
-def _(y, scale, shift, residual, res_scale, res_shift, relu, backend):
+def _bn_act_fake(y, scale, shift, residual, res_scale, res_shift, relu, backend):
     return empty_like_layout(y, y.shape)
 
 
@@ -323,7 +323,7 @@ def bn_act_backward(
 
 
 @bn_act_backward.register_fake
-def _(dout, out, y, scale, residual, res_scale, relu, output_mask, backend):
+def _bn_act_backward_fake(dout, out, y, scale, residual, res_scale, relu, output_mask, backend):
     need_y, need_scale, need_shift, need_res, need_rscale, need_rshift = output_mask
     c = y.shape[1]
     return (
@@ -352,5 +352,12 @@ def _bn_act_bwd(ctx, dout):
 
 
 bn_act.register_autograd(_bn_act_bwd, setup_context=_bn_act_setup)
+
+# Fakes by op name, for other libraries whose ops share a schema minus ``backend``.
+FAKES = {
+    "batch_stats": _batch_stats_fake, "bn_finalize": _bn_finalize_fake,
+    "bn_update_running": _bn_update_running_fake, "bn_act": _bn_act_fake,
+    "bn_act_backward": _bn_act_backward_fake,
+}
 
 ALL_OPS = (conv, conv_backward, conv_shortcut, batch_stats, bn_finalize, bn_update_running, bn_act, bn_act_backward)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
-from .._layout import empty_like_layout, empty_vec
 from .base import FLOAT_DTYPES, Backend
 
 LIB = "fused_resnet_cuda"
@@ -38,45 +37,24 @@ def ops():
     return _ops_ns
 
 
-def _fvec(n, ref: torch.Tensor) -> torch.Tensor:
-    return torch.empty(n, dtype=torch.float32, device=ref.device)
+def _without_backend(fake):
+    return lambda *args: fake(*args, None)
 
 
 def _register_fakes() -> None:
-    """Fake implementations (shapes, dtypes, strides) of the ops; idempotent."""
+    """Fake implementations (shapes, dtypes, strides) of the ops; idempotent.
+
+    Each op's schema is its ``fused_resnet::`` twin's minus ``backend``, so the
+    fake is that twin's fake.
+    """
     global _fakes_registered
     if _fakes_registered:
         return
     _fakes_registered = True
+    from ..ops import FAKES
 
-    @torch.library.register_fake(f"{LIB}::batch_stats")
-    def _(x):
-        return _fvec(x.shape[1], x), _fvec(x.shape[1], x)
-
-    @torch.library.register_fake(f"{LIB}::bn_finalize")
-    def _(mean, var, weight, bias, eps):
-        return _fvec(mean.shape[0], mean), _fvec(mean.shape[0], mean), _fvec(mean.shape[0], mean)
-
-    @torch.library.register_fake(f"{LIB}::bn_update_running")
-    def _(mean, var, count, running_mean, running_var, num_batches_tracked, momentum):
-        return None
-
-    @torch.library.register_fake(f"{LIB}::bn_act")
-    def _(y, scale, shift, residual, res_scale, res_shift, relu):
-        return empty_like_layout(y, y.shape)
-
-    @torch.library.register_fake(f"{LIB}::bn_act_backward")
-    def _(dout, out, y, scale, residual, res_scale, relu, output_mask):
-        need_y, need_scale, need_shift, need_res, need_rscale, need_rshift = output_mask
-        c = y.shape[1]
-        return (
-            empty_like_layout(y, y.shape) if need_y else empty_vec(y),
-            _fvec(c, y) if need_scale else empty_vec(y),
-            _fvec(c, y) if need_shift else empty_vec(y),
-            empty_like_layout(residual, residual.shape) if need_res else empty_vec(y),
-            _fvec(c, y) if need_rscale else empty_vec(y),
-            _fvec(c, y) if need_rshift else empty_vec(y),
-        )
+    for name in OP_NAMES:
+        torch.library.register_fake(f"{LIB}::{name}")(_without_backend(FAKES[name]))
 
 
 class CudaBackend(Backend):
