@@ -274,6 +274,40 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "tf32"  # ignored for fp16/bf16 operands
 
 
+def _conv_problem(
+    op: str, x: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int],
+    dilation: Sequence[int], groups: int,
+) -> tuple[int, ...]:
+    """Check the main conv's weight and geometry against ``x`` (already checked), with
+    errors naming ``op``; returns (groups, n, cin, h, w, cout, cin_g, kh, kw, sh, sw, ph,
+    pw, dh, dw, ho, wo)."""
+    device, dtype = x.device, x.dtype
+    if not isinstance(weight, Tensor) or weight.dim() != 4:
+        raise ValueError(f"triton {op}: weight must be a 4-D tensor [Cout, Cin/groups, KH, KW], got "
+                         f"{list(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__}")
+    _check_device("weight", weight, device)
+    if weight.dtype != dtype:
+        raise TypeError(f"triton {op}: weight has dtype {weight.dtype}, but x has {dtype} (they must match)")
+    groups = int(groups)
+    n, cin, h, w = x.shape
+    cout, cin_g, kh, kw = weight.shape
+    if groups < 1 or cin % groups or cout % groups:
+        raise ValueError(f"triton {op}: groups={groups} must divide Cin={cin} and Cout={cout}")
+    if cin_g != cin // groups:
+        raise ValueError(f"triton {op}: weight has {cin_g} input channels per group, but x has Cin={cin} "
+                         f"and groups={groups} (expected {cin // groups})")
+    sh, sw = _pair("stride", stride)
+    ph, pw = _pair("padding", padding)
+    dh, dw = _pair("dilation", dilation)
+    if min(sh, sw, dh, dw) < 1 or min(ph, pw) < 0:
+        raise ValueError(f"triton {op}: invalid stride {stride}, padding {padding} or dilation {dilation}")
+    ho, wo = conv_out_hw(h, w, (kh, kw), (sh, sw), (ph, pw), (dh, dw))
+    if ho < 1 or wo < 1:
+        raise ValueError(f"triton {op}: the output would be empty ({ho}x{wo}) for input {h}x{w}, "
+                         f"kernel {kh}x{kw}")
+    return groups, n, cin, h, w, cout, cin_g, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo
+
+
 def conv(
     x: Tensor, weight: Tensor, bias: Optional[Tensor], in_scale: Optional[Tensor],
     in_shift: Optional[Tensor], residual: Optional[Tensor], stride: Sequence[int],
@@ -282,28 +316,8 @@ def conv(
     """``fused_resnet::conv`` on the Triton kernel (contract: ops.py, reference.conv)."""
     _check_activation("x", x)
     device, dtype = x.device, x.dtype
-    if not isinstance(weight, Tensor) or weight.dim() != 4:
-        raise ValueError(f"triton conv: weight must be a 4-D tensor [Cout, Cin/groups, KH, KW], got "
-                         f"{list(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__}")
-    _check_device("weight", weight, device)
-    if weight.dtype != dtype:
-        raise TypeError(f"triton conv: weight has dtype {weight.dtype}, but x has {dtype} (they must match)")
-    groups = int(groups)
-    n, cin, h, w = x.shape
-    cout, cin_g, kh, kw = weight.shape
-    if groups < 1 or cin % groups or cout % groups:
-        raise ValueError(f"triton conv: groups={groups} must divide Cin={cin} and Cout={cout}")
-    if cin_g != cin // groups:
-        raise ValueError(f"triton conv: weight has {cin_g} input channels per group, but x has Cin={cin} "
-                         f"and groups={groups} (expected {cin // groups})")
-    sh, sw = _pair("stride", stride)
-    ph, pw = _pair("padding", padding)
-    dh, dw = _pair("dilation", dilation)
-    if min(sh, sw, dh, dw) < 1 or min(ph, pw) < 0:
-        raise ValueError(f"triton conv: invalid stride {stride}, padding {padding} or dilation {dilation}")
-    ho, wo = conv_out_hw(h, w, (kh, kw), (sh, sw), (ph, pw), (dh, dw))
-    if ho < 1 or wo < 1:
-        raise ValueError(f"triton conv: the output would be empty ({ho}x{wo}) for input {h}x{w}, kernel {kh}x{kw}")
+    groups, n, cin, h, w, cout, cin_g, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = _conv_problem(
+        "conv", x, weight, stride, padding, dilation, groups)
     _check_vec("bias", bias, cout, device)
     if (in_scale is None) != (in_shift is None):
         raise ValueError("triton conv: in_scale and in_shift must be given together (the prologue needs both)")
@@ -389,29 +403,8 @@ def conv_shortcut(
     """
     _check_activation("x", x)
     device, dtype = x.device, x.dtype
-    if not isinstance(weight, Tensor) or weight.dim() != 4:
-        raise ValueError(f"triton conv_shortcut: weight must be a 4-D tensor [Cout, Cin/groups, KH, KW], got "
-                         f"{list(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__}")
-    _check_device("weight", weight, device)
-    if weight.dtype != dtype:
-        raise TypeError(f"triton conv_shortcut: weight has dtype {weight.dtype}, but x has {dtype} (they must match)")
-    groups = int(groups)
-    n, cin, h, w = x.shape
-    cout, cin_g, kh, kw = weight.shape
-    if groups < 1 or cin % groups or cout % groups:
-        raise ValueError(f"triton conv_shortcut: groups={groups} must divide Cin={cin} and Cout={cout}")
-    if cin_g != cin // groups:
-        raise ValueError(f"triton conv_shortcut: weight has {cin_g} input channels per group, but x has Cin={cin} "
-                         f"and groups={groups} (expected {cin // groups})")
-    sh, sw = _pair("stride", stride)
-    ph, pw = _pair("padding", padding)
-    dh, dw = _pair("dilation", dilation)
-    if min(sh, sw, dh, dw) < 1 or min(ph, pw) < 0:
-        raise ValueError(f"triton conv_shortcut: invalid stride {stride}, padding {padding} or dilation {dilation}")
-    ho, wo = conv_out_hw(h, w, (kh, kw), (sh, sw), (ph, pw), (dh, dw))
-    if ho < 1 or wo < 1:
-        raise ValueError(f"triton conv_shortcut: the output would be empty ({ho}x{wo}) for input {h}x{w}, "
-                         f"kernel {kh}x{kw}")
+    groups, n, cin, h, w, cout, cin_g, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = _conv_problem(
+        "conv_shortcut", x, weight, stride, padding, dilation, groups)
     _check_vec("bias", bias, cout, device)
     if (in_scale is None) != (in_shift is None):
         raise ValueError("triton conv_shortcut: in_scale and in_shift must be given together")
