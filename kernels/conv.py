@@ -44,14 +44,16 @@ Offsets are int32: the launcher refuses tensors of 2**31 elements or more.
 """
 from __future__ import annotations
 
-import os
-
 import triton
 import triton.language as tl
 
+try:
+    from . import _common
+except ImportError:  # loaded by file path from a plain checkout (fused_resnet/backends/triton.py)
+    from fused_resnet.backends.triton import _load_kernel_module
 
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    _common = _load_kernel_module("_common")
+compile_specialization, interpreting = _common.compile_specialization, _common.interpreting
 
 
 # ----------------------------------------------------------------------------- conv
@@ -337,27 +339,13 @@ INTERPRET_CONV_CONFIG = (32, 16, 16, 1, 1)
 GROUP_M = 8
 
 
-def _pow2_at_least(n: int, lo: int) -> int:
-    return max(lo, triton.next_power_of_2(max(int(n), 1)))
-
-
 def conv_configs(cin_g: int, cout_g: int, elem_size: int) -> list[tuple[int, int, int, int, int]]:
     """The candidate configurations for one problem: blocks clamped to the channel counts."""
     if interpreting():
         return [INTERPRET_CONV_CONFIG]
-    out = []
     # Heuristic first: the candidate used untimed (autotuning off, CUDA graph capture).
     first = CONV_CONFIGS[1] if cout_g >= 128 else CONV_CONFIGS[0]
-    for bm, bn, bk, warps, stages in (first,) + CONV_CONFIGS:
-        bn = min(bn, _pow2_at_least(cout_g, 16))
-        bk = min(bk, _pow2_at_least(cin_g, 16))
-        if elem_size == 4:  # fp32 tiles need twice the shared memory
-            bk = min(bk, 32)
-            stages = min(stages, 3)
-        cfg = (bm, bn, bk, warps, stages)
-        if cfg not in out:
-            out.append(cfg)
-    return out
+    return _common.clamp_configs(first, CONV_CONFIGS, cout_g, cin_g, elem_size, fp32_slot=2)  # BLOCK_N, BLOCK_K
 
 
 # ----------------------------------------------------------------------------- AOT compile checks
@@ -386,11 +374,6 @@ def conv_signature(dtype: str) -> dict[str, str]:
 _DIVISIBLE_CONV_ARGS = ("x_ptr", "w_ptr", "y_ptr", "bias_ptr", "scale_ptr", "shift_ptr", "res_ptr", "pmean_ptr",
                         "pm2_ptr", "CIN", "COUT", "CIN_G", "COUT_G")
 _DIVISIBLE_SC_ARGS = ("sc_x_ptr", "sc_w_ptr", "sc_scale_ptr", "sc_shift_ptr", "CSC")
-
-
-def _attrs(fn, names):
-    """ASTSource attrs marking ``names`` 16-divisible, as the JIT does for aligned launches."""
-    return {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in names}
 
 
 def conv_specializations():
@@ -429,7 +412,7 @@ def conv_specializations():
             name += f"_sc{'proj' if sc_mode == 1 else 'optA'}{'_pro' if sc_pro else ''}"
             name += "" if sc_even == even_k else ("_sceven" if sc_even else "_scragged")
         divisible = (_DIVISIBLE_CONV_ARGS if even_k else ()) + (_DIVISIBLE_SC_ARGS if sc_mode and sc_even else ())
-        attrs = _attrs(conv_fwd_kernel, divisible)
+        attrs = _common.divisibility_attrs(conv_fwd_kernel, divisible)
         out.append((name, conv_fwd_kernel, conv_signature(dtype), consts,
                     {"num_warps": warps, "num_stages": stages}, attrs))
 
@@ -507,35 +490,10 @@ def all_specializations():
     return conv_specializations() + aux_specializations()
 
 
-def compile_specialization(spec, arch: int = 90):
-    """Compile one specialisation for ``sm_<arch>`` without a GPU; returns the CompiledKernel."""
-    from triton.backends.compiler import GPUTarget
-
-    name, fn, sig, consts, options, attrs = spec
-    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(options))
-
-
 def _main(argv):
     """``python -m kernels.conv [SHARD NSHARDS [ARCH]]``: compile every NSHARDS-th specialisation
     starting at SHARD for sm_<ARCH> (default: all, sm_90); exit status 1 if any fails."""
-    if interpreting():
-        raise SystemExit("unset TRITON_INTERPRET to compile for a GPU target")
-    shard = int(argv[0]) if argv else 0
-    nshards = int(argv[1]) if len(argv) > 1 else 1
-    arch = int(argv[2]) if len(argv) > 2 else 90
-    failed = []
-    for spec in all_specializations()[shard::nshards]:
-        try:
-            k = compile_specialization(spec, arch)
-            assert k.asm.get("cubin"), "no cubin produced"
-            print(f"ok {spec[0]} shared={getattr(k.metadata, 'shared', '?')}", flush=True)
-        except Exception as e:  # noqa: BLE001 - report every failure, then fail
-            failed.append(spec[0])
-            print(f"FAIL {spec[0]}: {type(e).__name__}: {e}", flush=True)
-    if failed:
-        print(f"{len(failed)} specialisations failed: {failed}", flush=True)
-        raise SystemExit(1)
+    _common.compile_main(argv, all_specializations)
 
 
 if __name__ == "__main__":

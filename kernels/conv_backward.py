@@ -51,14 +51,16 @@ Offsets are int32: the launcher refuses tensors of 2**31 elements or more.
 """
 from __future__ import annotations
 
-import os
-
 import triton
 import triton.language as tl
 
+try:
+    from . import _common
+except ImportError:  # loaded by file path from a plain checkout (fused_resnet/backends/triton.py)
+    from fused_resnet.backends.triton import _load_kernel_module
 
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    _common = _load_kernel_module("_common")
+compile_specialization, interpreting = _common.compile_specialization, _common.interpreting
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -420,42 +422,18 @@ INTERPRET_WGRAD_CONFIG = (32, 16, 16, 1, 1)
 GROUP_M = 8
 
 
-def _pow2_at_least(n: int, lo: int) -> int:
-    return max(lo, triton.next_power_of_2(max(int(n), 1)))
-
-
 def dgrad_configs(cin_g: int, cout_g: int, elem_size: int) -> list[tuple[int, int, int, int, int]]:
     if interpreting():
         return [INTERPRET_DGRAD_CONFIG]
-    out = []
     first = DGRAD_CONFIGS[1] if cin_g >= 128 else DGRAD_CONFIGS[0]
-    for bm, bn, bk, warps, stages in (first,) + DGRAD_CONFIGS:
-        bn = min(bn, _pow2_at_least(cin_g, 16))
-        bk = min(bk, _pow2_at_least(cout_g, 16))
-        if elem_size == 4:
-            bk = min(bk, 32)
-            stages = min(stages, 3)
-        cfg = (bm, bn, bk, warps, stages)
-        if cfg not in out:
-            out.append(cfg)
-    return out
+    return _common.clamp_configs(first, DGRAD_CONFIGS, cin_g, cout_g, elem_size, fp32_slot=2)  # BLOCK_N, BLOCK_K
 
 
 def wgrad_configs(cin_g: int, cout_g: int, elem_size: int) -> list[tuple[int, int, int, int, int]]:
     if interpreting():
         return [INTERPRET_WGRAD_CONFIG]
-    out = []
     first = WGRAD_CONFIGS[0] if min(cin_g, cout_g) >= 128 else WGRAD_CONFIGS[1]
-    for bm, bci, bco, warps, stages in (first,) + WGRAD_CONFIGS:
-        bci = min(bci, _pow2_at_least(cin_g, 16))
-        bco = min(bco, _pow2_at_least(cout_g, 16))
-        if elem_size == 4:
-            bm = min(bm, 32)
-            stages = min(stages, 3)
-        cfg = (bm, bci, bco, warps, stages)
-        if cfg not in out:
-            out.append(cfg)
-    return out
+    return _common.clamp_configs(first, WGRAD_CONFIGS, cin_g, cout_g, elem_size, fp32_slot=0)  # BLOCK_CI, BLOCK_CO; fp32: BLOCK_M
 
 
 def wgrad_splits(m: int, tiles: int, block_m: int, sms: int = 132) -> tuple[int, int]:
@@ -473,10 +451,6 @@ def wgrad_splits(m: int, tiles: int, block_m: int, sms: int = 132) -> tuple[int,
 
 
 # ----------------------------------------------------------------------------- AOT compile checks
-
-
-def _attrs(fn, names):
-    return {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in names}
 
 
 _SHAPE_ARGS = ("M", "H", "W", "CIN", "HO", "WO", "COUT", "CIN_G", "COUT_G")
@@ -538,7 +512,7 @@ def backward_specializations():
                 + "".join(f for f, b in zip("psrxd", (pro, stats, relu, need_dx, need_psum)) if b)
                 + f"_{bm}x{bn}x{bk}w{warps}s{stages}")
         out.append((name, conv_dgrad_kernel, dgrad_signature(dtype), consts, {"num_warps": warps, "num_stages": stages},
-                    _attrs(conv_dgrad_kernel, _DIV_DGRAD if even else ())))
+                    _common.divisibility_attrs(conv_dgrad_kernel, _DIV_DGRAD if even else ())))
 
     def add_wgrad(dtype, k, even, prec, pro, stats, relu, cfg=None):
         cfg = cfg or ((32, 64, 64, 4, 3) if dtype == "fp32" else (64, 64, 128, 4, 3))
@@ -553,7 +527,7 @@ def backward_specializations():
                 + "".join(f for f, b in zip("psr", (pro, stats, relu)) if b)
                 + f"_{bm}x{bci}x{bco}w{warps}s{stages}")
         out.append((name, conv_wgrad_kernel, wgrad_signature(dtype), consts, {"num_warps": warps, "num_stages": stages},
-                    _attrs(conv_wgrad_kernel, _DIV_WGRAD if even else ())))
+                    _common.divisibility_attrs(conv_wgrad_kernel, _DIV_WGRAD if even else ())))
 
     combos = [(bool(i & 1), bool(i & 2), bool(i & 4)) for i in range(8)]
     for dtype in ("bf16", "fp16", "fp32"):
@@ -618,34 +592,9 @@ def all_specializations():
     return backward_specializations()
 
 
-def compile_specialization(spec, arch: int = 90):
-    """Compile one specialisation for ``sm_<arch>`` without a GPU; returns the CompiledKernel."""
-    from triton.backends.compiler import GPUTarget
-
-    name, fn, sig, consts, options, attrs = spec
-    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(options))
-
-
 def _main(argv):
     """``python -m kernels.conv_backward [SHARD NSHARDS [ARCH]]``: like kernels.conv's."""
-    if interpreting():
-        raise SystemExit("unset TRITON_INTERPRET to compile for a GPU target")
-    shard = int(argv[0]) if argv else 0
-    nshards = int(argv[1]) if len(argv) > 1 else 1
-    arch = int(argv[2]) if len(argv) > 2 else 90
-    failed = []
-    for spec in all_specializations()[shard::nshards]:
-        try:
-            k = compile_specialization(spec, arch)
-            assert k.asm.get("cubin"), "no cubin produced"
-            print(f"ok {spec[0]} shared={getattr(k.metadata, 'shared', '?')}", flush=True)
-        except Exception as e:  # noqa: BLE001 - report every failure, then fail
-            failed.append(spec[0])
-            print(f"FAIL {spec[0]}: {type(e).__name__}: {e}", flush=True)
-    if failed:
-        print(f"{len(failed)} specialisations failed: {failed}", flush=True)
-        raise SystemExit(1)
+    _common.compile_main(argv, all_specializations)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,77 @@
+"""Python-side helpers shared by the Triton kernel modules (``conv.py``, ``conv_backward.py``):
+interpreter detection, autotuning-candidate clamping and the sm_90 AOT compile check.
+
+No kernels here. Installed, this is ``fused_resnet.kernels._common``; in a plain source
+checkout the backend loads it by file path (``fused_resnet/backends/triton.py``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _pow2_at_least(n: int, lo: int) -> int:
+    return max(lo, triton.next_power_of_2(max(int(n), 1)))
+
+
+def clamp_configs(first, configs, n_ch: int, k_ch: int, elem_size: int,
+                  fp32_slot: int) -> list[tuple[int, int, int, int, int]]:
+    """``(first,) + configs`` (5-tuples: three block sizes, num_warps, num_stages) with the
+    second block clamped to ``n_ch`` and the third to ``k_ch`` (each rounded up to a power
+    of two, at least 16); for fp32 tiles (``elem_size`` 4, twice the shared memory) block
+    ``fp32_slot`` is at most 32 and num_stages at most 3. Duplicates dropped, order kept."""
+    out = []
+    for cfg in (first,) + tuple(configs):
+        blocks = list(cfg)
+        blocks[1] = min(blocks[1], _pow2_at_least(n_ch, 16))
+        blocks[2] = min(blocks[2], _pow2_at_least(k_ch, 16))
+        if elem_size == 4:
+            blocks[fp32_slot] = min(blocks[fp32_slot], 32)
+            blocks[4] = min(blocks[4], 3)
+        cfg = tuple(blocks)
+        if cfg not in out:
+            out.append(cfg)
+    return out
+
+
+def divisibility_attrs(fn, names):
+    """ASTSource attrs marking ``names`` 16-divisible, as the JIT does for aligned launches."""
+    return {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in names}
+
+
+def compile_specialization(spec, arch: int = 90):
+    """Compile one specialisation for ``sm_<arch>`` without a GPU; returns the CompiledKernel."""
+    from triton.backends.compiler import GPUTarget
+
+    name, fn, sig, consts, options, attrs = spec
+    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(options))
+
+
+def compile_main(argv, specs):
+    """The body of a kernel module's ``_main``: compile every NSHARDS-th of ``specs()``
+    starting at SHARD for sm_<ARCH> (argv: [SHARD NSHARDS [ARCH]]; default: all, sm_90);
+    exit status 1 if any fails."""
+    if interpreting():
+        raise SystemExit("unset TRITON_INTERPRET to compile for a GPU target")
+    shard = int(argv[0]) if argv else 0
+    nshards = int(argv[1]) if len(argv) > 1 else 1
+    arch = int(argv[2]) if len(argv) > 2 else 90
+    failed = []
+    for spec in specs()[shard::nshards]:
+        try:
+            k = compile_specialization(spec, arch)
+            assert k.asm.get("cubin"), "no cubin produced"
+            print(f"ok {spec[0]} shared={getattr(k.metadata, 'shared', '?')}", flush=True)
+        except Exception as e:  # noqa: BLE001 - report every failure, then fail
+            failed.append(spec[0])
+            print(f"FAIL {spec[0]}: {type(e).__name__}: {e}", flush=True)
+    if failed:
+        print(f"{len(failed)} specialisations failed: {failed}", flush=True)
+        raise SystemExit(1)
