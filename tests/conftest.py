@@ -23,3 +23,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def no_tf32():
+    """fp32 compared with fp32: no TF32 in the Triton kernels, cuDNN or matmuls."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@pytest.fixture
+def no_autotune_on_tiny_shapes(request, monkeypatch):
+    # On a GPU the tiny-shape tests would time every configuration of every new key;
+    # the heuristic configuration is enough for them. The @gpu tests keep autotuning.
+    if "gpu" not in request.keywords:
+        monkeypatch.setenv("FUSED_RESNET_TRITON_AUTOTUNE", "0")

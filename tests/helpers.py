@@ -7,6 +7,7 @@ against that reference, plus a tiny atol. fp32 is compared tightly.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 FP32_RTOL = 1e-4
 FP32_ATOL = 1e-5
@@ -56,3 +57,33 @@ def assert_rel_within_2x(fused, plain, ref64, name="tensor", atol=1e-4):
     assert err_fused <= 2 * err_plain + atol, (
         f"{name}: relative error {err_fused:.3g} > 2 x plain PyTorch's {err_plain:.3g} + {atol}"
     )
+
+
+def randomize_bn(block, seed=0):
+    """Non-trivial BatchNorm affine parameters and running statistics (else eval BN is the identity)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in block.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return block
+
+
+def sgd_step(block, x, seed, lr=0.1):
+    """Forward, backward of a seeded random output gradient, plain SGD update.
+
+    Returns (output, input gradient, {name: parameter gradient}).
+    """
+    x = x.clone().requires_grad_()
+    y = block(x)
+    gout = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(y.device, y.dtype)
+    (y * gout).sum().backward()
+    grads = {n: p.grad.clone() for n, p in block.named_parameters()}
+    with torch.no_grad():
+        for p in block.parameters():
+            p -= lr * p.grad
+            p.grad = None
+    return y.detach(), x.grad, grads

@@ -14,7 +14,7 @@ from fused_resnet import FusedBasicBlock, FusedBottleneck
 from fused_resnet.blocks import FUSED_TWIN
 from fused_resnet.models import PlainBasicBlock, PlainPreActBasicBlock, PreActBasicBlock, PreActBottleneck, ShortcutA
 
-from helpers import assert_within_2x
+from helpers import assert_within_2x, randomize_bn, sgd_step
 
 
 def _proj(cin, cout, stride):
@@ -39,21 +39,9 @@ BLOCKS = {
 }
 
 
-def _randomize_bn(block, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in block.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return block
-
-
 def _pair(kind, seed=0):
     torch.manual_seed(seed)
-    block = _randomize_bn(BLOCKS[kind](), seed)
+    block = randomize_bn(BLOCKS[kind](), seed)
     fused = FUSED_TWIN[type(block)].from_block(copy.deepcopy(block))
     return block, fused
 
@@ -73,26 +61,13 @@ def _close(a, b, name, tol=2e-5):
     torch.testing.assert_close(a, b, rtol=tol, atol=tol * scale, msg=lambda m: f"{name}: {m}")
 
 
-def _step(block, x, seed, lr=0.1):
-    x = x.clone().requires_grad_()
-    y = block(x)
-    gout = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed))
-    (y * gout).sum().backward()
-    grads = {n: p.grad.clone() for n, p in block.named_parameters()}
-    with torch.no_grad():
-        for p in block.parameters():
-            p -= lr * p.grad
-            p.grad = None
-    return y.detach(), x.grad, grads
-
-
 def _compare_run(block, fused, mode, n, hw, channels_last, steps=3):
     block.train(mode == "train")
     fused.train(mode == "train")
     for step in range(steps):
         x = _input(block, n, hw, 10 + step, channels_last)
-        ya, dxa, ga = _step(block, x, step)
-        yb, dxb, gb = _step(fused, x, step)
+        ya, dxa, ga = sgd_step(block, x, step)
+        yb, dxb, gb = sgd_step(fused, x, step)
         assert yb.dtype == ya.dtype
         assert yb.is_contiguous(memory_format=torch.channels_last) == ya.is_contiguous(memory_format=torch.channels_last)
         _close(yb, ya, f"step {step} output")
@@ -197,7 +172,7 @@ def test_state_dict_loads_strictly_both_ways():
 
 
 def test_from_block_shares_and_to_block_restores():
-    block = _randomize_bn(Bottleneck(16, 4))
+    block = randomize_bn(Bottleneck(16, 4))
     fused = FusedBottleneck.from_block(block)
     assert fused.conv1.weight is block.conv1.weight and fused.bn2.running_var is block.bn2.running_var
     back = fused.to_block()

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.models.resnet import BasicBlock
 
 import fused_resnet
 from fused_resnet import backends, convert, revert

@@ -20,24 +20,12 @@ from fused_resnet._layout import empty_like_layout
 from fused_resnet.backends import get
 from fused_resnet.models import PreActBottleneck
 
-from helpers import assert_close_fp32, assert_within_2x
+from helpers import assert_close_fp32, assert_within_2x, sgd_step
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
-
-
-@pytest.fixture(autouse=True)
-def _no_autotune_on_tiny_shapes(request, monkeypatch):
-    if "gpu" not in request.keywords:
-        monkeypatch.setenv("FUSED_RESNET_TRITON_AUTOTUNE", "0")
+pytestmark = pytest.mark.usefixtures("no_tf32", "no_autotune_on_tiny_shapes")
 
 
 def _tb():
@@ -73,7 +61,7 @@ NAMES = ("dx", "dweight", "dbias", "dscale", "dshift", "dresidual")
 
 
 def _check_meta(outs, refs, args, mask):
-    x, wt, y = args[3], args[4], args[5]
+    x, y = args[3], args[5]
     for name, o, r, m in zip(NAMES, outs, refs, mask):
         if not m:
             assert o.numel() == 0 and o.dtype == torch.float32, f"{name}: not asked for, must be empty fp32"
@@ -348,19 +336,6 @@ def _randomize_bn(block, g):
                 m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
 
 
-def _train_step(block, x, seed, lr=0.1):
-    x = x.clone().requires_grad_()
-    y = block(x)
-    gout = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed)).to(y.device, y.dtype)
-    (y * gout).sum().backward()
-    grads = {n: p.grad.clone() for n, p in block.named_parameters()}
-    with torch.no_grad():
-        for p in block.parameters():
-            p -= lr * p.grad
-            p.grad = None
-    return y.detach(), x.grad, grads
-
-
 def _close(a, b, name, tol):
     scale = max(b.abs().max().item(), 1.0)
     torch.testing.assert_close(a, b, rtol=tol, atol=tol * scale, msg=lambda m: f"{name}: {m}")
@@ -381,8 +356,8 @@ def test_block_train_triton_vs_reference(kind, cl):
         x = torch.randn(2, cin, 5, 5, generator=g).to(DEVICE)
         if cl:
             x = x.contiguous(memory_format=torch.channels_last)
-        ya, dxa, ga = _train_step(ref, x, 100 + step)
-        yb, dxb, gb = _train_step(tri, x, 100 + step)
+        ya, dxa, ga = sgd_step(ref, x, 100 + step)
+        yb, dxb, gb = sgd_step(tri, x, 100 + step)
         assert tri.backend == "triton"
         _close(yb, ya, f"step {step} output", 2e-5)
         _close(dxb, dxa, f"step {step} input grad", 1e-4)
@@ -402,7 +377,7 @@ def test_block_backward_deterministic():
         runs = []
         for _ in range(2):
             blk = FusedBottleneck.from_block(copy.deepcopy(base), backend="triton").to(DEVICE).train()
-            runs.append(_train_step(blk, x, 0))
+            runs.append(sgd_step(blk, x, 0))
     finally:
         torch.use_deterministic_algorithms(old)
     (ya, dxa, ga), (yb, dxb, gb) = runs

@@ -7,22 +7,17 @@ import torch
 
 from fused_resnet.blocks import FUSED_TWIN
 
-from test_blocks import BLOCKS, _close, _input, _randomize_bn
+from helpers import randomize_bn
+from test_blocks import BLOCKS, _close, _input
 
 
-@pytest.fixture(autouse=True)
-def _full_fp32():
-    # Compare fp32 against fp32: no TF32 in either the kernels or cuDNN.
-    old = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32 = old
+pytestmark = pytest.mark.usefixtures("no_tf32", "no_autotune_on_tiny_shapes")
 
 
 @pytest.mark.parametrize("kind", sorted(BLOCKS))
 def test_eval_parity_with_the_unfused_block(kind):
     torch.manual_seed(0)
-    block = _randomize_bn(BLOCKS[kind]()).eval()
+    block = randomize_bn(BLOCKS[kind]()).eval()
     fused = FUSED_TWIN[type(block)].from_block(copy.deepcopy(block), backend="triton").eval()
     for n, hw, channels_last in [(1, 7, True), (2, 9, False)]:
         x = _input(block, n, hw, seed=hw, channels_last=channels_last)
@@ -36,7 +31,7 @@ def test_eval_parity_with_the_unfused_block(kind):
 @pytest.mark.parametrize("kind", ["basic_s2_proj", "preact_bottleneck_s2_proj"])
 def test_eval_parity_at_57x57(kind):
     torch.manual_seed(1)
-    block = _randomize_bn(BLOCKS[kind]()).eval()
+    block = randomize_bn(BLOCKS[kind]()).eval()
     fused = FUSED_TWIN[type(block)].from_block(copy.deepcopy(block), backend="triton").eval()
     x = _input(block, 1, 57, seed=57, channels_last=True)
     with torch.no_grad():

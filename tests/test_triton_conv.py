@@ -19,21 +19,7 @@ from helpers import assert_close_fp32, assert_within_2x
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
-
-
-@pytest.fixture(autouse=True)
-def _no_autotune_on_tiny_shapes(request, monkeypatch):
-    # On a GPU the tiny-shape tests would time every configuration of every new key;
-    # the heuristic configuration is enough for them. The @gpu tests keep autotuning.
-    if "gpu" not in request.keywords:
-        monkeypatch.setenv("FUSED_RESNET_TRITON_AUTOTUNE", "0")
+pytestmark = pytest.mark.usefixtures("no_tf32", "no_autotune_on_tiny_shapes")
 
 
 def _backend():

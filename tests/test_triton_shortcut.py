@@ -25,24 +25,12 @@ from fused_resnet._layout import empty_like_layout
 from fused_resnet.backends import get
 from fused_resnet.models import PreActBottleneck, ShortcutA
 
-from helpers import assert_close_fp32, assert_within_2x
+from helpers import assert_close_fp32, assert_within_2x, randomize_bn
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
-
-
-@pytest.fixture(autouse=True)
-def _no_autotune_on_tiny_shapes(request, monkeypatch):
-    if "gpu" not in request.keywords:
-        monkeypatch.setenv("FUSED_RESNET_TRITON_AUTOTUNE", "0")
+pytestmark = pytest.mark.usefixtures("no_tf32", "no_autotune_on_tiny_shapes")
 
 
 def _backend():
@@ -290,15 +278,7 @@ EVAL_BLOCKS = {
 
 def _randomized(kind, seed):
     torch.manual_seed(seed)
-    block = EVAL_BLOCKS[kind]()
-    g = torch.Generator().manual_seed(seed)
-    for m in block.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    block = randomize_bn(EVAL_BLOCKS[kind](), seed)
     return nn.Sequential(block).eval().to(DEVICE)
 
 
