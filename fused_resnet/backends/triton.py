@@ -308,6 +308,15 @@ def _conv_problem(
     return groups, n, cin, h, w, cout, cin_g, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo
 
 
+def _check_pair(op: str, names: tuple[str, str], scale: Optional[Tensor], shift: Optional[Tensor],
+                n: int, device: torch.device) -> None:
+    """A (scale, shift) pair of per-channel vectors: both or neither, each fp32 of length n."""
+    if (scale is None) != (shift is None):
+        raise ValueError(f"triton {op}: {names[0]} and {names[1]} must be given together")
+    _check_vec(names[0], scale, n, device)
+    _check_vec(names[1], shift, n, device)
+
+
 def conv(
     x: Tensor, weight: Tensor, bias: Optional[Tensor], in_scale: Optional[Tensor],
     in_shift: Optional[Tensor], residual: Optional[Tensor], stride: Sequence[int],
@@ -319,10 +328,7 @@ def conv(
     groups, n, cin, h, w, cout, cin_g, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = _conv_problem(
         "conv", x, weight, stride, padding, dilation, groups)
     _check_vec("bias", bias, cout, device)
-    if (in_scale is None) != (in_shift is None):
-        raise ValueError("triton conv: in_scale and in_shift must be given together (the prologue needs both)")
-    _check_vec("in_scale", in_scale, cin, device)
-    _check_vec("in_shift", in_shift, cin, device)
+    _check_pair("conv", ("in_scale", "in_shift"), in_scale, in_shift, cin, device)
     if residual is not None:
         _check_activation("residual", residual)
         _check_device("residual", residual, device)
@@ -406,10 +412,7 @@ def conv_shortcut(
     groups, n, cin, h, w, cout, cin_g, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = _conv_problem(
         "conv_shortcut", x, weight, stride, padding, dilation, groups)
     _check_vec("bias", bias, cout, device)
-    if (in_scale is None) != (in_shift is None):
-        raise ValueError("triton conv_shortcut: in_scale and in_shift must be given together")
-    _check_vec("in_scale", in_scale, cin, device)
-    _check_vec("in_shift", in_shift, cin, device)
+    _check_pair("conv_shortcut", ("in_scale", "in_shift"), in_scale, in_shift, cin, device)
     # ---- the shortcut's operands
     _check_activation("sc_x", sc_x)
     _check_device("sc_x", sc_x, device)
@@ -438,10 +441,7 @@ def conv_shortcut(
     elif csc > cout:
         raise ValueError(f"triton conv_shortcut: option A (no sc_weight) pads sc_x's {csc} channels up to Cout={cout}, "
                          f"so sc_x must not have more channels than the output")
-    if (sc_in_scale is None) != (sc_in_shift is None):
-        raise ValueError("triton conv_shortcut: sc_in_scale and sc_in_shift must be given together")
-    _check_vec("sc_in_scale", sc_in_scale, csc, device)
-    _check_vec("sc_in_shift", sc_in_shift, csc, device)
+    _check_pair("conv_shortcut", ("sc_in_scale", "sc_in_shift"), sc_in_scale, sc_in_shift, csc, device)
     if n * cout * ho * wo >= _INT32_LIMIT:
         raise ValueError("triton conv_shortcut: the output has 2**31 elements or more; the kernels index with int32")
 
@@ -541,12 +541,9 @@ def bn_act(
     _check_vec("shift", shift, c, device)
     if scale is None or shift is None:
         raise ValueError("triton bn_act: scale and shift are required")
-    if (res_scale is None) != (res_shift is None):
-        raise ValueError("triton bn_act: res_scale and res_shift must be given together")
+    _check_pair("bn_act", ("res_scale", "res_shift"), res_scale, res_shift, c, device)
     if res_scale is not None and residual is None:
         raise ValueError("triton bn_act: res_scale/res_shift given without a residual")
-    _check_vec("res_scale", res_scale, c, device)
-    _check_vec("res_shift", res_shift, c, device)
     fmt = output_format(y)
     yk = y.contiguous(memory_format=fmt)
     if residual is not None:
@@ -662,10 +659,7 @@ def conv_backward(
         raise ValueError(f"triton conv_backward: dy and y must have the output's shape {[n, cout, ho, wo]}, "
                          f"got {list(dy.shape)} and {list(y.shape)}")
     has_pro = in_scale is not None
-    if has_pro != (in_shift is not None):
-        raise ValueError("triton conv_backward: in_scale and in_shift must be given together")
-    _check_vec("in_scale", in_scale, cin, device)
-    _check_vec("in_shift", in_shift, cin, device)
+    _check_pair("conv_backward", ("in_scale", "in_shift"), in_scale, in_shift, cin, device)
     if (need_scale or need_shift) and not has_pro:
         raise ValueError("triton conv_backward: in_scale/in_shift gradients asked for without a prologue")
     if n * cout * ho * wo >= _INT32_LIMIT or n * cin * h * w >= _INT32_LIMIT:
