@@ -158,19 +158,20 @@ _W_CACHE: "OrderedDict[tuple, tuple[weakref.ref, Tensor]]" = OrderedDict()
 _W_CACHE_MAX = 256
 
 
-def _kernel_weight(weight: Tensor) -> Tensor:
-    """[Cout, Cin/g, KH, KW] -> dense [KH, KW, Cin/g, Cout], cached per (data_ptr, _version).
+def _permuted_weight(weight: Tensor, dims: tuple[int, int, int, int]) -> Tensor:
+    """``weight.permute(dims)`` made dense, cached per (dims, data_ptr, _version).
 
     A hit also requires the cached tensor object to be alive (so its memory, and
-    the address in the key, cannot have been reused) and is skipped while
-    torch.compile traces.
+    the address in the key, cannot have been reused); the cache is skipped while
+    torch.compile traces and for inference tensors, which have no version counter
+    to validate an entry.
     """
     def convert():
-        return weight.detach().permute(2, 3, 1, 0).contiguous()
+        return weight.detach().permute(*dims).contiguous()
 
     if torch.compiler.is_compiling() or weight.is_inference():
-        return convert()  # inference tensors have no version counter to validate a cache entry
-    key = (weight.data_ptr(), weight._version, tuple(weight.shape), tuple(weight.stride()), weight.dtype,
+        return convert()
+    key = (dims, weight.data_ptr(), weight._version, tuple(weight.shape), tuple(weight.stride()), weight.dtype,
            weight.device)
     hit = _W_CACHE.get(key)
     if hit is not None and hit[0]() is weight:
@@ -184,6 +185,11 @@ def _kernel_weight(weight: Tensor) -> Tensor:
         while len(_W_CACHE) > _W_CACHE_MAX:
             _W_CACHE.popitem(last=False)
     return w
+
+
+def _kernel_weight(weight: Tensor) -> Tensor:
+    """[Cout, Cin/g, KH, KW] -> dense [KH, KW, Cin/g, Cout], the forward GEMM's B operand."""
+    return _permuted_weight(weight, (2, 3, 1, 0))
 
 
 def clear_weight_cache() -> None:
@@ -582,23 +588,8 @@ def bn_act(
 
 def _kernel_weight_dgrad(weight: Tensor) -> Tensor:
     """[Cout, Cin/g, KH, KW] -> dense [KH, KW, Cout, Cin/g] (the dgrad GEMM's B operand,
-    coalesced along input channels), cached like ``_kernel_weight``."""
-    def convert():
-        return weight.detach().permute(2, 3, 0, 1).contiguous()
-
-    if torch.compiler.is_compiling() or weight.is_inference():
-        return convert()
-    key = ("dgrad", weight.data_ptr(), weight._version, tuple(weight.shape), tuple(weight.stride()), weight.dtype,
-           weight.device)
-    hit = _W_CACHE.get(key)
-    if hit is not None and hit[0]() is weight:
-        _W_CACHE.move_to_end(key)
-        return hit[1]
-    w = convert()
-    _W_CACHE[key] = (weakref.ref(weight), w)
-    while len(_W_CACHE) > _W_CACHE_MAX:
-        _W_CACHE.popitem(last=False)
-    return w
+    coalesced along input channels)."""
+    return _permuted_weight(weight, (2, 3, 0, 1))
 
 
 def _deterministic() -> bool:
