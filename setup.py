@@ -1,6 +1,7 @@
 """Build of fused-resnet: the Python packages and, when a CUDA toolkit is found, the
 compiled extension ``fused_resnet._C`` (csrc/: BatchNorm statistics, finalize,
-running-statistics update, BN + residual + ReLU, forward and backward).
+running-statistics update, BN + residual + ReLU, forward and backward; csrc/cutlass/:
+convolutions with the BN + ReLU prologue fused into CUTLASS mainloops).
 
 Metadata and dependencies live in pyproject.toml; this file adds the packages
 (``kernels/`` is installed as ``fused_resnet.kernels``) and the extension.
@@ -9,6 +10,7 @@ Metadata and dependencies live in pyproject.toml; this file adds the packages
 
 Environment:
     FUSED_RESNET_SKIP_EXT=1   build no extension (pure-Python install: reference and triton backends)
+    CUTLASS_INCLUDE_DIR       CUTLASS headers (else those of the nvidia-cutlass pip package)
     TORCH_CUDA_ARCH_LIST      SM architectures to compile; "8.0;9.0" when unset and no GPU is visible
     CUDA_HOME                 the toolkit (else nvcc on PATH, else /usr/local/cuda), as torch finds it
     MAX_JOBS                  parallel compile jobs of ninja
@@ -31,7 +33,8 @@ SOURCES = [
     "csrc/bn_finalize.cu",
     "csrc/bn_act.cu",
     "csrc/bn_act_backward.cu",
-]
+    "csrc/prologue_conv.cpp",
+] + sorted(f"csrc/cutlass/{f}" for f in os.listdir(os.path.join(ROOT, "csrc", "cutlass")) if f.endswith(".cu"))
 PACKAGES = ["fused_resnet", "fused_resnet.backends", "fused_resnet.models", "fused_resnet.kernels"]
 PACKAGE_DIR = {"fused_resnet": "fused_resnet", "fused_resnet.kernels": "kernels"}
 
@@ -56,6 +59,22 @@ def pip_nvidia_include_dirs() -> list[str]:
                 if os.path.isdir(d) and d not in found:
                     found.append(d)
     return found
+
+
+def cutlass_include_dir() -> str | None:
+    """The CUTLASS headers: CUTLASS_INCLUDE_DIR, else the nvidia-cutlass pip package's.
+
+    The package is found without importing it (its Python side needs packages the
+    build does not).
+    """
+    candidates = [os.environ.get("CUTLASS_INCLUDE_DIR", "")]
+    spec = importlib.util.find_spec("cutlass_library")
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [os.path.join(p, "source", "include") for p in spec.submodule_search_locations]
+    for d in candidates:
+        if d and os.path.exists(os.path.join(d, "cutlass", "cutlass.h")):
+            return d
+    return None
 
 
 def resolve_cuda_home() -> None:
@@ -105,6 +124,12 @@ def extension_build():
             "skipping the CUDA extension fused_resnet._C")
         return [], {}
 
+    cutlass_dir = cutlass_include_dir()
+    if cutlass_dir is None:
+        say("the CUTLASS headers are missing (pip install --no-deps nvidia-cutlass, or set CUTLASS_INCLUDE_DIR): "
+            "skipping the CUDA extension fused_resnet._C")
+        return [], {}
+
     if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
         if torch.cuda.is_available():
             say("TORCH_CUDA_ARCH_LIST is unset: torch picks the architectures of the visible GPUs")
@@ -114,7 +139,7 @@ def extension_build():
 
     # Toolkit headers first, the pip wheels' headers after them (they only fill in
     # what the toolkit lacks, e.g. cublas_v2.h); -I order decides who wins.
-    include_dirs = [os.path.join(ROOT, "csrc")]
+    include_dirs = [os.path.join(ROOT, "csrc"), cutlass_dir]
     include_dirs += cpp_extension.include_paths("cuda")
     include_dirs += pip_nvidia_include_dirs()
     # Deduplicate, keeping the first occurrence.
@@ -131,7 +156,7 @@ def extension_build():
     )
     say(
         f"building the CUDA extension fused_resnet._C from {len(SOURCES)} sources with {nvcc} "
-        f"(CUDA {torch.version.cuda} torch {torch.__version__}), "
+        f"(CUDA {torch.version.cuda} torch {torch.__version__}), CUTLASS headers {cutlass_dir}, "
         f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')!r}, "
         f"MAX_JOBS={os.environ.get('MAX_JOBS', '(ninja default)')}"
     )

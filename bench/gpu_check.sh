@@ -10,6 +10,11 @@
 #               and cifar_resnet56, eager and fused); slow to build
 #   --no-build  skip `pip install -e .` (extension already built in place)
 #
+# The GPU machine has no nvidia-cutlass (whose headers the build needs) and no
+# network: download the wheel here into .whl/ (git-ignored) and carry it:
+#   python3 -m pip download --no-deps -d .whl "nvidia-cutlass>=4.2"
+# then run with carry [".whl"]; the script installs .whl/*.whl before building.
+#
 # Run from anywhere (it cd's to the repo root). Writes under $OUT (default
 # bench/out), 7 files, none nested:
 #   setup.log    nvidia-smi, versions, wheel install, extension build, fused-resnet info
@@ -93,6 +98,10 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   stage wheels 90 "$SETUP" "$PY" -m pip install --no-index --no-deps .whl/*.whl
 fi
 if (( BUILD )); then
+  # Without the CUTLASS headers setup.py would skip _C, and the cuda backend with it.
+  stage cutlass-headers 30 "$SETUP" "$PY" -c "import importlib.util, sys; \
+s = importlib.util.find_spec('cutlass_library'); print(s.submodule_search_locations if s else None); \
+sys.exit(0 if s else 'nvidia-cutlass is not installed: carry its wheel in .whl/ (see the top of this script)')"
   if [[ -f setup.py || -f pyproject.toml ]]; then
     stage build 300 "$SETUP" env MAX_JOBS=16 "$PY" -m pip install --no-build-isolation --no-deps -e .
   else

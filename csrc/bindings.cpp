@@ -5,7 +5,8 @@
 // their CUDA kernels are registered below, and their fake (meta) implementations
 // in Python, in fused_resnet/backends/cuda.py (set_python_module), which this
 // module's initialisation imports so they exist whenever the ops do.
-// PYBIND11_MODULE(_C) exposes built_with() and the kernels as plain functions.
+// PYBIND11_MODULE(_C) exposes built_with(), conv_gap() (why the CUTLASS
+// convolution cannot take given inputs) and the kernels as plain functions.
 #include <torch/extension.h>
 #include <torch/library.h>
 #include <torch/version.h>
@@ -15,6 +16,7 @@
 
 #include "launch.h"
 #include "ops.h"
+#include "prologue_conv.h"
 
 namespace py = pybind11;
 
@@ -31,6 +33,13 @@ TORCH_LIBRARY(fused_resnet_cuda, m) {
   m.def(
       "bn_act_backward(Tensor dout, Tensor out, Tensor y, Tensor scale, Tensor? residual, Tensor? res_scale, "
       "bool relu, bool[] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "conv(Tensor x, Tensor weight, Tensor? bias, Tensor? in_scale, Tensor? in_shift, Tensor? residual, "
+      "SymInt[] stride, SymInt[] padding, SymInt[] dilation, SymInt groups, bool relu, bool stats) -> (Tensor, Tensor, "
+      "Tensor)");
+  m.def(
+      "conv_wgrad(Tensor g, Tensor x, Tensor weight, Tensor in_scale, Tensor in_shift, SymInt[] stride, "
+      "SymInt[] padding, SymInt[] dilation) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fused_resnet_cuda, CUDA, m) {
@@ -39,6 +48,8 @@ TORCH_LIBRARY_IMPL(fused_resnet_cuda, CUDA, m) {
   m.impl("bn_update_running", &fused_resnet::bn_update_running);
   m.impl("bn_act", &fused_resnet::bn_act);
   m.impl("bn_act_backward", &fused_resnet::bn_act_backward);
+  m.impl("conv", &fused_resnet::conv);
+  m.impl("conv_wgrad", &fused_resnet::conv_wgrad);
 }
 
 namespace {
@@ -55,14 +66,22 @@ py::dict built_with() {
   d["torch_version"] = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
                        std::to_string(TORCH_VERSION_PATCH);
   d["ops"] = std::vector<std::string>{"batch_stats", "bn_finalize", "bn_update_running", "bn_act",
-                                      "bn_act_backward"};
+                                      "bn_act_backward", "conv", "conv_wgrad"};
+  std::vector<std::string> kernels;
+  for (int e = 0; e < 2; ++e) {
+    for (int t = 0; t < 2; ++t) kernels.push_back(fused_resnet::fprop_prologue_kernel(e, t).name);
+    kernels.push_back(fused_resnet::wgrad_prologue_kernel(e).name);
+  }
+  d["cutlass_kernels"] = kernels;
   return d;
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "fused_resnet CUDA kernels (BatchNorm statistics, finalize, running update, BN+residual+ReLU)";
+  m.doc() =
+      "fused_resnet CUDA kernels (BatchNorm statistics, finalize, running update, BN+residual+ReLU, CUTLASS "
+      "convolutions with the BN+ReLU prologue)";
   m.def("built_with", &built_with,
         "Build information: CUDA toolkit version, SM architectures compiled in, torch version, ops.");
   m.def("batch_stats", &fused_resnet::batch_stats, py::arg("x"));
@@ -90,6 +109,14 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("dout"), py::arg("out"), py::arg("y"), py::arg("scale"), py::arg("residual"), py::arg("res_scale"),
       py::arg("relu"), py::arg("output_mask"));
+  m.def("conv_gap", &fused_resnet::conv_gap, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("in_scale"),
+        py::arg("residual"), py::arg("groups"), py::arg("relu"),
+        "Why fused_resnet_cuda::conv cannot take these inputs, in words ('' when it can).");
+  m.def("conv", &fused_resnet::conv, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("in_scale"),
+        py::arg("in_shift"), py::arg("residual"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
+        py::arg("groups"), py::arg("relu"), py::arg("stats"));
+  m.def("conv_wgrad", &fused_resnet::conv_wgrad, py::arg("g"), py::arg("x"), py::arg("weight"), py::arg("in_scale"),
+        py::arg("in_shift"), py::arg("stride"), py::arg("padding"), py::arg("dilation"));
   // The fake (meta) implementations live in Python; registering them here makes
   // them exist whenever the ops do, however _C was imported.
   py::module_::import("fused_resnet.backends.cuda").attr("_register_fakes")();

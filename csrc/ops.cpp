@@ -12,9 +12,12 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <sstream>
+#include <string>
 
 #include "launch.h"
 #include "ops.h"
+#include "prologue_conv.h"
 
 namespace fused_resnet {
 namespace {
@@ -412,6 +415,182 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   }
   if (need_res && res_fmt != fmt) dres = dres.contiguous(res_fmt);
   return {dy, dscale, dshift, dres, drscale, drshift};
+}
+
+}  // namespace fused_resnet
+
+// ------------------------------------------------------------------ conv, conv_wgrad (CUTLASS, prologue fused)
+
+namespace fused_resnet {
+namespace {
+
+int element_code(at::ScalarType st) { return st == at::kHalf ? 0 : 1; }
+
+template <typename... Args>
+std::string words(const Args&... args) {
+  std::ostringstream os;
+  (os << ... << args);
+  return os.str();
+}
+
+// Why the CUTLASS prologue convolutions cannot take x and weight ("" when they
+// can). The device comes last, so the other rules can be checked on CPU tensors.
+std::string prologue_gap(const at::Tensor& x, const at::Tensor& weight, int64_t groups) {
+  const auto st = x.scalar_type();
+  if (st != at::kHalf && st != at::kBFloat16)
+    return words("x has dtype ", st, "; the CUTLASS mainloop fusion runs float16/bfloat16 tensor cores");
+  if (weight.scalar_type() != st) return words("weight has dtype ", weight.scalar_type(), ", x has ", st);
+  if (x.dim() != 4 || weight.dim() != 4)
+    return words("x and weight must be 4-D, got ", x.dim(), "-D and ", weight.dim(), "-D");
+  if (groups != 1) return words("groups=", groups, ": grouped convolutions are not instantiated");
+  if (x.size(1) % 8 != 0 || weight.size(0) % 8 != 0)
+    return words("channels in=", x.size(1), ", out=", weight.size(0),
+                 ": both must be multiples of 8 (16-byte vector loads)");
+  if (output_format(x) != at::MemoryFormat::ChannelsLast || !aligned16(x.const_data_ptr()))
+    return "x is not a 16-byte aligned channels_last (NHWC) tensor";
+  if (x.numel() >= std::numeric_limits<int32_t>::max()) return words("x has ", x.numel(), " elements (>= 2^31)");
+  if (!x.is_cuda()) return words("x is on ", x.device(), ", not a CUDA device");
+  const auto* prop = at::cuda::getDeviceProperties(x.device().index());
+  if (prop->major < 8) return words("compute capability ", prop->major, ".", prop->minor, " is below 8.0");
+  return "";
+}
+
+struct ConvGeometry {
+  int N, H, W, C, K, R, S, P, Q, ph, pw, sh, sw, dh, dw;
+};
+
+ConvGeometry geometry(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+                      at::IntArrayRef dilation, const char* op) {
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, "fused_resnet_cuda::", op,
+              ": stride, padding and dilation must have 2 values each, got ", stride, ", ", padding, ", ", dilation);
+  ConvGeometry g;
+  g.N = x.size(0), g.H = x.size(2), g.W = x.size(3), g.C = x.size(1);
+  g.K = weight.size(0), g.R = weight.size(2), g.S = weight.size(3);
+  TORCH_CHECK(weight.size(1) == g.C, "fused_resnet_cuda::", op, ": weight must have ", g.C,
+              " input channels (those of x), got shape ", weight.sizes());
+  g.sh = stride[0], g.sw = stride[1], g.ph = padding[0], g.pw = padding[1], g.dh = dilation[0], g.dw = dilation[1];
+  g.P = (g.H + 2 * g.ph - g.dh * (g.R - 1) - 1) / g.sh + 1;
+  g.Q = (g.W + 2 * g.pw - g.dw * (g.S - 1) - 1) / g.sw + 1;
+  TORCH_CHECK(g.P > 0 && g.Q > 0, "fused_resnet_cuda::", op, ": the output would be empty (", g.P, "x", g.Q, ")");
+  return g;
+}
+
+PrologueConvArgs prologue_args(const ConvGeometry& g) {
+  PrologueConvArgs a{};
+  a.N = g.N, a.H = g.H, a.W = g.W, a.C = g.C, a.K = g.K, a.R = g.R, a.S = g.S, a.P = g.P, a.Q = g.Q;
+  a.pad_h = g.ph, a.pad_w = g.pw, a.stride_h = g.sh, a.stride_w = g.sw, a.dil_h = g.dh, a.dil_w = g.dw;
+  a.split_k = 1;
+  return a;
+}
+
+// The filter as [K, R, S, C] (free for a channels_last weight).
+at::Tensor krsc(const at::Tensor& weight) { return weight.permute({0, 2, 3, 1}).contiguous(); }
+
+// The prologue's fp32 scale/shift in the activation dtype, as the mainloop reads them.
+at::Tensor vec_as(const at::Tensor& v, const at::Tensor& x, const char* op, const char* name) {
+  check_vec(v, op, name, x.size(1), x, "x");
+  return v.to(x.scalar_type()).contiguous();
+}
+
+void run_kernel(const PrologueConvKernel& k, PrologueConvArgs& a, const at::Tensor& ref, const char* op) {
+  if (const char* why = k.can_run(a)) TORCH_CHECK(false, "fused_resnet_cuda::", op, ": ", k.name, " cannot run: ", why);
+  at::Tensor ws;
+  if (const size_t bytes = k.workspace_bytes(a); bytes > 0) {
+    ws = at::empty({(int64_t)bytes}, ref.options().dtype(at::kByte));
+    a.workspace = ws.mutable_data_ptr();
+  }
+  if (const char* why = k.run(a, c10::cuda::getCurrentCUDAStream())) {
+    TORCH_CHECK(false, "fused_resnet_cuda::", op, ": ", k.name, " failed: ", why);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Serial split-K over N*P*Q for wgrad: enough slices for about two waves of
+// tiles, each slice at least 1024 rows (its K loop stays long enough to pipeline).
+int wgrad_split(const ConvGeometry& g) {
+  const int64_t tiles = ceil_div(g.K, 128) * ceil_div((int64_t)g.C * g.R * g.S, 128);
+  const int64_t rows = (int64_t)g.N * g.P * g.Q;
+  const int64_t want = ceil_div(2 * sm_count(), tiles);
+  return (int)std::max<int64_t>(1, std::min<int64_t>(want, rows / 1024));
+}
+
+}  // namespace
+
+std::string conv_gap(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                     const std::optional<at::Tensor>& in_scale, const std::optional<at::Tensor>& residual,
+                     int64_t groups, bool relu) {
+  if (!in_scale.has_value()) return "no BatchNorm-apply + ReLU prologue: plain convolutions run on cuDNN";
+  if (bias.has_value()) return "a bias is not fused into the epilogue of the prologue convolution";
+  if (relu) return "a ReLU is not fused into the epilogue of the prologue convolution";
+  if (residual.has_value() && (residual->scalar_type() != x.scalar_type() ||
+                               output_format(*residual) != at::MemoryFormat::ChannelsLast ||
+                               !aligned16(residual->const_data_ptr())))
+    return "the residual is not a 16-byte aligned channels_last tensor of x's dtype";
+  return prologue_gap(x, weight, groups);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv(const at::Tensor& x, const at::Tensor& weight,
+                                                    const std::optional<at::Tensor>& bias,
+                                                    const std::optional<at::Tensor>& in_scale,
+                                                    const std::optional<at::Tensor>& in_shift,
+                                                    const std::optional<at::Tensor>& residual, at::IntArrayRef stride,
+                                                    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                                    bool relu, bool stats) {
+  constexpr const char* op = "conv";
+  check_act(x, op, "x");
+  check_same_device(weight, op, "weight", x, "x");
+  TORCH_CHECK(in_scale.has_value() == in_shift.has_value(), "fused_resnet_cuda::conv: in_scale and in_shift must be "
+              "given together, got in_scale ", in_scale.has_value() ? "given" : "None", " and in_shift ",
+              in_shift.has_value() ? "given" : "None");
+  const std::string gap = conv_gap(x, weight, bias, in_scale, residual, groups, relu);
+  TORCH_CHECK(gap.empty(), "fused_resnet_cuda::conv: these inputs are not served: ", gap);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const ConvGeometry g = geometry(x, weight, stride, padding, dilation, op);
+  at::Tensor y = at::empty({g.N, g.K, g.P, g.Q}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (residual.has_value()) check_like(*residual, op, "residual", y, "the output");
+  const at::Tensor w = krsc(weight);
+  const at::Tensor scale = vec_as(*in_scale, x, op, "in_scale"), shift = vec_as(*in_shift, x, op, "in_shift");
+  PrologueConvArgs a = prologue_args(g);
+  a.x = x.const_data_ptr();
+  a.w = w.const_data_ptr();
+  a.scale = scale.const_data_ptr();
+  a.shift = shift.const_data_ptr();
+  a.residual = residual.has_value() ? residual->const_data_ptr() : nullptr;
+  a.out = y.mutable_data_ptr();
+  run_kernel(fprop_prologue_kernel(element_code(x.scalar_type()), g.K > 64 ? 0 : 1), a, x, op);
+  if (!stats) return {y, empty_vec(x), empty_vec(x)};
+  auto [mean, var] = batch_stats(y);
+  return {y, mean, var};
+}
+
+at::Tensor conv_wgrad(const at::Tensor& g_in, const at::Tensor& x, const at::Tensor& weight,
+                      const at::Tensor& in_scale, const at::Tensor& in_shift, at::IntArrayRef stride,
+                      at::IntArrayRef padding, at::IntArrayRef dilation) {
+  constexpr const char* op = "conv_wgrad";
+  check_act(x, op, "x");
+  check_act(g_in, op, "g");
+  check_same_device(weight, op, "weight", x, "x");
+  const std::string gap = prologue_gap(x, weight, 1);
+  TORCH_CHECK(gap.empty(), "fused_resnet_cuda::conv_wgrad: these inputs are not served: ", gap);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const ConvGeometry geo = geometry(x, weight, stride, padding, dilation, op);
+  TORCH_CHECK(g_in.scalar_type() == x.scalar_type(), "fused_resnet_cuda::conv_wgrad: g must have dtype ",
+              x.scalar_type(), " (the dtype of x), got ", g_in.scalar_type());
+  TORCH_CHECK(g_in.sizes() == at::IntArrayRef({geo.N, geo.K, geo.P, geo.Q}), "fused_resnet_cuda::conv_wgrad: g must "
+              "have the output's shape [", geo.N, ", ", geo.K, ", ", geo.P, ", ", geo.Q, "], got ", g_in.sizes());
+  const at::Tensor g = g_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor scale = vec_as(in_scale, x, op, "in_scale"), shift = vec_as(in_shift, x, op, "in_shift");
+  at::Tensor dw = at::empty({geo.K, geo.R, geo.S, geo.C}, x.options().dtype(at::kFloat));
+  PrologueConvArgs a = prologue_args(geo);
+  a.x = x.const_data_ptr();
+  a.dy = g.const_data_ptr();
+  a.scale = scale.const_data_ptr();
+  a.shift = shift.const_data_ptr();
+  a.out = dw.mutable_data_ptr();
+  a.split_k = wgrad_split(geo);
+  run_kernel(wgrad_prologue_kernel(element_code(x.scalar_type())), a, x, op);
+  // [K, R, S, C] fp32 -> the weight's dtype and (contiguous) layout.
+  return dw.permute({0, 3, 1, 2}).to(weight.scalar_type()).contiguous();
 }
 
 }  // namespace fused_resnet

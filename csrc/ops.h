@@ -8,6 +8,7 @@
 #include <c10/core/SymInt.h>
 
 #include <optional>
+#include <string>
 #include <tuple>
 
 namespace fused_resnet {
@@ -30,5 +31,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& dout, const at::Tensor& out, const at::Tensor& y, const at::Tensor& scale,
     const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& res_scale, bool relu,
     c10::List<bool> output_mask);
+
+// The convolution with the BatchNorm-apply + ReLU prologue fused into a CUTLASS
+// mainloop (csrc/cutlass/): fused_resnet::conv for the inputs conv_gap accepts.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv(const at::Tensor& x, const at::Tensor& weight,
+                                                    const std::optional<at::Tensor>& bias,
+                                                    const std::optional<at::Tensor>& in_scale,
+                                                    const std::optional<at::Tensor>& in_shift,
+                                                    const std::optional<at::Tensor>& residual, at::IntArrayRef stride,
+                                                    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                                    bool relu, bool stats);
+
+// Why conv cannot take these inputs, in words; "" when it can.
+std::string conv_gap(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                     const std::optional<at::Tensor>& in_scale, const std::optional<at::Tensor>& residual,
+                     int64_t groups, bool relu);
+
+// The weight gradient of conv_backward for a prologue convolution: g (the
+// gradient of the convolution's output, x's dtype) against relu(x*in_scale +
+// in_shift), recomputed in the CUTLASS wgrad mainloop; returned in weight's dtype.
+at::Tensor conv_wgrad(const at::Tensor& g, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& in_scale,
+                      const at::Tensor& in_shift, at::IntArrayRef stride, at::IntArrayRef padding,
+                      at::IntArrayRef dilation);
 
 }  // namespace fused_resnet

@@ -64,7 +64,7 @@ def conv(
 
 
 @conv.register_fake
-def _(x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu, stats, backend):
+def _conv_fake(x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu, stats, backend):
     ho, wo = conv_out_hw(x.shape[2], x.shape[3], weight.shape[2:], stride, padding, dilation)
     cout = weight.shape[0]
     y = empty_like_layout(x, (x.shape[0], cout, ho, wo))
@@ -355,7 +355,7 @@ bn_act.register_autograd(_bn_act_bwd, setup_context=_bn_act_setup)
 
 # Fakes by op name, for other libraries whose ops share a schema minus ``backend``.
 FAKES = {
-    "batch_stats": _batch_stats_fake, "bn_finalize": _bn_finalize_fake,
+    "conv": _conv_fake, "batch_stats": _batch_stats_fake, "bn_finalize": _bn_finalize_fake,
     "bn_update_running": _bn_update_running_fake, "bn_act": _bn_act_fake,
     "bn_act_backward": _bn_act_backward_fake,
 }

@@ -99,16 +99,24 @@ def conv_backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of ``conv`` w.r.t. (x, weight, bias, in_scale, in_shift, residual).
 
+    Entries whose output_mask is False come back as empty tensors.
+    """
+    g = conv_output_grad(dy, dmean, dvar, y, mean, relu, stats)
+    return conv_backward_from_output_grad(
+        g, x, weight, in_scale, in_shift, stride, padding, dilation, groups, output_mask
+    )
+
+
+def conv_output_grad(
+    dy: Tensor, dmean: Tensor, dvar: Tensor, y: Tensor, mean: Tensor, relu: bool, stats: bool,
+) -> Tensor:
+    """g_z, the gradient of ``conv``'s pre-ReLU sum z, in the accumulation dtype.
+
     Derivation, with M = N*Ho*Wo rows per channel:
       mean = sum(y)/M            -> d mean / d y_i = 1/M
       var  = sum((y-mean)^2)/M   -> d var / d y_i = 2 (y_i - mean)/M (the mean term sums to 0)
       so g_y = dy + dmean/M + dvar * 2 (y - mean)/M.
       y = relu(z)                -> g_z = g_y * (y > 0)
-      z = conv(a, W) + bias + residual -> d residual = g_z, d bias = sum g_z,
-                                          da, dW from the convolution's own backward.
-      a = relu(u), u = x*s + t    -> g_u = da * (u > 0); dx = g_u * s,
-                                     ds = sum(g_u * x), dt = sum(g_u).
-    Entries whose output_mask is False come back as empty tensors.
     """
     g = acc(dy)
     if stats:
@@ -116,8 +124,24 @@ def conv_backward(
         g = g + _per_channel(dmean) / m + _per_channel(dvar) * (2.0 / m) * (acc(y) - _per_channel(mean))
     if relu:
         g = g * (y > 0)
+    return g
+
+
+def conv_backward_from_output_grad(
+    g: Tensor, x: Tensor, weight: Tensor, in_scale: Optional[Tensor], in_shift: Optional[Tensor],
+    stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int,
+    output_mask: Sequence[bool],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``conv_backward`` from g_z (``conv_output_grad``).
+
+      z = conv(a, W) + bias + residual -> d residual = g_z, d bias = sum g_z,
+                                          da, dW from the convolution's own backward.
+      a = relu(u), u = x*s + t    -> g_u = da * (u > 0); dx = g_u * s,
+                                     ds = sum(g_u * x), dt = sum(g_u).
+    """
     need_x, need_w, need_bias, need_scale, need_shift, need_res = output_mask
-    a = prologue(x, in_scale, in_shift)
+    # The data gradient needs only the operand's shape: x stands in for a then.
+    a = prologue(x, in_scale, in_shift) if need_w else x
     da, dw, _ = torch.ops.aten.convolution_backward(
         g.to(x.dtype), a, weight, None, stride, padding, dilation, False, [0, 0], groups,
         [need_x or need_scale or need_shift, need_w, False],

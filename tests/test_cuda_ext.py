@@ -56,7 +56,7 @@ def ns():
         if expected:
             pytest.fail(
                 f"a CUDA toolkit exists here but fused_resnet._C is not importable: {reason}. "
-                "Build it: MAX_JOBS=2 pip install --no-build-isolation -e ."
+                "Build it: pip install --no-deps nvidia-cutlass && MAX_JOBS=2 pip install --no-build-isolation -e ."
             )
         pytest.skip(why)
     return cuda_backend.ops()
@@ -72,12 +72,12 @@ def test_extension_built():
         pytest.skip(why)
     assert ok, (
         f"a CUDA toolkit exists here but fused_resnet._C is not importable: {reason}. "
-        "Build it: MAX_JOBS=2 pip install --no-build-isolation -e ."
+        "Build it: pip install --no-deps nvidia-cutlass && MAX_JOBS=2 pip install --no-build-isolation -e ."
     )
     import fused_resnet._C as C
 
     assert C.__file__.startswith(os.path.dirname(cuda_backend.__file__).rsplit(os.sep, 1)[0]), C.__file__
-    for name in OPS:
+    for name in OPS + cuda_backend.EXTRA_OP_NAMES + ("conv_gap",):
         assert hasattr(C, name), f"_C does not expose {name}"
 
 
@@ -102,7 +102,7 @@ def test_built_with(ns):
         assert major.isdigit() and minor.isdigit() and int(major) >= 7, info
     assert info["cuda_version"].split(".")[0] == torch.version.cuda.split(".")[0], (info, torch.version.cuda)
     assert info["torch_version"] == torch.__version__.split("+")[0], (info, torch.__version__)
-    assert tuple(info["ops"]) == OPS
+    assert tuple(info["ops"]) == OPS + cuda_backend.EXTRA_OP_NAMES
 
 
 def _sig(schema) -> tuple:
@@ -164,7 +164,23 @@ def _sample_inputs(device="meta", make=None):
                 ("bn_act_backward", (x, x, x, v(), other, v(), True, [True] * 6)),
                 ("bn_act_backward", (x, x, x, v(), x, None, False, [False, True, False, True, False, False])),
             ]
+    for dtype, stride, wcl in ((torch.bfloat16, 1, False), (torch.float16, 2, True)):
+        # conv: inputs the CUTLASS kernels take (channels_last, 16-bit, channels multiple of 8)
+        x = make(2, 16, 9, 7, dtype=dtype, cl=True)
+        w = make(24, 16, 3, 3, dtype=dtype, cl=wcl)
+        res = make(2, 24, 9 // stride + (9 % stride > 0), 7 // stride + (7 % stride > 0), dtype=dtype, cl=True)
+        geo = ([stride, stride], [1, 1], [1, 1], 1)
+        out += [
+            ("conv", (x, w, None, make(16), make(16), None, *geo, False, True)),
+            ("conv", (x, w, None, make(16), make(16), res, *geo, False, False)),
+        ]
     return out
+
+
+def _wgrad_inputs(make):
+    x = make(2, 16, 9, 7, dtype=torch.bfloat16, cl=True)
+    return [("conv_wgrad", (make(2, 24, 5, 4, dtype=torch.bfloat16, cl=True), x,
+                            make(24, 16, 3, 3, dtype=torch.bfloat16), make(16), make(16), [2, 2], [1, 1], [1, 1]))]
 
 
 def _running_inputs(make_vec, make_long):
@@ -178,6 +194,7 @@ def _running_inputs(make_vec, make_long):
 def test_opcheck_meta(ns):
     """Schema, fake-tensor and dynamic-shape checks of every op on meta tensors."""
     cases = _sample_inputs() + _running_inputs(lambda n: _meta(n), lambda: _meta((), dtype=torch.long))
+    cases += _wgrad_inputs(lambda *s, dtype=torch.float32, cl=False: _meta(*s, dtype=dtype, cl=cl))
     for name, args in cases:
         result = torch.library.opcheck(
             getattr(ns, name).default, args,
@@ -496,7 +513,7 @@ def test_opcheck_cuda(ns):
             return t.abs() + 0.1
         return t.contiguous(memory_format=torch.channels_last) if cl else t
 
-    cases = _sample_inputs(make=make) + _running_inputs(
+    cases = _sample_inputs(make=make) + _wgrad_inputs(make) + _running_inputs(
         lambda n: torch.rand(n, device=DEV) + 0.1, lambda: torch.tensor(3, device=DEV)
     )
     for name, args in cases:

@@ -2,8 +2,14 @@
 
 It runs the memory-bound BatchNorm pieces (batch statistics, finalize, the
 running-statistics update, BN + residual + ReLU and its backward) with the CUDA
-kernels of ``csrc/``, registered as ``torch.ops.fused_resnet_cuda.<name>``; the
-convolutions stay inherited from the reference (cuDNN on a GPU).
+kernels of ``csrc/``, registered as ``torch.ops.fused_resnet_cuda.<name>``.
+
+Convolutions whose operand goes through a BatchNorm-apply + ReLU prologue run
+on CUTLASS implicit GEMMs that apply it in the mainloop (``conv`` forward,
+``conv_wgrad`` for the weight gradient), so the normalised activation is never
+stored. What those kernels cannot take (``_C.conv_gap`` says why: fp32, groups,
+channel counts not multiples of 8, NCHW tensors, a bias or ReLU in the same
+epilogue, no prologue at all) runs on cuDNN with the reference's composition.
 
 ``_C`` is loaded lazily, at the first kernel call (``import fused_resnet`` never
 loads it). The fake (meta) implementations of the ``fused_resnet_cuda`` ops are
@@ -14,11 +20,15 @@ from __future__ import annotations
 
 import torch
 
-from .. import _ext
+from .. import _ext, reference
+from .._layout import empty_vec
 from .base import FLOAT_DTYPES, Backend
 
 LIB = "fused_resnet_cuda"
-OP_NAMES = ("batch_stats", "bn_finalize", "bn_update_running", "bn_act", "bn_act_backward")
+# The ops that mirror a fused_resnet:: op (same name and schema, minus backend) ...
+OP_NAMES = ("batch_stats", "bn_finalize", "bn_update_running", "bn_act", "bn_act_backward", "conv")
+# ... and the one piece of conv_backward that the backend composes itself.
+EXTRA_OP_NAMES = ("conv_wgrad",)
 
 _ops_ns = None
 _fakes_registered = False
@@ -55,6 +65,16 @@ def _register_fakes() -> None:
 
     for name in OP_NAMES:
         torch.library.register_fake(f"{LIB}::{name}")(_without_backend(FAKES[name]))
+    torch.library.register_fake(f"{LIB}::conv_wgrad")(_conv_wgrad_fake)
+
+
+def _conv_wgrad_fake(g, x, weight, in_scale, in_shift, stride, padding, dilation):
+    return torch.empty_like(weight, memory_format=torch.contiguous_format)
+
+
+def conv_gap(x, weight, bias, in_scale, residual, groups, relu) -> str:
+    """Why the CUTLASS prologue convolution cannot take these inputs ('' when it can)."""
+    return _ext.load().conv_gap(x, weight, bias, in_scale, residual, int(groups), bool(relu))
 
 
 class CudaBackend(Backend):
@@ -75,7 +95,35 @@ class CudaBackend(Backend):
             return False, f"dtype {dtype} is not one of fp32/fp16/bf16"
         return True, ""
 
-    # conv and conv_backward stay the reference's (cuDNN convolutions on a GPU).
+    def conv(self, x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu, stats):
+        if conv_gap(x, weight, bias, in_scale, residual, groups, relu):
+            y, _, _ = reference.conv(
+                x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu, False
+            )
+            return (y, *self.batch_stats(y)) if stats else (y, empty_vec(x), empty_vec(x))
+        return tuple(ops().conv(
+            x, weight, bias, in_scale, in_shift, residual, list(stride), list(padding), list(dilation),
+            int(groups), bool(relu), bool(stats),
+        ))
+
+    def conv_backward(self, dy, dmean, dvar, x, weight, y, mean, in_scale, in_shift, stride, padding,
+                      dilation, groups, relu, stats, output_mask):
+        if not output_mask[1] or conv_gap(x, weight, None, in_scale, None, groups, False):
+            return reference.conv_backward(
+                dy, dmean, dvar, x, weight, y, mean, in_scale, in_shift, stride, padding, dilation,
+                groups, relu, stats, output_mask,
+            )
+        g = reference.conv_output_grad(dy, dmean, dvar, y, mean, relu, stats)
+        mask = list(output_mask)
+        mask[1] = False
+        dx, _, dbias, dscale, dshift, dres = reference.conv_backward_from_output_grad(
+            g, x, weight, in_scale, in_shift, stride, padding, dilation, groups, mask
+        )
+        dw = ops().conv_wgrad(
+            g.to(x.dtype).contiguous(memory_format=torch.channels_last), x, weight, in_scale, in_shift,
+            list(stride), list(padding), list(dilation),
+        )
+        return dx, dw, dbias, dscale, dshift, dres
 
     def batch_stats(self, x):
         mean, var = ops().batch_stats(x)

@@ -1,0 +1,230 @@
+"""The CUTLASS convolutions of the cuda backend: BatchNorm-apply + ReLU fused into
+the mainloop of fprop (fused_resnet_cuda::conv) and wgrad (::conv_wgrad).
+
+CPU part: which inputs the kernels take and, for the others, the reason given
+(``_C.conv_gap``), and the bf16 instantiations compiled in beside the f16 ones.
+
+GPU part (@pytest.mark.gpu): fprop and wgrad against an fp64 reference in
+float16/bfloat16 with the tolerance rule (1x1, 3x3, stride 2, dilation, odd
+sizes, both tile shapes, residual, statistics), padding taken after the
+transform, bitwise repeatability, CUDA-graph capture, the backend's choice
+between CUTLASS and cuDNN, and the errors for inputs the kernels do not take.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fused_resnet import _ext, reference
+from fused_resnet.backends import cuda as cuda_backend
+from helpers import assert_within_2x, randn
+
+LOWP = (torch.float16, torch.bfloat16)
+
+
+@pytest.fixture(scope="module")
+def C():
+    ok, reason = _ext.status()
+    if not ok:
+        pytest.skip(f"fused_resnet._C is not built: {reason} (test_cuda_ext says whether it should be)")
+    cuda_backend.ops()
+    return _ext.load()
+
+
+def _cl(t):
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+# ====================================================================== CPU
+
+GOOD = dict(n=2, c=64, h=8, w=8, k=64, dtype=torch.bfloat16)
+
+
+def _gap(C, *, n=2, c=64, h=8, w=8, k=64, r=3, dtype=torch.bfloat16, wdtype=None, cl=True, groups=1,
+         bias=False, prologue=True, residual=None, relu=False):
+    x = torch.zeros(n, c, h, w, dtype=dtype)
+    x = _cl(x) if cl else x
+    weight = torch.zeros(k, c // groups, r, r, dtype=wdtype or dtype)
+    return C.conv_gap(
+        x, weight, torch.zeros(k) if bias else None, torch.ones(c) if prologue else None, residual, groups, relu
+    )
+
+
+GAPS = [
+    (dict(prologue=False), "no BatchNorm-apply + ReLU prologue"),
+    (dict(bias=True), "a bias is not fused"),
+    (dict(relu=True), "a ReLU is not fused"),
+    (dict(dtype=torch.float32), "x has dtype Float; the CUTLASS mainloop fusion runs float16/bfloat16"),
+    (dict(wdtype=torch.float32), "weight has dtype Float, x has BFloat16"),
+    (dict(groups=2), "groups=2: grouped convolutions are not instantiated"),
+    (dict(c=60), "channels in=60, out=64: both must be multiples of 8"),
+    (dict(k=12), "channels in=64, out=12: both must be multiples of 8"),
+    (dict(cl=False), "x is not a 16-byte aligned channels_last"),
+    (dict(residual=torch.zeros(2, 64, 8, 8, dtype=torch.bfloat16)), "the residual is not a 16-byte aligned channels_last"),
+    (dict(), "x is on cpu, not a CUDA device"),
+    (dict(dtype=torch.float16, residual=_cl(torch.zeros(2, 64, 8, 8, dtype=torch.float16))), "x is on cpu"),
+]
+
+
+@pytest.mark.parametrize("kwargs,reason", GAPS, ids=[g[1][:40] for g in GAPS])
+def test_conv_gap_reasons(C, kwargs, reason):
+    """Each unsupported input is named; an input the kernels take fails only on the CPU device."""
+    assert reason in _gap(C, **kwargs)
+
+
+def test_cutlass_kernels_compiled(C):
+    names = C.built_with()["cutlass_kernels"]
+    for op in ("fprop_prologue", "wgrad_prologue"):
+        for dt in ("f16", "bf16"):
+            assert any(n.startswith(f"{op}_{dt}_") for n in names), (op, dt, names)
+    assert len(set(names)) == len(names) == 6, names
+
+
+def test_backend_falls_back_with_reason_on_cpu(C):
+    """The backend asks conv_gap before every convolution; on CPU tensors the answer is never ''."""
+    x = _cl(torch.zeros(2, 64, 8, 8, dtype=torch.bfloat16))
+    assert cuda_backend.conv_gap(x, torch.zeros(64, 64, 3, 3, dtype=torch.bfloat16), None, torch.ones(64), None, 1,
+                                 False) == "x is on cpu, not a CUDA device"
+
+
+# ====================================================================== GPU
+
+DEV = "cuda"
+
+# (N, C, H, W, K, R, stride, padding, dilation)
+CASES = [
+    (4, 64, 14, 14, 64, 1, 1, 0, 1),     # 1x1, narrow tile
+    (4, 64, 14, 14, 256, 1, 1, 0, 1),    # 1x1 expansion, wide tile
+    (2, 64, 15, 15, 64, 3, 1, 1, 1),     # 3x3, odd size, padding
+    (2, 128, 9, 9, 128, 3, 2, 1, 1),     # 3x3 stride 2, odd size
+    (2, 64, 57, 57, 64, 3, 1, 1, 1),     # layer1-like odd size
+    (2, 256, 7, 7, 64, 1, 2, 0, 1),      # 1x1 stride 2 (projection-like)
+    (2, 64, 12, 12, 72, 3, 1, 2, 2),     # dilation 2
+    (1, 8, 5, 5, 8, 3, 1, 1, 1),         # smallest channels, batch 1
+]
+
+
+def _inputs(case, dtype, seed=0):
+    n, c, h, w, k, r, stride, pad, dil = case
+    x = _cl(randn(n, c, h, w, device=DEV, seed=seed).mul(1.5).add(0.3).to(dtype))
+    weight = _cl(randn(k, c, r, r, device=DEV, seed=seed + 1).mul((c * r * r) ** -0.5).to(dtype))
+    g = torch.Generator().manual_seed(seed + 2)
+    scale = (torch.rand(c, generator=g) + 0.5).to(DEV)
+    # Positive shifts make padding matter: relu(0 * s + t) = t != 0 were the padding transformed.
+    shift = (torch.rand(c, generator=g) * 1.5 - 0.5).to(DEV)
+    return x, weight, scale, shift, [stride] * 2, [pad] * 2, [dil] * 2
+
+
+def _ref_conv(x, weight, scale, shift, residual, stride, pad, dil):
+    y, _, _ = reference.conv(x, weight, None, scale, shift, residual, stride, pad, dil, 1, False, False)
+    return y
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_conv_prologue(C, case, dtype, residual):
+    x, weight, scale, shift, stride, pad, dil = _inputs(case, dtype)
+    assert C.conv_gap(x, weight, None, scale, None, 1, False) == ""
+    n, _, h, w = x.shape
+    k, _, r, _ = weight.shape
+    out_hw = [(size + 2 * pad[0] - dil[0] * (r - 1) - 1) // stride[0] + 1 for size in (h, w)]
+    res = _cl(randn(n, k, *out_hw, device=DEV, seed=9).to(dtype)) if residual else None
+    plain = _ref_conv(x, weight, scale, shift, res, stride, pad, dil)
+    y, mean, var = cuda_backend.ops().conv(x, weight, None, scale, shift, res, stride, pad, dil, 1, False, True)
+    ref64 = _ref_conv(x.double(), weight.double(), scale.double(), shift.double(),
+                      None if res is None else res.double(), stride, pad, dil)
+    assert y.is_contiguous(memory_format=torch.channels_last) and y.shape == plain.shape
+    assert_within_2x(y, plain, ref64, "y")
+    var64, mean64 = torch.var_mean(y.double(), dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(mean.double(), mean64, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(var.double(), var64, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_conv_wgrad_prologue(C, case, dtype):
+    x, weight, scale, shift, stride, pad, dil = _inputs(case, dtype)
+    y = _ref_conv(x, weight, scale, shift, None, stride, pad, dil)
+    g = _cl(randn(*y.shape, device=DEV, seed=7).to(dtype))
+
+    def wgrad(x_, g_, w_, s_, t_):
+        a = reference.prologue(x_, s_, t_)
+        return torch.ops.aten.convolution_backward(g_, a, w_, None, stride, pad, dil, False, [0, 0], 1,
+                                                   [False, True, False])[1]
+
+    plain = wgrad(x, g, weight, scale, shift)
+    ref64 = wgrad(x.double(), g.double(), weight.double(), scale.double(), shift.double())
+    dw = cuda_backend.ops().conv_wgrad(g, x, weight, scale, shift, stride, pad, dil)
+    assert dw.shape == weight.shape and dw.dtype == weight.dtype and dw.is_contiguous()
+    assert_within_2x(dw, plain.contiguous(), ref64, "dw")
+
+
+@pytest.mark.gpu
+def test_wgrad_is_bitwise_repeatable(C):
+    """Serial split-K adds the slices in a fixed order: no run-to-run variation."""
+    x, weight, scale, shift, stride, pad, dil = _inputs((8, 64, 28, 28, 64, 3, 1, 1, 1), torch.bfloat16)
+    g = _cl(randn(8, 64, 28, 28, device=DEV, seed=3).to(torch.bfloat16))
+    first = cuda_backend.ops().conv_wgrad(g, x, weight, scale, shift, stride, pad, dil)
+    for _ in range(3):
+        assert torch.equal(first, cuda_backend.ops().conv_wgrad(g, x, weight, scale, shift, stride, pad, dil))
+
+
+@pytest.mark.gpu
+def test_cuda_graph_capture(C):
+    """No host synchronisation and PyTorch-allocated workspaces: both kernels replay in a graph."""
+    x, weight, scale, shift, stride, pad, dil = _inputs((4, 64, 14, 14, 64, 3, 1, 1, 1), torch.float16)
+    g = _cl(randn(4, 64, 14, 14, device=DEV, seed=3).half())
+    ns = cuda_backend.ops()
+    expect_y = ns.conv(x, weight, None, scale, shift, None, stride, pad, dil, 1, False, True)[0]
+    expect_dw = ns.conv_wgrad(g, x, weight, scale, shift, stride, pad, dil)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture, as CUDA graphs require
+        ns.conv(x, weight, None, scale, shift, None, stride, pad, dil, 1, False, True)
+        ns.conv_wgrad(g, x, weight, scale, shift, stride, pad, dil)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = ns.conv(x, weight, None, scale, shift, None, stride, pad, dil, 1, False, True)[0]
+        dw = ns.conv_wgrad(g, x, weight, scale, shift, stride, pad, dil)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, expect_y) and torch.equal(dw, expect_dw)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+def test_backend_conv_and_backward_use_cutlass_path(C, dtype):
+    """CudaBackend.conv/conv_backward on inputs the kernels take agree with the reference backend."""
+    x, weight, scale, shift, stride, pad, dil = _inputs((4, 64, 14, 14, 64, 3, 1, 1, 1), dtype)
+    backend = cuda_backend.CudaBackend()
+    y, mean, var = backend.conv(x, weight, None, scale, shift, None, stride, pad, dil, 1, False, True)
+    ry, rmean, rvar = reference.conv(x, weight, None, scale, shift, None, stride, pad, dil, 1, False, True)
+    torch.testing.assert_close(y, ry, rtol=2e-2, atol=2e-2)
+    dy = _cl(randn(*y.shape, device=DEV, seed=4).to(dtype))
+    dmean, dvar = torch.randn_like(mean), torch.randn_like(var)
+    args = (dy, dmean, dvar, x, weight, y, mean, scale, shift, stride, pad, dil, 1, False, True, [True] * 5 + [False])
+    got = backend.conv_backward(*args)
+    want = reference.conv_backward(*args)
+    for name, a, b in zip(("dx", "dw", "dbias", "dscale", "dshift"), got, want):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        torch.testing.assert_close(a.float(), b.float(), rtol=3e-2, atol=3e-2, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.gpu
+def test_unserved_inputs_raise(C):
+    x, weight, scale, shift, stride, pad, dil = _inputs((2, 64, 8, 8, 64, 3, 1, 1, 1), torch.float16)
+    ns = cuda_backend.ops()
+    with pytest.raises(RuntimeError, match="not served: x has dtype Float"):
+        ns.conv(x.float(), weight.float(), None, scale, shift, None, stride, pad, dil, 1, False, False)
+    with pytest.raises(RuntimeError, match="not served: x is not a 16-byte aligned channels_last"):
+        ns.conv(x.contiguous(), weight, None, scale, shift, None, stride, pad, dil, 1, False, False)
+    with pytest.raises(RuntimeError, match="not served: no BatchNorm-apply"):
+        ns.conv(x, weight, None, None, None, None, stride, pad, dil, 1, False, False)
+    with pytest.raises(RuntimeError, match=r"in_scale must have shape \[64\]"):
+        ns.conv(x, weight, None, scale[:8], shift, None, stride, pad, dil, 1, False, False)
+    with pytest.raises(RuntimeError, match=r"g must have the output's shape"):
+        ns.conv_wgrad(x[:1], x, weight, scale, shift, stride, pad, dil)
