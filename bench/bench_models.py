@@ -42,7 +42,8 @@ def main(argv=None) -> int:
     p.add_argument("--image-size", type=int, default=None, help="ImageNet models (default GPU 224, CPU 64)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (GPU 15, quick 8, CPU 1)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (GPU 3, CPU 1)")
-    p.add_argument("--backend", default="auto")
+    p.add_argument("--backend", default="auto",
+                   help="backend of the fused model; comma-separated to compare several (e.g. triton,cuda)")
     p.add_argument("--compile", action="store_true", help="add torch.compile of eager and fused")
     p.add_argument("--compile-models", default=DEFAULT_COMPILE,
                    help="with --compile, which models to compile ('all' for every one)")

@@ -122,7 +122,7 @@ fi
 stage tests-gpu 200 "$TESTS" "$PY" -m pytest tests -q -rfE -m gpu -p no:cacheprovider
 
 BLOCK_ARGS=(--json "$OUT/blocks.json")
-MODEL_ARGS=(--json "$OUT/models.json")
+MODEL_ARGS=(--json "$OUT/models.json" --backend triton,cuda)
 if (( QUICK )); then
   BLOCK_ARGS+=(--quick); MODEL_ARGS+=(--quick)
 else

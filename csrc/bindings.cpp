@@ -16,7 +16,7 @@
 
 #include "launch.h"
 #include "ops.h"
-#include "prologue_conv.h"
+#include "cutlass_conv.h"
 
 namespace py = pybind11;
 
@@ -67,11 +67,10 @@ py::dict built_with() {
                        std::to_string(TORCH_VERSION_PATCH);
   d["ops"] = std::vector<std::string>{"batch_stats", "bn_finalize", "bn_update_running", "bn_act",
                                       "bn_act_backward", "conv", "conv_wgrad"};
+  int count = 0;
+  const fused_resnet::CutlassConvKernel* const* all = fused_resnet::cutlass_conv_kernels(&count);
   std::vector<std::string> kernels;
-  for (int e = 0; e < 2; ++e) {
-    for (int t = 0; t < 2; ++t) kernels.push_back(fused_resnet::fprop_prologue_kernel(e, t).name);
-    kernels.push_back(fused_resnet::wgrad_prologue_kernel(e).name);
-  }
+  for (int i = 0; i < count; ++i) kernels.push_back(all[i]->name);
   d["cutlass_kernels"] = kernels;
   return d;
 }
@@ -81,7 +80,7 @@ py::dict built_with() {
 PYBIND11_MODULE(_C, m) {
   m.doc() =
       "fused_resnet CUDA kernels (BatchNorm statistics, finalize, running update, BN+residual+ReLU, CUTLASS "
-      "convolutions with the BN+ReLU prologue)";
+      "convolutions with BN+ReLU fused into the mainloop or bias+residual+ReLU into the epilogue)";
   m.def("built_with", &built_with,
         "Build information: CUDA toolkit version, SM architectures compiled in, torch version, ops.");
   m.def("batch_stats", &fused_resnet::batch_stats, py::arg("x"));
@@ -110,7 +109,8 @@ PYBIND11_MODULE(_C, m) {
       py::arg("dout"), py::arg("out"), py::arg("y"), py::arg("scale"), py::arg("residual"), py::arg("res_scale"),
       py::arg("relu"), py::arg("output_mask"));
   m.def("conv_gap", &fused_resnet::conv_gap, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("in_scale"),
-        py::arg("residual"), py::arg("groups"), py::arg("relu"),
+        py::arg("residual"), py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("groups"),
+        py::arg("relu"),
         "Why fused_resnet_cuda::conv cannot take these inputs, in words ('' when it can).");
   m.def("conv", &fused_resnet::conv, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("in_scale"),
         py::arg("in_shift"), py::arg("residual"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),

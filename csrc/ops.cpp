@@ -17,7 +17,7 @@
 
 #include "launch.h"
 #include "ops.h"
-#include "prologue_conv.h"
+#include "cutlass_conv.h"
 
 namespace fused_resnet {
 namespace {
@@ -419,12 +419,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 }  // namespace fused_resnet
 
-// ------------------------------------------------------------------ conv, conv_wgrad (CUTLASS, prologue fused)
+// ------------------------------------------------------------------ conv, conv_wgrad (CUTLASS)
 
 namespace fused_resnet {
 namespace {
 
-int element_code(at::ScalarType st) { return st == at::kHalf ? 0 : 1; }
+ConvElement element_of(at::ScalarType st) { return st == at::kHalf ? ConvElement::kFloat16 : ConvElement::kBFloat16; }
 
 template <typename... Args>
 std::string words(const Args&... args) {
@@ -433,12 +433,12 @@ std::string words(const Args&... args) {
   return os.str();
 }
 
-// Why the CUTLASS prologue convolutions cannot take x and weight ("" when they
+// Why the CUTLASS convolutions cannot take x and weight as operands ("" when they
 // can). The device comes last, so the other rules can be checked on CPU tensors.
-std::string prologue_gap(const at::Tensor& x, const at::Tensor& weight, int64_t groups) {
+std::string operand_gap(const at::Tensor& x, const at::Tensor& weight, int64_t groups) {
   const auto st = x.scalar_type();
   if (st != at::kHalf && st != at::kBFloat16)
-    return words("x has dtype ", st, "; the CUTLASS mainloop fusion runs float16/bfloat16 tensor cores");
+    return words("x has dtype ", st, "; the CUTLASS kernels run float16/bfloat16 tensor cores");
   if (weight.scalar_type() != st) return words("weight has dtype ", weight.scalar_type(), ", x has ", st);
   if (x.dim() != 4 || weight.dim() != 4)
     return words("x and weight must be 4-D, got ", x.dim(), "-D and ", weight.dim(), "-D");
@@ -463,11 +463,12 @@ ConvGeometry geometry(const at::Tensor& x, const at::Tensor& weight, at::IntArra
                       at::IntArrayRef dilation, const char* op) {
   TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, "fused_resnet_cuda::", op,
               ": stride, padding and dilation must have 2 values each, got ", stride, ", ", padding, ", ", dilation);
+  TORCH_CHECK(x.dim() == 4 && weight.dim() == 4 && weight.size(1) == x.size(1), "fused_resnet_cuda::", op,
+              ": weight must be [K, C, R, S] with C = ", x.dim() == 4 ? x.size(1) : -1,
+              " (the channels of x), got shape ", weight.sizes());
   ConvGeometry g;
   g.N = x.size(0), g.H = x.size(2), g.W = x.size(3), g.C = x.size(1);
   g.K = weight.size(0), g.R = weight.size(2), g.S = weight.size(3);
-  TORCH_CHECK(weight.size(1) == g.C, "fused_resnet_cuda::", op, ": weight must have ", g.C,
-              " input channels (those of x), got shape ", weight.sizes());
   g.sh = stride[0], g.sw = stride[1], g.ph = padding[0], g.pw = padding[1], g.dh = dilation[0], g.dw = dilation[1];
   g.P = (g.H + 2 * g.ph - g.dh * (g.R - 1) - 1) / g.sh + 1;
   g.Q = (g.W + 2 * g.pw - g.dw * (g.S - 1) - 1) / g.sw + 1;
@@ -475,12 +476,47 @@ ConvGeometry geometry(const at::Tensor& x, const at::Tensor& weight, at::IntArra
   return g;
 }
 
-PrologueConvArgs prologue_args(const ConvGeometry& g) {
-  PrologueConvArgs a{};
+CutlassConvArgs conv_args(const ConvGeometry& g) {
+  CutlassConvArgs a{};
   a.N = g.N, a.H = g.H, a.W = g.W, a.C = g.C, a.K = g.K, a.R = g.R, a.S = g.S, a.P = g.P, a.Q = g.Q;
   a.pad_h = g.ph, a.pad_w = g.pw, a.stride_h = g.sh, a.stride_w = g.sw, a.dil_h = g.dh, a.dil_w = g.dw;
   a.split_k = 1;
   return a;
+}
+
+// The fprop kernel for these inputs, or why there is none (kernel == nullptr).
+struct FpropChoice {
+  const CutlassConvKernel* kernel = nullptr;
+  std::string gap;
+};
+
+FpropChoice choose_fprop(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                         const std::optional<at::Tensor>& in_scale, const std::optional<at::Tensor>& residual,
+                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                         bool relu) {
+  ConvKind kind;
+  if (in_scale.has_value()) {
+    if (bias.has_value()) return {nullptr, "a bias is not fused into the epilogue of a prologue convolution"};
+    if (relu) return {nullptr, "a ReLU is not fused into the epilogue of a prologue convolution"};
+    kind = ConvKind::kFpropPrologue;
+  } else {
+    if (!bias.has_value()) return {nullptr, "neither a prologue nor a bias to fuse: plain convolutions run on cuDNN"};
+    if (!relu) return {nullptr, "a bias without ReLU is not instantiated"};
+    if (bias->scalar_type() != at::kFloat || bias->dim() != 1 || bias->size(0) != weight.size(0) ||
+        !bias->is_contiguous())
+      return {nullptr, "the bias is not a contiguous float32 vector of the output channels"};
+    kind = ConvKind::kFpropBiasRelu;
+  }
+  if (residual.has_value() && (residual->scalar_type() != x.scalar_type() ||
+                               output_format(*residual) != at::MemoryFormat::ChannelsLast ||
+                               !aligned16(residual->const_data_ptr())))
+    return {nullptr, "the residual is not a 16-byte aligned channels_last tensor of x's dtype"};
+  if (std::string gap = operand_gap(x, weight, groups); !gap.empty()) return {nullptr, gap};
+  const ConvGeometry g = geometry(x, weight, stride, padding, dilation, "conv");
+  const auto& kernel =
+      cutlass_conv_kernel(kind, element_of(x.scalar_type()), g.K > 64 ? ConvTile::kWide : ConvTile::kNarrow);
+  if (const char* why = kernel.can_run(conv_args(g))) return {nullptr, words(kernel.name, " cannot run it: ", why)};
+  return {&kernel, ""};
 }
 
 // The filter as [K, R, S, C] (free for a channels_last weight).
@@ -492,8 +528,7 @@ at::Tensor vec_as(const at::Tensor& v, const at::Tensor& x, const char* op, cons
   return v.to(x.scalar_type()).contiguous();
 }
 
-void run_kernel(const PrologueConvKernel& k, PrologueConvArgs& a, const at::Tensor& ref, const char* op) {
-  if (const char* why = k.can_run(a)) TORCH_CHECK(false, "fused_resnet_cuda::", op, ": ", k.name, " cannot run: ", why);
+void run_kernel(const CutlassConvKernel& k, CutlassConvArgs& a, const at::Tensor& ref, const char* op) {
   at::Tensor ws;
   if (const size_t bytes = k.workspace_bytes(a); bytes > 0) {
     ws = at::empty({(int64_t)bytes}, ref.options().dtype(at::kByte));
@@ -505,8 +540,8 @@ void run_kernel(const PrologueConvKernel& k, PrologueConvArgs& a, const at::Tens
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Serial split-K over N*P*Q for wgrad: enough slices for about two waves of
-// tiles, each slice at least 1024 rows (its K loop stays long enough to pipeline).
+// Serial split-K over N*P*Q for wgrad: enough slices for about two waves of its
+// 128x128 tiles, each slice at least 1024 rows (a K loop long enough to pipeline).
 int wgrad_split(const ConvGeometry& g) {
   const int64_t tiles = ceil_div(g.K, 128) * ceil_div((int64_t)g.C * g.R * g.S, 128);
   const int64_t rows = (int64_t)g.N * g.P * g.Q;
@@ -518,15 +553,9 @@ int wgrad_split(const ConvGeometry& g) {
 
 std::string conv_gap(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                      const std::optional<at::Tensor>& in_scale, const std::optional<at::Tensor>& residual,
-                     int64_t groups, bool relu) {
-  if (!in_scale.has_value()) return "no BatchNorm-apply + ReLU prologue: plain convolutions run on cuDNN";
-  if (bias.has_value()) return "a bias is not fused into the epilogue of the prologue convolution";
-  if (relu) return "a ReLU is not fused into the epilogue of the prologue convolution";
-  if (residual.has_value() && (residual->scalar_type() != x.scalar_type() ||
-                               output_format(*residual) != at::MemoryFormat::ChannelsLast ||
-                               !aligned16(residual->const_data_ptr())))
-    return "the residual is not a 16-byte aligned channels_last tensor of x's dtype";
-  return prologue_gap(x, weight, groups);
+                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                     bool relu) {
+  return choose_fprop(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu).gap;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv(const at::Tensor& x, const at::Tensor& weight,
@@ -542,22 +571,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv(const at::Tensor& x, const a
   TORCH_CHECK(in_scale.has_value() == in_shift.has_value(), "fused_resnet_cuda::conv: in_scale and in_shift must be "
               "given together, got in_scale ", in_scale.has_value() ? "given" : "None", " and in_shift ",
               in_shift.has_value() ? "given" : "None");
-  const std::string gap = conv_gap(x, weight, bias, in_scale, residual, groups, relu);
-  TORCH_CHECK(gap.empty(), "fused_resnet_cuda::conv: these inputs are not served: ", gap);
+  const FpropChoice choice = choose_fprop(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu);
+  TORCH_CHECK(choice.kernel != nullptr, "fused_resnet_cuda::conv: these inputs are not served: ", choice.gap);
   const c10::cuda::CUDAGuard guard(x.device());
   const ConvGeometry g = geometry(x, weight, stride, padding, dilation, op);
   at::Tensor y = at::empty({g.N, g.K, g.P, g.Q}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (residual.has_value()) check_like(*residual, op, "residual", y, "the output");
   const at::Tensor w = krsc(weight);
-  const at::Tensor scale = vec_as(*in_scale, x, op, "in_scale"), shift = vec_as(*in_shift, x, op, "in_shift");
-  PrologueConvArgs a = prologue_args(g);
+  at::Tensor scale, shift;
+  CutlassConvArgs a = conv_args(g);
+  if (in_scale.has_value()) {
+    scale = vec_as(*in_scale, x, op, "in_scale");
+    shift = vec_as(*in_shift, x, op, "in_shift");
+    a.scale = scale.const_data_ptr();
+    a.shift = shift.const_data_ptr();
+  } else {
+    check_vec(*bias, op, "bias", g.K, x, "x");
+    a.bias = bias->const_data_ptr<float>();
+  }
   a.x = x.const_data_ptr();
   a.w = w.const_data_ptr();
-  a.scale = scale.const_data_ptr();
-  a.shift = shift.const_data_ptr();
   a.residual = residual.has_value() ? residual->const_data_ptr() : nullptr;
   a.out = y.mutable_data_ptr();
-  run_kernel(fprop_prologue_kernel(element_code(x.scalar_type()), g.K > 64 ? 0 : 1), a, x, op);
+  run_kernel(*choice.kernel, a, x, op);
   if (!stats) return {y, empty_vec(x), empty_vec(x)};
   auto [mean, var] = batch_stats(y);
   return {y, mean, var};
@@ -570,7 +606,7 @@ at::Tensor conv_wgrad(const at::Tensor& g_in, const at::Tensor& x, const at::Ten
   check_act(x, op, "x");
   check_act(g_in, op, "g");
   check_same_device(weight, op, "weight", x, "x");
-  const std::string gap = prologue_gap(x, weight, 1);
+  const std::string gap = operand_gap(x, weight, 1);
   TORCH_CHECK(gap.empty(), "fused_resnet_cuda::conv_wgrad: these inputs are not served: ", gap);
   const c10::cuda::CUDAGuard guard(x.device());
   const ConvGeometry geo = geometry(x, weight, stride, padding, dilation, op);
@@ -581,14 +617,17 @@ at::Tensor conv_wgrad(const at::Tensor& g_in, const at::Tensor& x, const at::Ten
   const at::Tensor g = g_in.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor scale = vec_as(in_scale, x, op, "in_scale"), shift = vec_as(in_shift, x, op, "in_shift");
   at::Tensor dw = at::empty({geo.K, geo.R, geo.S, geo.C}, x.options().dtype(at::kFloat));
-  PrologueConvArgs a = prologue_args(geo);
+  CutlassConvArgs a = conv_args(geo);
   a.x = x.const_data_ptr();
   a.dy = g.const_data_ptr();
   a.scale = scale.const_data_ptr();
   a.shift = shift.const_data_ptr();
   a.out = dw.mutable_data_ptr();
   a.split_k = wgrad_split(geo);
-  run_kernel(wgrad_prologue_kernel(element_code(x.scalar_type())), a, x, op);
+  const auto& kernel = cutlass_conv_kernel(ConvKind::kWgradPrologue, element_of(x.scalar_type()), ConvTile::kWide);
+  if (const char* why = kernel.can_run(a)) TORCH_CHECK(false, "fused_resnet_cuda::conv_wgrad: ", kernel.name,
+                                                      " cannot run it: ", why);
+  run_kernel(kernel, a, x, op);
   // [K, R, S, C] fp32 -> the weight's dtype and (contiguous) layout.
   return dw.permute({0, 3, 1, 2}).to(weight.scalar_type()).contiguous();
 }

@@ -32,8 +32,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& res_scale, bool relu,
     c10::List<bool> output_mask);
 
-// The convolution with the BatchNorm-apply + ReLU prologue fused into a CUTLASS
-// mainloop (csrc/cutlass/): fused_resnet::conv for the inputs conv_gap accepts.
+// fused_resnet::conv on CUTLASS (csrc/cutlass/) for the inputs conv_gap accepts:
+// with in_scale/in_shift, the BN + ReLU prologue in the mainloop (no bias, no
+// ReLU after it); without, bias + ReLU in the epilogue; a residual either way.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv(const at::Tensor& x, const at::Tensor& weight,
                                                     const std::optional<at::Tensor>& bias,
                                                     const std::optional<at::Tensor>& in_scale,
@@ -45,7 +46,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv(const at::Tensor& x, const a
 // Why conv cannot take these inputs, in words; "" when it can.
 std::string conv_gap(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                      const std::optional<at::Tensor>& in_scale, const std::optional<at::Tensor>& residual,
-                     int64_t groups, bool relu);
+                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                     bool relu);
 
 // The weight gradient of conv_backward for a prologue convolution: g (the
 // gradient of the convolution's output, x's dtype) against relu(x*in_scale +

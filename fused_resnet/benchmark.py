@@ -199,6 +199,14 @@ def ext_status() -> tuple[bool, str]:
     return _ext.status()
 
 
+def ext_build_info() -> Optional[dict]:
+    """``_C.built_with()`` (toolkit, architectures, ops, CUTLASS kernels), or None when _C is not built."""
+    from . import _ext
+
+    ok, _ = _ext.status()
+    return dict(_ext.load().built_with()) if ok else None
+
+
 def available_backends() -> dict[str, tuple[bool, str]]:
     from . import backends
 
@@ -475,7 +483,11 @@ def bench_model(name: str, *, mode: str = "infer", variants: Sequence[str] = ("e
                 device: Optional[torch.device] = None, steps: int = 20, warmup: int = 5,
                 backend: str = "auto", compile_mode: Optional[str] = None, seed: int = 0,
                 channels_last: bool = True, show: bool = True) -> list[dict]:
-    """Images/s of each variant of one model in one mode; a failing variant is recorded, not raised."""
+    """Images/s of each variant of one model in one mode; a failing variant is recorded, not raised.
+
+    ``backend`` may name several backends, comma-separated: each fused variant then
+    runs once per backend (one table row each).
+    """
     if mode not in ("infer", "train"):
         raise ValueError(f"mode must be 'infer' or 'train', not {mode!r}")
     device = device or default_device()
@@ -485,11 +497,14 @@ def bench_model(name: str, *, mode: str = "infer", variants: Sequence[str] = ("e
     for variant in variants:
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
-        label = f"{name} {mode} {variant}"
+    fused_backends = [b.strip() for b in backend.split(",") if b.strip()]
+    runs = [(v, b) for v in variants for b in (fused_backends if v.startswith("fused") else [None])]
+    for variant, run_backend in runs:
+        label = f"{name} {mode} {variant}" + (f"[{run_backend}]" if len(fused_backends) > 1 and run_backend else "")
         row = {
             "model": name, "mode": mode, "variant": variant, "batch": batch, "image_size": size,
             "dtype": dtype_name(dtype), "channels_last": channels_last, "device": device.type,
-            "requested_backend": backend if variant.startswith("fused") else None,
+            "requested_backend": run_backend,
         }
         t_start = time.perf_counter()
         model = step = x = target = None
@@ -497,7 +512,7 @@ def bench_model(name: str, *, mode: str = "infer", variants: Sequence[str] = ("e
             reset_peak_memory(device)
             torch._dynamo.reset()
             base = build_model(spec, seed=seed)
-            model = convert(base, backend) if variant.startswith("fused") else base
+            model = convert(base, run_backend) if run_backend else base
             del base
             if variant.startswith("fused"):
                 row["blocks"] = len(fused_blocks(model))

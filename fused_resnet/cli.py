@@ -33,11 +33,18 @@ def _command_line(argv: Optional[Sequence[str]]) -> str:
 # ---------------------------------------------------------------- info
 
 
+def _describe_build(build: dict) -> str:
+    kernels = build.get("cutlass_kernels", [])
+    return (f"built with CUDA {build['cuda_version']} for sm {'/'.join(build['arch_list'])}; "
+            f"{len(kernels)} CUTLASS convolutions ({', '.join(kernels)})")
+
+
 def cmd_info(args, argv) -> int:
     from . import benchmark as B
 
     env = B.env_info()
     built, why = B.ext_status()
+    build = B.ext_build_info()
     backends = B.available_backends()
     device = B.default_device()
     probes = {}
@@ -46,7 +53,7 @@ def cmd_info(args, argv) -> int:
         probes[name] = _probe_auto(device, B.parse_dtype(name))
 
     if args.json:
-        out = dict(env, extension={"built": built, "reason": why},
+        out = dict(env, extension={"built": built, "reason": why, "built_with": build},
                    backends={k: {"available": ok, "reason": r} for k, (ok, r) in backends.items()},
                    auto={k: {"backend": b, "error": e} for k, (b, e) in probes.items()}, device=device.type)
         print(json.dumps(out, indent=1))
@@ -60,7 +67,7 @@ def cmd_info(args, argv) -> int:
         ("GPU", env["gpu"] + (f" (sm_{env['gpu_capability'].replace('.', '')}, {env['gpu_sms']} SMs, "
                               f"{env['gpu_memory_GB']} GB)" if env["gpu"] != "none" else "")),
         ("TRITON_INTERPRET", "1" if env["triton_interpret"] else "unset"),
-        ("_C extension", "built" if built else f"not built: {why}"),
+        ("_C extension", _describe_build(build) if built else f"not built: {why}"),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:

@@ -63,6 +63,10 @@ def test_info_json(no_interpret, capsys):
     assert main(["info", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert {"torch", "torchvision", "gpu", "extension", "backends", "auto"} <= set(d)
+    ext = d["extension"]
+    assert (ext["built_with"] is not None) == ext["built"], ext
+    if ext["built"]:
+        assert any(k.startswith("fprop_prologue_bf16") for k in ext["built_with"]["cutlass_kernels"]), ext
     assert set(d["backends"]) >= {"reference", "triton", "cuda"}
     assert d["backends"]["reference"]["available"] is True
     assert all(v["error"] is None for v in d["auto"].values()), d["auto"]

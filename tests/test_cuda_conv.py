@@ -1,11 +1,13 @@
 """The CUTLASS convolutions of the cuda backend: BatchNorm-apply + ReLU fused into
-the mainloop of fprop (fused_resnet_cuda::conv) and wgrad (::conv_wgrad).
+the mainloop of fprop (fused_resnet_cuda::conv with in_scale/in_shift) and wgrad
+(::conv_wgrad), and bias + residual + ReLU fused into the fprop epilogue
+(::conv with a bias: eval-mode blocks with BatchNorm folded).
 
 CPU part: which inputs the kernels take and, for the others, the reason given
 (``_C.conv_gap``), and the bf16 instantiations compiled in beside the f16 ones.
 
-GPU part (@pytest.mark.gpu): fprop and wgrad against an fp64 reference in
-float16/bfloat16 with the tolerance rule (1x1, 3x3, stride 2, dilation, odd
+GPU part (@pytest.mark.gpu): both fprop kinds and wgrad against an fp64
+reference in float16/bfloat16 with the tolerance rule (1x1, 3x3, stride 2, dilation, odd
 sizes, both tile shapes, residual, statistics), padding taken after the
 transform, bitwise repeatability, CUDA-graph capture, the backend's choice
 between CUTLASS and cuDNN, and the errors for inputs the kernels do not take.
@@ -45,16 +47,16 @@ def _gap(C, *, n=2, c=64, h=8, w=8, k=64, r=3, dtype=torch.bfloat16, wdtype=None
     x = torch.zeros(n, c, h, w, dtype=dtype)
     x = _cl(x) if cl else x
     weight = torch.zeros(k, c // groups, r, r, dtype=wdtype or dtype)
-    return C.conv_gap(
-        x, weight, torch.zeros(k) if bias else None, torch.ones(c) if prologue else None, residual, groups, relu
-    )
+    return C.conv_gap(x, weight, torch.zeros(k) if bias else None, torch.ones(c) if prologue else None, residual,
+                      [1, 1], [1, 1], [1, 1], groups, relu)
 
 
 GAPS = [
-    (dict(prologue=False), "no BatchNorm-apply + ReLU prologue"),
-    (dict(bias=True), "a bias is not fused"),
-    (dict(relu=True), "a ReLU is not fused"),
-    (dict(dtype=torch.float32), "x has dtype Float; the CUTLASS mainloop fusion runs float16/bfloat16"),
+    (dict(prologue=False), "neither a prologue nor a bias to fuse"),
+    (dict(prologue=False, bias=True), "a bias without ReLU is not instantiated"),
+    (dict(bias=True), "a bias is not fused into the epilogue of a prologue convolution"),
+    (dict(relu=True), "a ReLU is not fused into the epilogue of a prologue convolution"),
+    (dict(dtype=torch.float32), "x has dtype Float; the CUTLASS kernels run float16/bfloat16"),
     (dict(wdtype=torch.float32), "weight has dtype Float, x has BFloat16"),
     (dict(groups=2), "groups=2: grouped convolutions are not instantiated"),
     (dict(c=60), "channels in=60, out=64: both must be multiples of 8"),
@@ -62,6 +64,7 @@ GAPS = [
     (dict(cl=False), "x is not a 16-byte aligned channels_last"),
     (dict(residual=torch.zeros(2, 64, 8, 8, dtype=torch.bfloat16)), "the residual is not a 16-byte aligned channels_last"),
     (dict(), "x is on cpu, not a CUDA device"),
+    (dict(prologue=False, bias=True, relu=True), "x is on cpu, not a CUDA device"),
     (dict(dtype=torch.float16, residual=_cl(torch.zeros(2, 64, 8, 8, dtype=torch.float16))), "x is on cpu"),
 ]
 
@@ -74,17 +77,18 @@ def test_conv_gap_reasons(C, kwargs, reason):
 
 def test_cutlass_kernels_compiled(C):
     names = C.built_with()["cutlass_kernels"]
-    for op in ("fprop_prologue", "wgrad_prologue"):
+    for op in ("fprop_prologue", "fprop_bias_relu", "wgrad_prologue"):
         for dt in ("f16", "bf16"):
             assert any(n.startswith(f"{op}_{dt}_") for n in names), (op, dt, names)
-    assert len(set(names)) == len(names) == 6, names
+    assert len(set(names)) == len(names) == 10, names
 
 
 def test_backend_falls_back_with_reason_on_cpu(C):
     """The backend asks conv_gap before every convolution; on CPU tensors the answer is never ''."""
     x = _cl(torch.zeros(2, 64, 8, 8, dtype=torch.bfloat16))
-    assert cuda_backend.conv_gap(x, torch.zeros(64, 64, 3, 3, dtype=torch.bfloat16), None, torch.ones(64), None, 1,
-                                 False) == "x is on cpu, not a CUDA device"
+    w = torch.zeros(64, 64, 3, 3, dtype=torch.bfloat16)
+    assert cuda_backend.conv_gap(x, w, None, torch.ones(64), None, (1, 1), (1, 1), (1, 1), 1, False) == (
+        "x is on cpu, not a CUDA device")
 
 
 # ====================================================================== GPU
@@ -126,7 +130,7 @@ def _ref_conv(x, weight, scale, shift, residual, stride, pad, dil):
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_conv_prologue(C, case, dtype, residual):
     x, weight, scale, shift, stride, pad, dil = _inputs(case, dtype)
-    assert C.conv_gap(x, weight, None, scale, None, 1, False) == ""
+    assert C.conv_gap(x, weight, None, scale, None, stride, pad, dil, 1, False) == ""
     n, _, h, w = x.shape
     k, _, r, _ = weight.shape
     out_hw = [(size + 2 * pad[0] - dil[0] * (r - 1) - 1) // stride[0] + 1 for size in (h, w)]
@@ -140,6 +144,28 @@ def test_conv_prologue(C, case, dtype, residual):
     var64, mean64 = torch.var_mean(y.double(), dim=(0, 2, 3), unbiased=False)
     torch.testing.assert_close(mean.double(), mean64, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(var.double(), var64, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_conv_bias_relu(C, case, dtype, residual):
+    x, weight, _, _, stride, pad, dil = _inputs(case, dtype)
+    bias = (torch.randn(weight.shape[0], generator=torch.Generator().manual_seed(5)) * 0.5).to(DEV)
+    assert C.conv_gap(x, weight, bias, None, None, stride, pad, dil, 1, True) == ""
+
+    def run(x_, w_, b_, res_):
+        return reference.conv(x_, w_, b_, None, None, res_, stride, pad, dil, 1, True, False)[0]
+
+    shape = run(x, weight, bias, None).shape
+    res = _cl(randn(*shape, device=DEV, seed=9).to(dtype)) if residual else None
+    plain = run(x, weight, bias, res)
+    ref64 = run(x.double(), weight.double(), bias.double(), None if res is None else res.double())
+    y, _, _ = cuda_backend.ops().conv(x, weight, bias, None, None, res, stride, pad, dil, 1, True, False)
+    assert y.is_contiguous(memory_format=torch.channels_last) and y.shape == plain.shape
+    assert (y >= 0).all()
+    assert_within_2x(y, plain, ref64, "y")
 
 
 @pytest.mark.gpu
@@ -212,6 +238,37 @@ def test_backend_conv_and_backward_use_cutlass_path(C, dtype):
     for name, a, b in zip(("dx", "dw", "dbias", "dscale", "dshift"), got, want):
         assert a.shape == b.shape and a.dtype == b.dtype, name
         torch.testing.assert_close(a.float(), b.float(), rtol=3e-2, atol=3e-2, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+@pytest.mark.parametrize("kind", ["projection", "option_a", "preact_projection"])
+def test_backend_conv_shortcut(C, kind, dtype):
+    """The shortcut branch read as the epilogue residual: the 2x rule against an fp64 reference."""
+    n, c, hw, k, stride = 4, 64, 15, 128, 2
+    x = _cl(randn(n, c, (hw + 1) // 2, (hw + 1) // 2, device=DEV, seed=1).relu().to(dtype))  # conv3's input
+    weight = _cl(randn(k, c, 1, 1, device=DEV, seed=2).mul(c ** -0.5).to(dtype))
+    sc_x = _cl(randn(n, c, hw, hw, device=DEV, seed=3).to(dtype))
+    sc_weight = None if kind == "option_a" else _cl(randn(k, c, 1, 1, device=DEV, seed=4).mul(c ** -0.5).to(dtype))
+    g = torch.Generator().manual_seed(6)
+    if kind == "preact_projection":  # v2: BN + ReLU prologues on both operands, no bias, no ReLU after
+        bias, relu = None, False
+        pro = [(torch.rand(c, generator=g) + 0.5).to(DEV), (torch.rand(c, generator=g) - 0.5).to(DEV)]
+        sc_pro = [(torch.rand(c, generator=g) + 0.5).to(DEV), (torch.rand(c, generator=g) - 0.5).to(DEV)]
+    else:
+        bias, relu = (torch.randn(k, generator=g) * 0.3).to(DEV), True
+        pro, sc_pro = [None, None], [None, None]
+
+    def run(fn, cast):
+        t = (lambda v: None if v is None else cast(v))
+        return fn(t(x), t(weight), t(bias), *map(t, pro), t(sc_x), t(sc_weight), *map(t, sc_pro), stride,
+                  [1, 1], [0, 0], [1, 1], 1, relu)
+
+    got = run(cuda_backend.CudaBackend().conv_shortcut, lambda v: v)
+    plain = run(reference.conv_shortcut, lambda v: v)
+    ref64 = run(reference.conv_shortcut, lambda v: v.double())
+    assert got.shape == plain.shape and got.is_contiguous(memory_format=torch.channels_last)
+    assert_within_2x(got, plain, ref64, "out")
 
 
 @pytest.mark.gpu

@@ -23,7 +23,7 @@
 #include "cutlass/conv/warp/scale_bias_relu_transform.h"
 #include "cutlass/numeric_types.h"
 
-namespace fused_resnet::prologue {
+namespace fused_resnet::cutlass_conv {
 
 // relu(a * s + b) on two bf16 values packed in 32 bits, rounded once (fma.rn).
 __device__ __forceinline__ uint32_t bf16x2_fma_relu(uint32_t s, uint32_t a, uint32_t b) {
@@ -37,7 +37,7 @@ __device__ __forceinline__ uint32_t bf16x2_fma_relu(uint32_t s, uint32_t a, uint
   return r;
 }
 
-}  // namespace fused_resnet::prologue
+}  // namespace fused_resnet::cutlass_conv
 
 namespace cutlass::conv::warp {
 
@@ -57,7 +57,7 @@ struct FpropScaleBiasReluTransform<Array<bfloat16_t, N, RegisterSized>, Fragment
     CUTLASS_PRAGMA_UNROLL
     for (int i = 0; i < kPairs; ++i) {
       int const j = ((i / 2) % kMmaCols) * 2;
-      uint32_t const r = fused_resnet::prologue::bf16x2_fma_relu(sb[j], act[i], sb[j + 1]);
+      uint32_t const r = fused_resnet::cutlass_conv::bf16x2_fma_relu(sb[j], act[i], sb[j + 1]);
       act[i] = act[i] == cutlass::arch::OOB_NAN_F16x2 ? 0u : r;
     }
   }
@@ -79,7 +79,7 @@ struct WgradScaleBiasReluTransform<Array<bfloat16_t, N, RegisterSized>, Fragment
     for (int i = 0; i < kPairs; ++i) {
       int const j = (i / kMmaRows) * 2;
       uint32_t const a = act[i];
-      uint32_t r = fused_resnet::prologue::bf16x2_fma_relu(sb[j], a, sb[j + 1]);
+      uint32_t r = fused_resnet::cutlass_conv::bf16x2_fma_relu(sb[j], a, sb[j + 1]);
       if ((a & 0xffffu) == cutlass::arch::OOB_NAN_F16) r &= 0xffff0000u;
       if ((a >> 16) == cutlass::arch::OOB_NAN_F16) r &= 0x0000ffffu;
       act[i] = r;
@@ -89,7 +89,7 @@ struct WgradScaleBiasReluTransform<Array<bfloat16_t, N, RegisterSized>, Fragment
 
 }  // namespace cutlass::conv::warp
 
-namespace fused_resnet::prologue {
+namespace fused_resnet::cutlass_conv {
 
 // Whether the mainloop's transform is one of the bf16 specialisations above: a
 // bf16 kernel that silently took the stock float16 one would compute garbage.
@@ -98,4 +98,4 @@ struct IsOwnBf16Transform : std::false_type {};
 template <typename Transform>
 struct IsOwnBf16Transform<Transform, std::void_t<decltype(Transform::kFusedResnetBf16)>> : std::true_type {};
 
-}  // namespace fused_resnet::prologue
+}  // namespace fused_resnet::cutlass_conv

@@ -4,12 +4,14 @@ It runs the memory-bound BatchNorm pieces (batch statistics, finalize, the
 running-statistics update, BN + residual + ReLU and its backward) with the CUDA
 kernels of ``csrc/``, registered as ``torch.ops.fused_resnet_cuda.<name>``.
 
-Convolutions whose operand goes through a BatchNorm-apply + ReLU prologue run
-on CUTLASS implicit GEMMs that apply it in the mainloop (``conv`` forward,
-``conv_wgrad`` for the weight gradient), so the normalised activation is never
-stored. What those kernels cannot take (``_C.conv_gap`` says why: fp32, groups,
-channel counts not multiples of 8, NCHW tensors, a bias or ReLU in the same
-epilogue, no prologue at all) runs on cuDNN with the reference's composition.
+Convolutions run on CUTLASS implicit GEMMs where they fuse something
+(``fused_resnet_cuda::conv``): with a BatchNorm-apply + ReLU prologue, applied
+in the mainloop as the operand is loaded (the normalised activation is never
+stored; ``conv_wgrad`` recomputes it the same way for the weight gradient);
+without one, bias + residual + ReLU in the epilogue (eval-mode blocks, BN
+folded). What those kernels cannot take (``_C.conv_gap`` says why: fp32,
+groups, channel counts not multiples of 8, NCHW tensors, nothing to fuse, ...)
+runs on cuDNN with the reference's composition and the batch-statistics kernel.
 
 ``_C`` is loaded lazily, at the first kernel call (``import fused_resnet`` never
 loads it). The fake (meta) implementations of the ``fused_resnet_cuda`` ops are
@@ -72,9 +74,11 @@ def _conv_wgrad_fake(g, x, weight, in_scale, in_shift, stride, padding, dilation
     return torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 
-def conv_gap(x, weight, bias, in_scale, residual, groups, relu) -> str:
-    """Why the CUTLASS prologue convolution cannot take these inputs ('' when it can)."""
-    return _ext.load().conv_gap(x, weight, bias, in_scale, residual, int(groups), bool(relu))
+def conv_gap(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu) -> str:
+    """Why ``fused_resnet_cuda::conv`` cannot take these inputs ('' when it can)."""
+    return _ext.load().conv_gap(
+        x, weight, bias, in_scale, residual, list(stride), list(padding), list(dilation), int(groups), bool(relu)
+    )
 
 
 class CudaBackend(Backend):
@@ -96,7 +100,7 @@ class CudaBackend(Backend):
         return True, ""
 
     def conv(self, x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu, stats):
-        if conv_gap(x, weight, bias, in_scale, residual, groups, relu):
+        if conv_gap(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu):
             y, _, _ = reference.conv(
                 x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu, False
             )
@@ -106,9 +110,22 @@ class CudaBackend(Backend):
             int(groups), bool(relu), bool(stats),
         ))
 
+    def conv_shortcut(self, x, weight, bias, in_scale, in_shift, sc_x, sc_weight, sc_in_scale, sc_in_shift,
+                      sc_stride, stride, padding, dilation, groups, relu):
+        if conv_gap(x, weight, bias, in_scale, None, stride, padding, dilation, groups, relu):
+            return reference.conv_shortcut(x, weight, bias, in_scale, in_shift, sc_x, sc_weight, sc_in_scale,
+                                           sc_in_shift, sc_stride, stride, padding, dilation, groups, relu)
+        # The shortcut branch (a 1x1 convolution on cuDNN, or option A) is stored once,
+        # channels_last in x's dtype, and read as the residual of the fused epilogue.
+        sc = reference.shortcut(sc_x, sc_weight, sc_in_scale, sc_in_shift, sc_stride, weight.shape[0])
+        res = sc.to(x.dtype).contiguous(memory_format=torch.channels_last)
+        return ops().conv(x, weight, bias, in_scale, in_shift, res, list(stride), list(padding), list(dilation),
+                          int(groups), bool(relu), False)[0]
+
     def conv_backward(self, dy, dmean, dvar, x, weight, y, mean, in_scale, in_shift, stride, padding,
                       dilation, groups, relu, stats, output_mask):
-        if not output_mask[1] or conv_gap(x, weight, None, in_scale, None, groups, False):
+        if (not output_mask[1] or in_scale is None
+                or conv_gap(x, weight, None, in_scale, None, stride, padding, dilation, groups, False)):
             return reference.conv_backward(
                 dy, dmean, dvar, x, weight, y, mean, in_scale, in_shift, stride, padding, dilation,
                 groups, relu, stats, output_mask,

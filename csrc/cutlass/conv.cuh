@@ -1,28 +1,33 @@
-// CUTLASS implicit-GEMM convolutions with the BatchNorm-apply + ReLU prologue
-// fused into the mainloop (CUTLASS's conv mainloop-fusion kernels, Sm80 tensor
-// cores, which Sm90 runs too), instantiated by the small .cu files beside this
-// one: one element type and one tile shape each, so the build compiles them in
-// parallel.
+// The CUTLASS implicit-GEMM convolutions of csrc/cutlass_conv.h as templates
+// (Sm80 tensor-core kernels, which Sm90 runs too): the mainloop-fusion kernels
+// for the BatchNorm-apply + ReLU prologue (fprop, wgrad) and the fprop with a
+// broadcast epilogue for bias + residual + ReLU. The small .cu files beside this
+// one instantiate them, one element type and one tile shape each, so the build
+// compiles them in parallel.
 #pragma once
 
-#include "../prologue_conv.h"
+#include "../cutlass_conv.h"
 #include "bf16_relu_transform.cuh"
 #include "cutlass/cutlass.h"
 // The kernel headers define the problem-size helpers the device header uses.
 #include "cutlass/conv/kernel/default_conv2d_fprop_fusion.h"
 #include "cutlass/conv/kernel/default_conv2d_wgrad_fusion.h"
+#include "cutlass/conv/kernel/default_conv2d_fprop_with_broadcast.h"
+#include "cutlass/conv/device/implicit_gemm_convolution.h"
 #include "cutlass/conv/device/implicit_gemm_convolution_fusion.h"
+#include "cutlass/epilogue/thread/activation.h"
+#include "cutlass/epilogue/thread/linear_combination_bias_elementwise.h"
 #include "cutlass/epilogue/thread/linear_combination.h"
 #include "cutlass/gemm/threadblock/threadblock_swizzle.h"
 
-namespace fused_resnet::prologue {
+namespace fused_resnet::cutlass_conv {
 
 using Layout = cutlass::layout::TensorNHWC;
 using VectorLayout = cutlass::layout::RowMajor;  // scale and shift: a 1 x C matrix
 using Mma16816 = cutlass::gemm::GemmShape<16, 8, 16>;
 using Swizzle = cutlass::gemm::threadblock::GemmIdentityThreadblockSwizzle<>;
 
-inline cutlass::conv::Conv2dProblemSize problem_size(const PrologueConvArgs& a) {
+inline cutlass::conv::Conv2dProblemSize problem_size(const CutlassConvArgs& a) {
   return {a.N, a.H, a.W, a.C, a.K, a.R, a.S, a.P, a.Q, a.pad_h, a.pad_w, a.stride_h, a.stride_w,
           a.dil_h, a.dil_w, cutlass::conv::Mode::kCrossCorrelation, a.split_k};
 }
@@ -43,7 +48,7 @@ inline const char* status_text(cutlass::Status s) {
 
 // fprop: y = conv(relu(x*scale+shift), w) (+ residual), stored in T.
 template <typename T, typename TileShape, typename WarpShape, int Stages>
-struct Fprop {
+struct FpropPrologue {
   static constexpr int kVec = 128 / cutlass::sizeof_bits<T>::value;
   using Epilogue = cutlass::epilogue::thread::LinearCombination<T, kVec, float, float>;
   using Kernel = typename cutlass::conv::kernel::DefaultConv2dFpropFusion<
@@ -58,7 +63,7 @@ struct Fprop {
                         typename Mma::WarpIteratorScaleBias::Fragment>>::value,
                 "the bf16 fprop mainloop must use the bf16 transform");
 
-  static typename Op::Arguments arguments(const PrologueConvArgs& a) {
+  static typename Op::Arguments arguments(const CutlassConvArgs& a) {
     auto y = nhwc<T>(a.out, a.N, a.P, a.Q, a.K);
     // beta = 0 leaves C unread; with a residual, C is it and beta = 1.
     auto c = a.residual ? nhwc<T>(a.residual, a.N, a.P, a.Q, a.K) : y;
@@ -71,20 +76,12 @@ struct Fprop {
             y,
             {1.0f, a.residual ? 1.0f : 0.0f}};
   }
-  static size_t workspace_bytes(const PrologueConvArgs& a) { return Op::get_workspace_size(arguments(a)); }
-  static const char* can_run(const PrologueConvArgs& a) { return status_text(Op::can_implement(arguments(a))); }
-  static const char* run(const PrologueConvArgs& a, cudaStream_t stream) {
-    Op op;
-    auto args = arguments(a);
-    if (auto s = op.initialize(args, a.workspace, stream); s != cutlass::Status::kSuccess) return status_text(s);
-    return status_text(op.run(stream));
-  }
 };
 
 // wgrad: dw = dy^T (x) relu(x*scale+shift), accumulated and stored in fp32 (serial
 // split-K passes partial sums through dw, which must not round them to 16 bits).
 template <typename T, typename TileShape, typename WarpShape, int Stages>
-struct Wgrad {
+struct WgradPrologue {
   using Epilogue = cutlass::epilogue::thread::LinearCombination<float, 4, float, float>;
   using Kernel = typename cutlass::conv::kernel::DefaultConv2dWgradFusion<
       T, Layout, T, Layout, T, VectorLayout, float, Layout, float, cutlass::arch::OpClassTensorOp,
@@ -98,7 +95,7 @@ struct Wgrad {
                         typename Mma::IteratorScaleBias::Fragment>>::value,
                 "the bf16 wgrad mainloop must use the bf16 transform");
 
-  static typename Op::Arguments arguments(const PrologueConvArgs& a) {
+  static typename Op::Arguments arguments(const CutlassConvArgs& a) {
     auto dw = nhwc<float>(a.out, a.K, a.R, a.S, a.C);
     return {problem_size(a),
             nhwc<T>(a.dy, a.N, a.P, a.Q, a.K),
@@ -109,19 +106,58 @@ struct Wgrad {
             dw,
             {1.0f, 0.0f}};
   }
-  static size_t workspace_bytes(const PrologueConvArgs& a) { return Op::get_workspace_size(arguments(a)); }
-  static const char* can_run(const PrologueConvArgs& a) { return status_text(Op::can_implement(arguments(a))); }
-  static const char* run(const PrologueConvArgs& a, cudaStream_t stream) {
-    Op op;
-    auto args = arguments(a);
-    if (auto s = op.initialize(args, a.workspace, stream); s != cutlass::Status::kSuccess) return status_text(s);
-    return status_text(op.run(stream));
+};
+
+// fprop: y = relu(conv(x, w) + bias (+ residual)), bias fp32 per output channel.
+template <typename T, typename TileShape, typename WarpShape, int Stages>
+struct FpropBiasRelu {
+  static constexpr int kVec = 128 / cutlass::sizeof_bits<T>::value;
+  // z = relu(acc + beta * C + bias): C is the residual (beta = 1) or unread (beta = 0).
+  using Epilogue = cutlass::epilogue::thread::LinearCombinationBiasElementwise<
+      T, float, float, T, T, kVec, cutlass::epilogue::thread::ReLu<float>, cutlass::plus<float>,
+      /*StoreT=*/false, /*ElementVector=*/float>;
+  using Kernel = typename cutlass::conv::kernel::DefaultConv2dFpropWithBroadcast<
+      T, Layout, T, Layout, T, Layout, float, cutlass::arch::OpClassTensorOp, cutlass::arch::Sm80, TileShape,
+      WarpShape, Mma16816, Epilogue, Swizzle, Stages, cutlass::arch::OpMultiplyAdd,
+      cutlass::conv::IteratorAlgorithm::kOptimized>::Kernel;
+  using Op = cutlass::conv::device::ImplicitGemmConvolution<Kernel>;
+
+  static typename Op::Arguments arguments(const CutlassConvArgs& a) {
+    auto y = nhwc<T>(a.out, a.N, a.P, a.Q, a.K);
+    auto c = a.residual ? nhwc<T>(a.residual, a.N, a.P, a.Q, a.K) : y;
+    return {problem_size(a),
+            nhwc<T>(a.x, a.N, a.H, a.W, a.C),
+            nhwc<T>(a.w, a.K, a.R, a.S, a.C),
+            c,
+            y,
+            {1.0f, a.residual ? 1.0f : 0.0f},
+            cutlass::conv::SplitKMode::kSerial,
+            const_cast<float*>(a.bias),  // ldr = 0: every row of output tiles reads the same K values
+            nullptr};
   }
 };
 
 template <typename Conv>
-constexpr PrologueConvKernel make_kernel(const char* name) {
-  return {name, &Conv::workspace_bytes, &Conv::can_run, &Conv::run};
+size_t workspace_bytes(const CutlassConvArgs& a) {
+  return Conv::Op::get_workspace_size(Conv::arguments(a));
 }
 
-}  // namespace fused_resnet::prologue
+template <typename Conv>
+const char* can_run(const CutlassConvArgs& a) {
+  return status_text(Conv::Op::can_implement(Conv::arguments(a)));
+}
+
+template <typename Conv>
+const char* run(const CutlassConvArgs& a, cudaStream_t stream) {
+  typename Conv::Op op;
+  auto args = Conv::arguments(a);
+  if (auto s = op.initialize(args, a.workspace, stream); s != cutlass::Status::kSuccess) return status_text(s);
+  return status_text(op.run(stream));
+}
+
+template <typename Conv>
+constexpr CutlassConvKernel make_kernel(const char* name) {
+  return {name, &workspace_bytes<Conv>, &can_run<Conv>, &run<Conv>};
+}
+
+}  // namespace fused_resnet::cutlass_conv

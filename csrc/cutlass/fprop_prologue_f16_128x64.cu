@@ -1,0 +1,7 @@
+// fprop with the BN + ReLU prologue: float16, 128x64x32 tiles (narrow: output channels <= 64).
+#include "conv.cuh"
+
+namespace fused_resnet::cutlass_conv {
+extern const CutlassConvKernel kFpropPrologueF16Narrow = make_kernel<
+    FpropPrologue<cutlass::half_t, cutlass::gemm::GemmShape<128, 64, 32>, cutlass::gemm::GemmShape<64, 32, 32>, 4>>("fprop_prologue_f16_128x64x32");
+}

@@ -1,0 +1,7 @@
+// wgrad with the BN + ReLU prologue on the activation: bfloat16, 128x128x32 tiles (the one wgrad tile).
+#include "conv.cuh"
+
+namespace fused_resnet::cutlass_conv {
+extern const CutlassConvKernel kWgradPrologueBF16Wide = make_kernel<
+    WgradPrologue<cutlass::bfloat16_t, cutlass::gemm::GemmShape<128, 128, 32>, cutlass::gemm::GemmShape<64, 64, 32>, 4>>("wgrad_prologue_bf16_128x128x32");
+}

@@ -1,0 +1,59 @@
+// The interface between the host wrappers (ops.cpp) and the CUTLASS implicit-GEMM
+// convolutions of csrc/cutlass/. Plain pointers and cudaStream_t only, like
+// launch.h: the CUTLASS translation units include no torch header.
+//
+// Three kernel families, NHWC activations, [K, R, S, C] filters, fp32 accumulation:
+//   fprop_prologue: y = conv(relu(x * scale + shift), w) (+ residual). BatchNorm-apply
+//                   + ReLU of the input runs in the mainloop, per input channel, as
+//                   the activation is loaded; padding and out-of-range taps give 0
+//                   of the *transformed* activation. The normalised tensor is never
+//                   written to memory.
+//   fprop_bias_relu: y = relu(conv(x, w) + bias (+ residual)), bias fp32 per output
+//                   channel (the folded BatchNorm of an eval-mode block), all in the
+//                   epilogue.
+//   wgrad_prologue: dw[k,r,s,c] = sum_{n,p,q} dy[n,p,q,k] * relu(x*scale+shift)[n, ..., c],
+//                   the activation transformed in the mainloop as for fprop; dw fp32.
+// y is stored in x's dtype.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+
+namespace fused_resnet {
+
+struct CutlassConvArgs {
+  int N, H, W, C, K, R, S, P, Q;
+  int pad_h, pad_w, stride_h, stride_w, dil_h, dil_w;
+  const void* x;         // [N, H, W, C]
+  const void* scale;     // prologue: [C], the activation's dtype
+  const void* shift;     // prologue: [C], the activation's dtype
+  const float* bias;     // fprop_bias_relu: [K]
+  const void* w;         // fprop: the filter [K, R, S, C]
+  const void* residual;  // fprop: [N, P, Q, K] added in the epilogue, or nullptr
+  const void* dy;        // wgrad: the output gradient [N, P, Q, K]
+  void* out;             // fprop: y [N, P, Q, K]; wgrad: dw [K, R, S, C] (fp32)
+  int split_k;           // wgrad: serial split-K slices over N*P*Q (1 for fprop)
+  void* workspace;       // workspace_bytes() bytes, or nullptr when that is 0
+};
+
+// One CUTLASS convolution, instantiated for one element type and one tile shape.
+// can_run and run return nullptr on success, else CUTLASS's status in words.
+struct CutlassConvKernel {
+  const char* name;
+  size_t (*workspace_bytes)(const CutlassConvArgs&);
+  const char* (*can_run)(const CutlassConvArgs&);
+  const char* (*run)(const CutlassConvArgs&, cudaStream_t);
+};
+
+enum class ConvKind : int { kFpropPrologue = 0, kFpropBiasRelu = 1, kWgradPrologue = 2 };
+enum class ConvElement : int { kFloat16 = 0, kBFloat16 = 1 };
+// fprop tiles: kWide 128x128 (output channels > 64), kNarrow 128x64; wgrad has one (128x128).
+enum class ConvTile : int { kWide = 0, kNarrow = 1 };
+
+const CutlassConvKernel& cutlass_conv_kernel(ConvKind kind, ConvElement element, ConvTile tile);
+
+// Every kernel compiled in, for built_with().
+const CutlassConvKernel* const* cutlass_conv_kernels(int* count);
+
+}  // namespace fused_resnet
