@@ -119,6 +119,14 @@ def _inputs(case, dtype, seed=0):
     return x, weight, scale, shift, [stride] * 2, [pad] * 2, [dil] * 2
 
 
+def _residual(x, weight, stride, pad, dil):
+    """A random channels_last tensor shaped like the convolution's output."""
+    n, _, h, w = x.shape
+    k, _, r, _ = weight.shape
+    out_hw = [(size + 2 * pad[0] - dil[0] * (r - 1) - 1) // stride[0] + 1 for size in (h, w)]
+    return _cl(randn(n, k, *out_hw, device=DEV, seed=9).to(x.dtype))
+
+
 def _ref_conv(x, weight, scale, shift, residual, stride, pad, dil):
     y, _, _ = reference.conv(x, weight, None, scale, shift, residual, stride, pad, dil, 1, False, False)
     return y
@@ -131,10 +139,7 @@ def _ref_conv(x, weight, scale, shift, residual, stride, pad, dil):
 def test_conv_prologue(C, case, dtype, residual):
     x, weight, scale, shift, stride, pad, dil = _inputs(case, dtype)
     assert C.conv_gap(x, weight, None, scale, None, stride, pad, dil, 1, False) == ""
-    n, _, h, w = x.shape
-    k, _, r, _ = weight.shape
-    out_hw = [(size + 2 * pad[0] - dil[0] * (r - 1) - 1) // stride[0] + 1 for size in (h, w)]
-    res = _cl(randn(n, k, *out_hw, device=DEV, seed=9).to(dtype)) if residual else None
+    res = _residual(x, weight, stride, pad, dil) if residual else None
     plain = _ref_conv(x, weight, scale, shift, res, stride, pad, dil)
     y, mean, var = cuda_backend.ops().conv(x, weight, None, scale, shift, res, stride, pad, dil, 1, False, True)
     ref64 = _ref_conv(x.double(), weight.double(), scale.double(), shift.double(),
@@ -158,8 +163,7 @@ def test_conv_bias_relu(C, case, dtype, residual):
     def run(x_, w_, b_, res_):
         return reference.conv(x_, w_, b_, None, None, res_, stride, pad, dil, 1, True, False)[0]
 
-    shape = run(x, weight, bias, None).shape
-    res = _cl(randn(*shape, device=DEV, seed=9).to(dtype)) if residual else None
+    res = _residual(x, weight, stride, pad, dil) if residual else None
     plain = run(x, weight, bias, res)
     ref64 = run(x.double(), weight.double(), bias.double(), None if res is None else res.double())
     y, _, _ = cuda_backend.ops().conv(x, weight, bias, None, None, res, stride, pad, dil, 1, True, False)

@@ -46,6 +46,11 @@ inline const char* status_text(cutlass::Status s) {
   return s == cutlass::Status::kSuccess ? nullptr : cutlass::cutlassGetStatusString(s);
 }
 
+// A bf16 mainloop must have picked up the transform of bf16_relu_transform.cuh
+// (the stock one is float16 PTX and would compute garbage on bf16 bits).
+template <typename T, typename Transform>
+constexpr bool TransformFits = !std::is_same_v<T, cutlass::bfloat16_t> || IsOwnBf16Transform<Transform>::value;
+
 // fprop: y = conv(relu(x*scale+shift), w) (+ residual), stored in T.
 template <typename T, typename TileShape, typename WarpShape, int Stages>
 struct FpropPrologue {
@@ -57,10 +62,9 @@ struct FpropPrologue {
       cutlass::arch::OpMultiplyAdd, cutlass::conv::IteratorAlgorithm::kOptimized>::Kernel;
   using Op = cutlass::conv::device::ImplicitGemmConvolutionFusion<Kernel>;
   using Mma = typename Kernel::Mma;
-  static_assert(!std::is_same_v<T, cutlass::bfloat16_t> ||
-                    IsOwnBf16Transform<cutlass::conv::warp::FpropScaleBiasReluTransform<
-                        typename Mma::Operator::TransformedFragmentA,
-                        typename Mma::WarpIteratorScaleBias::Fragment>>::value,
+  static_assert(TransformFits<T, cutlass::conv::warp::FpropScaleBiasReluTransform<
+                                     typename Mma::Operator::TransformedFragmentA,
+                                     typename Mma::WarpIteratorScaleBias::Fragment>>,
                 "the bf16 fprop mainloop must use the bf16 transform");
 
   static typename Op::Arguments arguments(const CutlassConvArgs& a) {
@@ -89,10 +93,9 @@ struct WgradPrologue {
       cutlass::arch::OpMultiplyAdd, cutlass::conv::IteratorAlgorithm::kOptimized>::Kernel;
   using Op = cutlass::conv::device::ImplicitGemmConvolutionFusion<Kernel>;
   using Mma = typename Kernel::Mma;
-  static_assert(!std::is_same_v<T, cutlass::bfloat16_t> ||
-                    IsOwnBf16Transform<cutlass::conv::warp::WgradScaleBiasReluTransform<
-                        typename Mma::Operator::TransformedFragmentB,
-                        typename Mma::IteratorScaleBias::Fragment>>::value,
+  static_assert(TransformFits<T, cutlass::conv::warp::WgradScaleBiasReluTransform<
+                                     typename Mma::Operator::TransformedFragmentB,
+                                     typename Mma::IteratorScaleBias::Fragment>>,
                 "the bf16 wgrad mainloop must use the bf16 transform");
 
   static typename Op::Arguments arguments(const CutlassConvArgs& a) {
