@@ -168,6 +168,7 @@ ext_modules, cmdclass = extension_build()
 setup(
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
+    package_data={"fused_resnet": ["speed_tables/*.json"]},  # measured tables for backend="auto"
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -19,6 +19,10 @@ steps do not run out of L2.
 
     python bench/bench_blocks.py --json $OUT/blocks.json          # GPU: bf16, N=128
     python bench/bench_blocks.py --quick                           # CPU smoke run (N=2)
+
+``--table PATH`` also writes the fused variants' times as a speed table
+(fused_resnet/backends/speed_table.py), which backend="auto" follows when the
+file is named in FUSED_RESNET_SPEED_TABLES or committed to fused_resnet/speed_tables/.
 """
 from __future__ import annotations
 
@@ -123,6 +127,25 @@ def run_one(key, mode, variant, *, batch, dtype, device, steps, warmup, seed, co
     return row
 
 
+def fused_key(kind: str, inplanes: int, planes: int) -> str:
+    """The speed-table signature of the fused twin of one benchmark block."""
+    return B.convert(nn.Sequential(make_block(kind, inplanes, planes, 0)), "reference")[0].speed_key()
+
+
+def speed_table(rows, *, device: str, dtype: str, date: str, command: str) -> dict:
+    """Per block and mode, the median ms of every fused backend that ran as asked (no fallback, no compile)."""
+    entries = {}
+    for r in rows:
+        ok = r["variant"].startswith("fused[") and not r["compiled"] and r.get("median_ms")
+        if not ok or r.get("error") or r.get("warning"):
+            continue
+        label, kind, inplanes, planes, hw = BLOCKS[r["key"]]
+        entry = entries.setdefault((r["key"], r["mode"]), {
+            "block": fused_key(kind, inplanes, planes), "hw": hw, "mode": r["mode"], "N": r["N"], "ms": {}})
+        entry["ms"][r["variant"][len("fused["):-1]] = r["median_ms"]
+    return {"device": device, "dtype": dtype, "date": date, "command": command, "entries": list(entries.values())}
+
+
 @functools.lru_cache(maxsize=None)
 def block_costs(key: str, n: int, dtype: torch.dtype) -> tuple[int, int, int]:
     """(activation bytes in + out, floor bytes = activations + weights, forward FLOPs) of one block."""
@@ -171,6 +194,7 @@ def table(rows) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", default="bench-blocks.json", help="output JSON path")
+    p.add_argument("--table", default=None, help="also write the fused times as a speed table for backend='auto'")
     p.add_argument("--blocks", default="layer1,layer3,basic")
     p.add_argument("--modes", default="infer,train")
     p.add_argument("--batch", type=int, default=None, help="N (GPU 128, CPU 2)")
@@ -247,6 +271,11 @@ def main(argv=None) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1, default=str)
+        if args.table and not partial:
+            table_out = speed_table(rows, device=out["device"], dtype=B.dtype_name(dtype), date=env["date"],
+                                    command=command)
+            with open(args.table, "w") as f:
+                json.dump(table_out, f, indent=1)
         return out
 
     for key in keys:

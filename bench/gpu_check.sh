@@ -16,13 +16,15 @@
 # then run with carry [".whl"]; the script installs .whl/*.whl before building.
 #
 # Run from anywhere (it cd's to the repo root). Writes under $OUT (default
-# bench/out), 7 files, none nested:
+# bench/out), 8 files, none nested:
 #   setup.log    nvidia-smi, versions, wheel install, extension build, fused-resnet info
 #   check.log    fused-resnet check runs (whole-model parity vs torchvision)
 #   tests.log    pytest -m gpu, then pytest -m "not gpu" (together: the whole suite)
 #   bench.log    stdout/stderr of the two benchmarks
 #   blocks.json  bench/bench_blocks.py results
 #   models.json  bench/bench_models.py results
+#   speed_table.json  the fused blocks' times per backend: commit it to
+#                fused_resnet/speed_tables/ and backend="auto" follows it on that GPU
 #   summary.txt  the table printed at the end
 # Every stage runs under `timeout`; the stages share a budget (BUDGET_S, default
 # 540 s) so that the whole script ends inside a 10-minute device call. Exit code
@@ -121,7 +123,7 @@ fi
 
 stage tests-gpu 200 "$TESTS" "$PY" -m pytest tests -q -rfE -m gpu -p no:cacheprovider
 
-BLOCK_ARGS=(--json "$OUT/blocks.json")
+BLOCK_ARGS=(--json "$OUT/blocks.json" --table "$OUT/speed_table.json")
 MODEL_ARGS=(--json "$OUT/models.json" --backend triton,cuda)
 if (( QUICK )); then
   BLOCK_ARGS+=(--quick); MODEL_ARGS+=(--quick)

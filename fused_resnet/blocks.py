@@ -28,6 +28,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from . import backends, ops
+from .backends import speed_table
 from .models.preact import PlainBasicBlock, PlainPreActBasicBlock, PreActBasicBlock, PreActBottleneck, ShortcutA
 
 _log = logging.getLogger("fused_resnet")
@@ -364,11 +365,21 @@ class _FusedMixin:
                 "cast the model to the input's dtype or run under torch.autocast"
             )
 
+    def speed_key(self) -> str:
+        """This block's signature in the measured speed tables (backends.speed_table)."""
+        convs = [m for m in (self.conv1, self.conv2, getattr(self, "conv3", None)) if m is not None]
+        return speed_table.block_key(
+            type(self).__name__, [convs[0].in_channels] + [c.out_channels for c in convs],
+            max(c.stride[0] for c in convs), max(c.groups for c in convs), max(c.dilation[0] for c in convs),
+        )
+
     def _run(self, x: Tensor) -> tuple[Tensor, _Run]:
         dev = x.device.type
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
         self._check_dtype(x, dtype)
-        backend = backends.resolve(self.requested_backend, x.device, dtype)
+        mode = "train" if self.training and torch.is_grad_enabled() else "infer"
+        backend = backends.resolve(self.requested_backend, x.device, dtype, self.speed_key(), mode,
+                                   int(x.shape[-1]))
         if not torch.compiler.is_compiling():
             self._last_backend = backend
         return x.to(dtype), _Run(backend, dtype)

@@ -3,7 +3,8 @@
 A backend implements the op vocabulary of ``fused_resnet.ops`` (any op it does
 not override runs the reference implementation) and declares, for a given
 input, whether it can serve it and why not. ``resolve`` turns a requested name
-("auto" or an explicit one) into the backend that will run a block.
+("auto" or an explicit one) into the backend that will run a block; under
+"auto" it follows measured block times (``speed_table``) where there are some.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import logging
 
 import torch
 
+from . import speed_table
 from .base import Backend
 from .cuda import CudaBackend
 from .reference import ReferenceBackend
@@ -22,9 +24,10 @@ BACKENDS: dict[str, Backend] = {
     b.name: b for b in (ReferenceBackend(), TritonBackend(), CudaBackend())
 }
 
-# Preference of backend="auto", best first. The fused Triton kernels run the
-# whole block; the cuda backend fuses only the BatchNorm pieces around cuDNN
-# convolutions; the reference runs everywhere.
+# Preference of backend="auto", best first, where no measured table covers a
+# block. The Triton kernels fuse the whole block (statistics, shortcut, dgrad);
+# the cuda backend fuses the BN prologue and the eval epilogue into CUTLASS
+# convolutions and runs the rest around them; the reference runs everywhere.
 AUTO_ORDER = ("triton", "cuda", "reference")
 
 _logged_fallbacks: set[tuple[str, str]] = set()
@@ -58,15 +61,30 @@ def _why_not(backend: Backend, device: torch.device, dtype: torch.dtype) -> str:
     return "" if ok else reason
 
 
+def auto_order(device: torch.device, dtype: torch.dtype, block: str = "", mode: str = "", hw: int = 0) -> tuple:
+    """The order in which "auto" tries the backends for a block: measured times first, then AUTO_ORDER."""
+    measured = None
+    if block and device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        measured = speed_table.measured_order(name, _DTYPE_NAMES.get(dtype, str(dtype)), mode, block, hw)
+    return tuple(dict.fromkeys((measured or ()) + AUTO_ORDER))
+
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
 @torch.compiler.assume_constant_result
-def resolve(requested: str, device: torch.device, dtype: torch.dtype) -> str:
+def resolve(requested: str, device: torch.device, dtype: torch.dtype, block: str = "", mode: str = "",
+            hw: int = 0) -> str:
     """The backend that serves a block whose input lives on ``device`` with ``dtype``.
 
     An explicit backend that cannot serve raises with its reason; under "auto"
-    the first capable backend of AUTO_ORDER wins, and skipping a better one on
-    a GPU is logged once per reason. The answer depends only on the arguments
-    and this machine, so torch.compile evaluates it once while tracing and
-    keeps the name as a constant.
+    the first capable backend of ``auto_order`` wins (measured times for this
+    block signature, ``mode`` "train"/"infer" and spatial size ``hw``, where a
+    speed table has them; else AUTO_ORDER), and skipping a better one on a GPU
+    is logged once per reason. The answer depends only on the arguments and
+    this machine, so torch.compile evaluates it once while tracing and keeps
+    the name as a constant.
     """
     if requested != "auto":
         reason = _why_not(get(requested), device, dtype)
@@ -76,7 +94,7 @@ def resolve(requested: str, device: torch.device, dtype: torch.dtype) -> str:
             )
         return requested
     skipped = []
-    for name in AUTO_ORDER:
+    for name in auto_order(device, dtype, block, mode, hw):
         reason = BACKENDS[name].auto_reason(device) or _why_not(BACKENDS[name], device, dtype)
         if not reason:
             _log_fallback(skipped, name, device)
@@ -97,4 +115,4 @@ def _log_fallback(skipped: list[tuple[str, str]], chosen: str, device: torch.dev
     _log.log(level, "backend='auto' runs %s on %s (skipped %s)", chosen, device.type, key[1])
 
 
-__all__ = ["Backend", "BACKENDS", "AUTO_ORDER", "available_backends", "check_name", "get", "resolve"]
+__all__ = ["Backend", "BACKENDS", "AUTO_ORDER", "auto_order", "available_backends", "check_name", "get", "resolve"]
