@@ -17,13 +17,18 @@ before its convolution backward.
 
 conv_dgrad_kernel
     da[n, ih, iw, ci] = sum_{kh, kw, co} g[n, oh, ow, co] * w[co, ci, kh, kw]
-    with ih = oh*SH - PH + kh*DH: an implicit GEMM with rows = input pixels
-    (M = N*H*W), columns = one group's input channels, reduction over (tap,
-    output channel); taps whose output pixel does not exist (padding, or not on
-    the stride grid) contribute 0. Epilogue without prologue: dx = da. With the
-    forward prologue a = relu(x*s + t): gu = da*(x*s + t > 0), dx = gu*s
-    (NEED_DX), and per-tile partial sums of gu*x and gu per input channel into
-    psum [2, tiles, Cin] (NEED_PSUM) for dscale / dshift.
+    with ih = oh*SH - PH + kh*DH: an implicit GEMM with rows = input pixels,
+    columns = one group's input channels, reduction over (tap, output channel);
+    taps whose output pixel does not exist (padding, or not on the stride grid)
+    contribute 0. Strided convolutions (undilated) are split into QH*QW phases,
+    one per residue (ih mod SH, iw mod SW): a phase's pixels all meet the same
+    taps, so its programs loop over those alone (a 3x3 stride-2 conv: 2.25 of 9
+    taps on average instead of all 9 masked). Program axis 1 = group*QH*QW +
+    phase; M = rows of the largest phase (phase 0), NB the batch. Epilogue
+    without prologue: dx = da. With the forward prologue a = relu(x*s + t):
+    gu = da*(x*s + t > 0), dx = gu*s (NEED_DX), and per-tile partial sums of
+    gu*x and gu per input channel into psum [2, NT, Cin] (NEED_PSUM; tile =
+    phase*tiles_per_phase + tile of the phase) for dscale / dshift.
     w: [KH, KW, Cout, Cin/groups] dense.
 
 conv_wgrad_kernel
@@ -86,7 +91,7 @@ def _load_g(dy_ptr, y_ptr, off, mask, ga, gb, mu, STATS: tl.constexpr, RELU: tl.
 @triton.jit
 def conv_dgrad_kernel(
     dy_ptr, y_ptr, w_ptr, x_ptr, dx_ptr, ga_ptr, gb_ptr, mu_ptr, scale_ptr, shift_ptr, psum_ptr,
-    M, H, W, CIN, HO, WO, COUT, CIN_G, COUT_G, NT,
+    M, H, W, CIN, HO, WO, COUT, CIN_G, COUT_G, NT, NB, QH, QW,
     SH, SW, PH, PW, DH, DW,
     KH: tl.constexpr, KW: tl.constexpr,
     HAS_PRO: tl.constexpr, STATS: tl.constexpr, RELU: tl.constexpr,
@@ -95,7 +100,10 @@ def conv_dgrad_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    g = tl.program_id(1)
+    g = tl.program_id(1) // (QH * QW)
+    phase = tl.program_id(1) % (QH * QW)
+    qh = phase // QW
+    qw = phase % QW
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(CIN_G, BLOCK_N)
     num_pid_in_group = GROUP_M * num_pid_n
@@ -105,27 +113,41 @@ def conv_dgrad_kernel(
     pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
     pid_n = (pid % num_pid_in_group) // group_size_m
 
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # input pixel (n, ih, iw)
+    # This phase's input pixels: ih = qh + QH*i, iw = qw + QW*j.
+    hq = (H - qh + QH - 1) // QH
+    wq = (W - qw + QW - 1) // QW
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # input pixel (n, i, j) of the phase
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # input channel within the group
     offs_k = tl.arange(0, BLOCK_K)  # output channel within the group (per chunk)
-    m_ok = offs_m < M
+    m_ok = offs_m < NB * hq * wq
     n_ok = offs_n < CIN_G
     col = g * CIN_G + offs_n
 
-    iw = offs_m % W
-    t = offs_m // W
-    ih = t % H
-    nb = t // H
+    # A phase can be empty (H or W below the stride): no row is valid then, but the
+    # index math still must not divide by zero.
+    wq1 = tl.maximum(wq, 1)
+    hq1 = tl.maximum(hq, 1)
+    iw = qw + QW * (offs_m % wq1)
+    t = offs_m // wq1
+    ih = qh + QH * (t % hq1)
+    nb = t // hq1
+    pix = (nb * H + ih) * W + iw
     hbase = ih + PH
     wbase = iw + PW
 
+    # Only the taps on this phase's stride grid: kh = kh0 + QH*i (QH = 1 visits every tap).
+    kh0 = (qh + PH) % QH
+    kw0 = (qw + PW) % QW
+    khn = (KH - kh0 + QH - 1) // QH
+    kwn = (KW - kw0 + QW - 1) // QW
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     KC = tl.cdiv(COUT_G, BLOCK_K)
-    for kk in range(0, KH * KW * KC):
-        tap = kk // KC
-        c0 = (kk - tap * KC) * BLOCK_K
-        kh = tap // KW
-        kw = tap - kh * KW
+    for kk in range(0, khn * kwn * KC):
+        ti = kk // KC
+        c0 = (kk - ti * KC) * BLOCK_K
+        kh = kh0 + (ti // kwn) * QH
+        kw = kw0 + (ti % kwn) * QW
+        tap = kh * KW + kw
         hn = hbase - kh * DH
         wn = wbase - kw * DW
         oh = hn // SH
@@ -156,7 +178,8 @@ def conv_dgrad_kernel(
 
     # ---- epilogue: prologue backward
     mask = m_ok[:, None] & n_ok[None, :]
-    x_off = offs_m[:, None] * CIN + col[None, :]
+    x_off = pix[:, None] * CIN + col[None, :]
+    tile = phase * num_pid_m + pid_m
     if HAS_PRO:
         xv = tl.load(x_ptr + x_off, mask=mask, other=0.0).to(tl.float32)
         sc = tl.load(scale_ptr + col, mask=n_ok, other=0.0)
@@ -166,8 +189,8 @@ def conv_dgrad_kernel(
         if NEED_DX:
             tl.store(dx_ptr + x_off, (gu * sc[None, :]).to(dx_ptr.dtype.element_ty), mask=mask)
         if NEED_PSUM:
-            tl.store(psum_ptr + pid_m * CIN + col, tl.sum(gu * xv, axis=0), mask=n_ok)
-            tl.store(psum_ptr + (NT + pid_m) * CIN + col, tl.sum(gu, axis=0), mask=n_ok)
+            tl.store(psum_ptr + tile * CIN + col, tl.sum(gu * xv, axis=0), mask=n_ok)
+            tl.store(psum_ptr + (NT + tile) * CIN + col, tl.sum(gu, axis=0), mask=n_ok)
     else:
         tl.store(dx_ptr + x_off, acc.to(dx_ptr.dtype.element_ty), mask=mask)
 
@@ -461,7 +484,7 @@ def dgrad_signature(dtype: str) -> dict[str, str]:
     p = f"*{dtype}"
     sig = {"dy_ptr": p, "y_ptr": p, "w_ptr": p, "x_ptr": p, "dx_ptr": p, "ga_ptr": "*fp32", "gb_ptr": "*fp32",
            "mu_ptr": "*fp32", "scale_ptr": "*fp32", "shift_ptr": "*fp32", "psum_ptr": "*fp32"}
-    for name in _SHAPE_ARGS + ("NT",) + _CONV_GEOM:
+    for name in _SHAPE_ARGS + ("NT", "NB", "QH", "QW") + _CONV_GEOM:
         sig[name] = "i32"
     for name in ("KH", "KW", "HAS_PRO", "STATS", "RELU", "NEED_DX", "NEED_PSUM", "EVEN_K", "DOT_PRECISION",
                  "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"):

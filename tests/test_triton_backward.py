@@ -117,6 +117,9 @@ FP32_CASES = [
     ("3x3-groups4-ragged", 1, 12, 5, 5, 20, 3, 1, 1, 1, 4, False, False, True, False),
     ("3x3-nopad-batch1", 1, 4, 6, 5, 6, 3, 1, 0, 1, 1, True, False, True, False),
     ("7x7-s2-p3", 1, 3, 9, 9, 8, 7, 2, 3, 1, 1, False, False, True, True),
+    ("3x3-s2-dil2-pro", 1, 8, 9, 9, 8, 3, 2, 2, 2, 1, True, False, True, False),
+    ("3x3-s2-even-h1", 2, 8, 1, 4, 8, 3, 2, 1, 1, 1, True, True, True, True),
+    ("1x1-s2-groups2-pro", 2, 8, 6, 7, 8, 1, 2, 0, 1, 2, True, False, False, True),
     ("1x1-many-channels", 1, 40, 3, 3, 36, 1, 1, 0, 1, 1, True, True, True, True),
 ]
 

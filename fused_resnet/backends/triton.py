@@ -710,16 +710,20 @@ def conv_backward(
             cands = _bwd_candidates(kb.dgrad_configs(cin_g, cout_g, x.element_size()))
             partials = {}
 
+            # Undilated strided convolutions: one phase per (ih mod sh, iw mod sw).
+            qh, qw = (sh, sw) if dh == 1 and dw_ == 1 else (1, 1)
+            m_phase = n * triton_cdiv(h, qh) * triton_cdiv(w, qw)
+
             def launch_d(cfg):
                 bm, bn, bk, warps, stages = cfg
-                nt = triton_cdiv(m_in, bm)
+                nt = qh * qw * triton_cdiv(m_phase, bm)
                 if need_psum and bm not in partials:
                     partials[bm] = torch.empty((2, nt, cin), dtype=torch.float32, device=device)
                 ps = partials[bm] if need_psum else vdummy
-                grid = (nt * triton_cdiv(cin_g, bn), groups)
+                grid = (triton_cdiv(m_phase, bm) * triton_cdiv(cin_g, bn), groups * qh * qw)
                 kb.conv_dgrad_kernel[grid](
                     dyk, yk, wd, xk if has_pro else dyk, dx_k, ga_, gb_, mu_, sc_, sf_, ps,
-                    m_in, h, w, cin, ho, wo, cout, cin_g, cout_g, nt, sh, sw, ph, pw, dh, dw_,
+                    m_phase, h, w, cin, ho, wo, cout, cin_g, cout_g, nt, n, qh, qw, sh, sw, ph, pw, dh, dw_,
                     KH=kh, KW=kw, HAS_PRO=has_pro, STATS=bool(stats), RELU=bool(relu),
                     NEED_DX=need_x or not has_pro, NEED_PSUM=need_psum, EVEN_K=cout_g % bk == 0,
                     DOT_PRECISION=prec, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=kb.GROUP_M,
