@@ -12,6 +12,7 @@ without one, bias + residual + ReLU in the epilogue (eval-mode blocks, BN
 folded). What those kernels cannot take (``_C.conv_gap`` says why: fp32,
 groups, channel counts not multiples of 8, NCHW tensors, nothing to fuse, ...)
 runs on cuDNN with the reference's composition and the batch-statistics kernel.
+The backward of a prologue convolution is four passes (``conv_backward``).
 
 ``_C`` is loaded lazily, at the first kernel call (``import fused_resnet`` never
 loads it). The fake (meta) implementations of the ``fused_resnet_cuda`` ops are
@@ -23,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from .. import _ext, reference
-from .._layout import empty_vec
+from .._layout import empty_vec, output_format
 from .base import FLOAT_DTYPES, Backend
 
 LIB = "fused_resnet_cuda"
@@ -124,23 +125,55 @@ class CudaBackend(Backend):
 
     def conv_backward(self, dy, dmean, dvar, x, weight, y, mean, in_scale, in_shift, stride, padding,
                       dilation, groups, relu, stats, output_mask):
-        if (not output_mask[1] or in_scale is None
-                or conv_gap(x, weight, None, in_scale, None, stride, padding, dilation, groups, False)):
+        """The gradients in a few passes (reference.conv_backward derives them).
+
+        g (the gradient at the convolution's output, BN-statistics terms included)
+        is one bn_act pass. Without a prologue, cuDNN takes g to dx and dW. With
+        one (inputs the CUTLASS kernels take): da is cuDNN's data gradient of g;
+        the prologue backward (ReLU mask, dx = gu*s, dscale, dshift) is one
+        bn_act_backward pass over the recomputed activation relu(x*s + t); dW is
+        the CUTLASS wgrad, which recomputes that activation in its mainloop. The
+        ReLU mask is taken from the activation rounded to x's dtype, as eager
+        PyTorch's ReLU after a BatchNorm does (the reference tests the fp32 value:
+        the two differ only where the rounding flushes a tiny positive to zero).
+        """
+        fused = in_scale is not None and not conv_gap(
+            x, weight, None, in_scale, None, stride, padding, dilation, groups, False)
+        if relu or dy.dtype != x.dtype or (in_scale is not None and not fused):
             return reference.conv_backward(
                 dy, dmean, dvar, x, weight, y, mean, in_scale, in_shift, stride, padding, dilation,
                 groups, relu, stats, output_mask,
             )
-        g = reference.conv_output_grad(dy, dmean, dvar, y, mean, relu, stats)
-        mask = list(output_mask)
-        mask[1] = False
-        dx, _, dbias, dscale, dshift, dres = reference.conv_backward_from_output_grad(
-            g, x, weight, in_scale, in_shift, stride, padding, dilation, groups, mask
-        )
-        dw = ops().conv_wgrad(
-            g.to(x.dtype).contiguous(memory_format=torch.channels_last), x, weight, in_scale, in_shift,
-            list(stride), list(padding), list(dilation),
-        )
+        need_x, need_w, need_bias, need_scale, need_shift, need_res = output_mask
+        g = self._output_grad(dy, dmean, dvar, y, mean, stats)
+        dbias = g.float().sum((0, 2, 3)) if need_bias else empty_vec(x)
+        dres = g if need_res else empty_vec(x)
+        if not fused:
+            da, dw, _ = torch.ops.aten.convolution_backward(
+                g, x, weight, None, stride, padding, dilation, False, [0, 0], groups, [need_x, need_w, False])
+            dx = da.contiguous(memory_format=output_format(x)) if need_x else empty_vec(x)
+            return dx, (dw if need_w else empty_vec(x)), dbias, empty_vec(x), empty_vec(x), dres
+        dx = dscale = dshift = empty_vec(x)
+        if need_x or need_scale or need_shift:
+            da = torch.ops.aten.convolution_backward(
+                g, x, weight, None, stride, padding, dilation, False, [0, 0], groups, [True, False, False]
+            )[0]
+            a = ops().bn_act(x, in_scale, in_shift, None, None, None, True)
+            dx, dscale, dshift = ops().bn_act_backward(
+                da, a, x, in_scale, None, None, True, [need_x, need_scale, need_shift, False, False, False]
+            )[:3]
+        dw = ops().conv_wgrad(g, x, weight, in_scale, in_shift, list(stride), list(padding),
+                              list(dilation)) if need_w else empty_vec(x)
         return dx, dw, dbias, dscale, dshift, dres
+
+    def _output_grad(self, dy, dmean, dvar, y, mean, stats):
+        """g = dy + dmean/M + 2 dvar (y - mean)/M in y's dtype and layout: one bn_act pass
+        (y*gb + (ga - gb*mean) + dy with ga = dmean/M, gb = 2 dvar/M)."""
+        if not stats:
+            return dy.clone(memory_format=output_format(y))  # a copy: g may be returned as dresidual
+        m = y.numel() // y.shape[1]
+        ga, gb = dmean.float() / m, dvar.float() * (2.0 / m)
+        return ops().bn_act(y, gb, ga - gb * mean.float(), dy, None, None, False)
 
     def batch_stats(self, x):
         mean, var = ops().batch_stats(x)
