@@ -260,6 +260,37 @@ def test_backend_conv_and_backward(C, case, stats, pro, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", LOWP + (torch.float32,), ids=str)
+@pytest.mark.parametrize("what", ["groups-bias-res-relu", "groups-prologue", "nchw-bias-relu"])
+def test_backend_cudnn_path(C, what, dtype):
+    """Convolutions the CUTLASS kernels do not take (conv_gap says why): bn_act + cuDNN + bn_act, 2x rule."""
+    groups = 4 if what.startswith("groups") else 1
+    x, weight, scale, shift, stride, pad, dil = _inputs((2, 64, 15, 15, 64, 3, 1, 1, 1), dtype)
+    weight = weight[:, : 64 // groups].contiguous()
+    if what.startswith("nchw"):
+        x = x.contiguous()
+    pro = what.endswith("prologue")
+    bias = None if pro else (torch.randn(64, generator=torch.Generator().manual_seed(5)) * 0.5).to(DEV)
+    res = _residual(x, weight, stride, pad, dil) if "res" in what else None
+    relu = "relu" in what
+    if not pro:
+        scale = shift = None
+    assert C.conv_gap(x, weight, bias, scale, res, stride, pad, dil, groups, relu) != ""
+
+    def run(fn, cast):
+        t = [None if v is None else cast(v) for v in (x, weight, bias, scale, shift, res)]
+        return fn(*t, stride, pad, dil, groups, relu, True)
+
+    y, mean, var = run(cuda_backend.CudaBackend().conv, lambda v: v)
+    plain = run(reference.conv, lambda v: v)[0]
+    ref64 = run(reference.conv, torch.Tensor.double)[0]
+    assert y.shape == plain.shape and y.stride() == plain.stride()
+    assert_within_2x(y, plain, ref64, "y")
+    var64, mean64 = torch.var_mean(y.double(), dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(mean.double(), mean64, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", LOWP, ids=str)
 @pytest.mark.parametrize("kind", ["projection", "option_a", "preact_projection"])
 def test_backend_conv_shortcut(C, kind, dtype):

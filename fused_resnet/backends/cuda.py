@@ -102,14 +102,28 @@ class CudaBackend(Backend):
 
     def conv(self, x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu, stats):
         if conv_gap(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu):
-            y, _, _ = reference.conv(
-                x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu, False
-            )
+            y = self._cudnn_conv(x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups,
+                                 relu)
             return (y, *self.batch_stats(y)) if stats else (y, empty_vec(x), empty_vec(x))
         return tuple(ops().conv(
             x, weight, bias, in_scale, in_shift, residual, list(stride), list(padding), list(dilation),
             int(groups), bool(relu), bool(stats),
         ))
+
+    def _cudnn_conv(self, x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu):
+        """What the CUTLASS kernels do not take: the prologue as one bn_act pass, cuDNN's
+        convolution, then bias + residual + ReLU as one bn_act pass. The convolution's
+        output is rounded to x's dtype before the epilogue adds to it (the reference
+        adds in fp32 first), as eager PyTorch's convolution followed by BatchNorm does."""
+        if in_scale is not None:
+            x = ops().bn_act(x, in_scale, in_shift, None, None, None, True)
+        z = torch.nn.functional.conv2d(x, weight, None, stride, padding, dilation, groups)
+        if bias is not None or residual is not None or relu:
+            c = z.shape[1]
+            ones = torch.ones(c, dtype=torch.float32, device=z.device)
+            shift = bias.float() if bias is not None else torch.zeros_like(ones)
+            z = ops().bn_act(z, ones, shift, residual, None, None, relu)
+        return z.contiguous(memory_format=output_format(x))
 
     def conv_shortcut(self, x, weight, bias, in_scale, in_shift, sc_x, sc_weight, sc_in_scale, sc_in_shift,
                       sc_stride, stride, padding, dilation, groups, relu):
