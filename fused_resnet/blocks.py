@@ -377,7 +377,7 @@ class _FusedMixin:
         dev = x.device.type
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
         self._check_dtype(x, dtype)
-        mode = "train" if self.training and torch.is_grad_enabled() else "infer"
+        mode = "train" if self.training else "infer"
         backend = backends.resolve(self.requested_backend, x.device, dtype, self.speed_key(), mode,
                                    int(x.shape[-1]))
         if not torch.compiler.is_compiling():

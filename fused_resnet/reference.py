@@ -156,7 +156,7 @@ def conv_backward_from_output_grad(
         dx = like_layout((gu * _per_channel(in_scale)).to(x.dtype), x) if need_x else empty_vec(x)
         dscale = (gu * acc(x)).sum(_CHANNEL_DIMS) if need_scale else empty_vec(x)
         dshift = gu.sum(_CHANNEL_DIMS) if need_shift else empty_vec(x)
-    return dx, (dw if need_w else empty_vec(x)), dbias, dscale, dshift, dres
+    return dx, (dw.contiguous() if need_w else empty_vec(x)), dbias, dscale, dshift, dres
 
 
 def batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -11,8 +11,8 @@ stored; ``conv_wgrad`` recomputes it the same way for the weight gradient);
 without one, bias + residual + ReLU in the epilogue (eval-mode blocks, BN
 folded). What those kernels cannot take (``_C.conv_gap`` says why: fp32,
 groups, channel counts not multiples of 8, NCHW tensors, nothing to fuse, ...)
-runs on cuDNN with the reference's composition and the batch-statistics kernel.
-The backward of a prologue convolution is four passes (``conv_backward``).
+runs on cuDNN between bn_act passes (``_cudnn_conv``), statistics from the
+batch-statistics kernel. ``conv_backward`` takes a few passes the same way.
 
 ``_C`` is loaded lazily, at the first kernel call (``import fused_resnet`` never
 loads it). The fake (meta) implementations of the ``fused_resnet_cuda`` ops are
@@ -166,7 +166,7 @@ class CudaBackend(Backend):
             da, dw, _ = torch.ops.aten.convolution_backward(
                 g, x, weight, None, stride, padding, dilation, False, [0, 0], groups, [need_x, need_w, False])
             dx = da.contiguous(memory_format=output_format(x)) if need_x else empty_vec(x)
-            return dx, (dw if need_w else empty_vec(x)), dbias, empty_vec(x), empty_vec(x), dres
+            return dx, (dw.contiguous() if need_w else empty_vec(x)), dbias, empty_vec(x), empty_vec(x), dres
         dx = dscale = dshift = empty_vec(x)
         if need_x or need_scale or need_shift:
             da = torch.ops.aten.convolution_backward(

@@ -49,14 +49,19 @@ def _load(paths: tuple[str, ...]) -> tuple[dict, ...]:
     return tuple(tables)
 
 
-def tables() -> tuple[dict, ...]:
-    return _load(tuple(table_paths()))
-
-
 def measured_order(device_name: str, dtype: str, mode: str, key: str, hw: int) -> Optional[tuple[str, ...]]:
-    """The backends measured for this block, fastest first; None when no table has the block."""
+    """The backends measured for this block, fastest first; None when no table has the block.
+
+    Asked at every forward of every block: the answer is cached per table set and question.
+    """
+    return _measured_order(tuple(table_paths()), device_name, dtype, mode, key, hw)
+
+
+@functools.lru_cache(maxsize=4096)
+def _measured_order(paths: tuple[str, ...], device_name: str, dtype: str, mode: str, key: str,
+                    hw: int) -> Optional[tuple[str, ...]]:
     candidates = [
-        e for t in tables() if t["device"] == device_name and t["dtype"] == dtype
+        e for t in _load(paths) if t["device"] == device_name and t["dtype"] == dtype
         for e in t["entries"] if e["mode"] == mode and e["block"] == key and e.get("ms")
     ]
     if not candidates:
