@@ -12,6 +12,11 @@ conv_fwd_kernel
     A tile is then a coalesced NHWC load along channels). One flattened K loop
     over (tap, channel block) keeps the software pipeline busy even when a tap
     has a single channel block.
+      Groups of few channels (ResNeXt's 4 or 8) are packed: one program takes
+      CIN_G = GP*CIN_R input and COUT_G = GP*COUT_R output channels of GP
+      consecutive groups (CIN_R, COUT_R: one real group's) with the weight tile
+      masked to its block diagonal, so a 16-wide tensor-core tile holds GP groups
+      instead of one group padded with zeros. GP = 1: CIN_G = CIN_R.
       prologue (HAS_PRO): a = relu(x*scale[ci] + shift[ci]), rounded to x's dtype,
           then masked: padded taps and ragged channels contribute exactly 0.
       epilogue: + bias[co] (HAS_BIAS), + residual[m, co] (HAS_RES), relu (RELU),
@@ -19,7 +24,7 @@ conv_fwd_kernel
           M2 (sum of squared deviations from the tile mean) of the *stored*
           (rounded) values, into partials [num_m_tiles, Cout] (no atomics:
           deterministic), merged by stats_merge_kernel.
-    x: [N, H, W, Cin] dense; w: [KH, KW, Cin/groups, Cout] dense; y, residual:
+    x: [N, H, W, Cin] dense; w: [KH, KW, CIN_R, Cout] dense; y, residual:
     [N, Ho, Wo, Cout] dense; bias, scale, shift: fp32 vectors.
       shortcut (``conv_shortcut``; sc_x: [N, H_SC, W_SC, CSC] dense, read at the
       pixel (n, oh*SC_STRIDE, ow*SC_STRIDE) of each output row; sc prologue SC_PRO:
@@ -62,7 +67,7 @@ compile_specialization, interpreting = _common.compile_specialization, _common.i
 @triton.jit
 def conv_fwd_kernel(
     x_ptr, w_ptr, y_ptr, bias_ptr, scale_ptr, shift_ptr, res_ptr, pmean_ptr, pm2_ptr,
-    M, H, W, CIN, HO, WO, COUT, CIN_G, COUT_G,
+    M, H, W, CIN, HO, WO, COUT, CIN_G, COUT_G, CIN_R, COUT_R,
     SH, SW, PH, PW, DH, DW,
     sc_x_ptr, sc_w_ptr, sc_scale_ptr, sc_shift_ptr, H_SC, W_SC, CSC, SC_STRIDE, SC_FRONT,
     KH: tl.constexpr, KW: tl.constexpr,
@@ -117,7 +122,9 @@ def conv_fwd_kernel(
         else:
             k_ok = cs < CIN_G
             a_mask = row_ok[:, None] & k_ok[None, :]
-            b_mask = k_ok[:, None] & n_ok[None, :]
+            # Packed groups: only the block diagonal (input and output of one group).
+            same = (cs // CIN_R)[:, None] == (offs_n // COUT_R)[None, :]
+            b_mask = k_ok[:, None] & n_ok[None, :] & same
         a_ptrs = x_ptr + (x_row + (kh * DH * W + kw * DW) * CIN)[:, None] + cs[None, :]
         a = tl.load(a_ptrs, mask=a_mask, other=0.0)
         if HAS_PRO:
@@ -131,7 +138,7 @@ def conv_fwd_kernel(
             u = tl.maximum(u, 0.0).to(x_ptr.dtype.element_ty)
             # Zero padding (and ragged channels) applied after the transform.
             a = tl.where(a_mask, u, tl.zeros_like(u))
-        b_ptrs = w_ptr + ((tap * CIN_G + cs) * COUT)[:, None] + col[None, :]
+        b_ptrs = w_ptr + ((tap * CIN_R + cs % CIN_R) * COUT)[:, None] + col[None, :]
         b = tl.load(b_ptrs, mask=b_mask, other=0.0)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
@@ -360,7 +367,8 @@ def conv_signature(dtype: str) -> dict[str, str]:
         "x_ptr": p, "w_ptr": p, "y_ptr": p, "bias_ptr": "*fp32", "scale_ptr": "*fp32",
         "shift_ptr": "*fp32", "res_ptr": p, "pmean_ptr": "*fp32", "pm2_ptr": "*fp32",
     }
-    for name in ("M", "H", "W", "CIN", "HO", "WO", "COUT", "CIN_G", "COUT_G", "SH", "SW", "PH", "PW", "DH", "DW"):
+    for name in ("M", "H", "W", "CIN", "HO", "WO", "COUT", "CIN_G", "COUT_G", "CIN_R", "COUT_R", "SH", "SW", "PH",
+                 "PW", "DH", "DW"):
         sig[name] = "i32"
     sig.update(sc_x_ptr=p, sc_w_ptr=p, sc_scale_ptr="*fp32", sc_shift_ptr="*fp32")
     for name in ("H_SC", "W_SC", "CSC", "SC_STRIDE", "SC_FRONT"):

@@ -116,6 +116,8 @@ FP32_CASES = [
     ("3x3-even-k", 1, 16, 6, 6, 8, 3, 1, 1, 1, 1, True, True, False, True, True, True),
     ("1x1-g2-multi-n", 1, 8, 5, 5, 40, 1, 1, 0, 1, 2, True, True, True, False, True, False),
     ("1x1-swizzle", 2, 4, 17, 17, 40, 1, 1, 0, 1, 1, False, True, False, True, True, True),
+    ("3x3-g8-packed", 2, 32, 7, 7, 32, 3, 2, 1, 1, 8, True, True, True, True, True, True),
+    ("3x3-g16-packed-ragged", 1, 48, 6, 5, 32, 3, 1, 1, 1, 16, False, True, False, True, True, False),
 ]
 
 
@@ -133,7 +135,7 @@ def test_conv_via_torch_op(case):
     check_fp32(args, relu, stats, via_op=True)
 
 
-FP16_CASES = [FP32_CASES[i] for i in (1, 4, 5, 8, 9, 12, 15)]
+FP16_CASES = [FP32_CASES[i] for i in (1, 4, 5, 8, 9, 12, 15, 18)]
 
 
 @pytest.mark.parametrize("case", FP16_CASES, ids=[c[0] for c in FP16_CASES])
