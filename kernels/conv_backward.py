@@ -28,15 +28,19 @@ conv_dgrad_kernel
     without prologue: dx = da. With the forward prologue a = relu(x*s + t):
     gu = da*(x*s + t > 0), dx = gu*s (NEED_DX), and per-tile partial sums of
     gu*x and gu per input channel into psum [2, NT, Cin] (NEED_PSUM; tile =
-    phase*tiles_per_phase + tile of the phase) for dscale / dshift.
-    w: [KH, KW, Cout, Cin/groups] dense.
+    phase*tiles_per_phase + tile of the phase) for dscale / dshift. Groups of
+    few channels are packed as in conv_fwd_kernel: CIN_G/COUT_G span GP groups of
+    CIN_R/COUT_R channels, the weight tile masked to its block diagonal.
+    w: [KH, KW, Cout, CIN_R] dense.
 
 conv_wgrad_kernel
     partial[s, kh, kw, ci, co] = sum_{rows m of split s} a[m @ tap, ci] * g[m, co]
     with a = relu(x*s + t) recomputed (HAS_PRO), rounded to x's dtype and
     zero-padded after the transform. Program = (tap, ci block, co block) x split
     x group; fp32 accumulation; wgrad_reduce_kernel sums the splits in order and
-    writes dW [Cout, Cin/groups, KH, KW] in the weight's dtype.
+    writes dW [Cout, Cin/groups, KH, KW] in the weight's dtype. Groups of few
+    channels are packed as in conv_fwd_kernel (CIN_G/COUT_G span GP groups of
+    CIN_R/COUT_R channels); a program stores only its block diagonal.
 
 conv_grad_out_kernel
     g itself, only for the outputs that are g: dresidual = g (x's dtype,
@@ -91,7 +95,7 @@ def _load_g(dy_ptr, y_ptr, off, mask, ga, gb, mu, STATS: tl.constexpr, RELU: tl.
 @triton.jit
 def conv_dgrad_kernel(
     dy_ptr, y_ptr, w_ptr, x_ptr, dx_ptr, ga_ptr, gb_ptr, mu_ptr, scale_ptr, shift_ptr, psum_ptr,
-    M, H, W, CIN, HO, WO, COUT, CIN_G, COUT_G, NT, NB, QH, QW,
+    M, H, W, CIN, HO, WO, COUT, CIN_G, COUT_G, CIN_R, COUT_R, NT, NB, QH, QW,
     SH, SW, PH, PW, DH, DW,
     KH: tl.constexpr, KW: tl.constexpr,
     HAS_PRO: tl.constexpr, STATS: tl.constexpr, RELU: tl.constexpr,
@@ -160,7 +164,9 @@ def conv_dgrad_kernel(
             b_mask = tl.broadcast_to(n_ok[None, :], (BLOCK_K, BLOCK_N))
         else:
             a_mask = row_ok[:, None] & k_ok[None, :]
-            b_mask = k_ok[:, None] & n_ok[None, :]
+            # Packed groups: only the block diagonal (output and input of one group).
+            same = (cs // COUT_R)[:, None] == (offs_n // CIN_R)[None, :]
+            b_mask = k_ok[:, None] & n_ok[None, :] & same
         co = g * COUT_G + cs
         if STATS:
             ga = tl.load(ga_ptr + co, mask=k_ok, other=0.0)
@@ -172,7 +178,7 @@ def conv_dgrad_kernel(
             mu = 0.0
         dy_off = (((nb * HO + oh) * WO + ow) * COUT)[:, None] + co[None, :]
         a = _load_g(dy_ptr, y_ptr, dy_off, a_mask, ga, gb, mu, STATS, RELU).to(dy_ptr.dtype.element_ty)
-        b_ptrs = w_ptr + ((tap * COUT + co) * CIN_G)[:, None] + offs_n[None, :]
+        b_ptrs = w_ptr + ((tap * COUT + co) * CIN_R)[:, None] + (offs_n % CIN_R)[None, :]
         b = tl.load(b_ptrs, mask=b_mask, other=0.0)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
@@ -201,7 +207,7 @@ def conv_dgrad_kernel(
 @triton.jit
 def conv_wgrad_kernel(
     dy_ptr, y_ptr, x_ptr, part_ptr, ga_ptr, gb_ptr, mu_ptr, scale_ptr, shift_ptr,
-    M, H, W, CIN, HO, WO, COUT, CIN_G, COUT_G, M_PER_SPLIT,
+    M, H, W, CIN, HO, WO, COUT, CIN_G, COUT_G, CIN_R, COUT_R, M_PER_SPLIT,
     SH, SW, PH, PW, DH, DW,
     KH: tl.constexpr, KW: tl.constexpr,
     HAS_PRO: tl.constexpr, STATS: tl.constexpr, RELU: tl.constexpr,
@@ -261,9 +267,11 @@ def conv_wgrad_kernel(
         gt = _load_g(dy_ptr, y_ptr, (offs_m * COUT)[:, None] + co[None, :], g_mask, ga, gb, mu, STATS, RELU)
         acc = tl.dot(tl.trans(a), gt.to(x_ptr.dtype.element_ty), acc, input_precision=DOT_PRECISION)
 
-    # partial[split, tap, ci_local, co]: [S, KH*KW, CIN_G, COUT]
-    p_off = ((split * KH * KW + tap) * CIN_G + offs_ci)[:, None] * COUT + co[None, :]
-    tl.store(part_ptr + p_off, acc, mask=ci_ok[:, None] & co_ok[None, :])
+    # partial[split, tap, ci_local, co]: [S, KH*KW, CIN_R, COUT]; of packed groups only
+    # the block diagonal exists (the rest of acc mixes one group's input with another's output).
+    p_off = ((split * KH * KW + tap) * CIN_R + offs_ci % CIN_R)[:, None] * COUT + co[None, :]
+    same = (offs_ci // CIN_R)[:, None] == (offs_co // COUT_R)[None, :]
+    tl.store(part_ptr + p_off, acc, mask=ci_ok[:, None] & co_ok[None, :] & same)
 
 
 @triton.jit
@@ -484,7 +492,7 @@ def dgrad_signature(dtype: str) -> dict[str, str]:
     p = f"*{dtype}"
     sig = {"dy_ptr": p, "y_ptr": p, "w_ptr": p, "x_ptr": p, "dx_ptr": p, "ga_ptr": "*fp32", "gb_ptr": "*fp32",
            "mu_ptr": "*fp32", "scale_ptr": "*fp32", "shift_ptr": "*fp32", "psum_ptr": "*fp32"}
-    for name in _SHAPE_ARGS + ("NT", "NB", "QH", "QW") + _CONV_GEOM:
+    for name in _SHAPE_ARGS + ("CIN_R", "COUT_R", "NT", "NB", "QH", "QW") + _CONV_GEOM:
         sig[name] = "i32"
     for name in ("KH", "KW", "HAS_PRO", "STATS", "RELU", "NEED_DX", "NEED_PSUM", "EVEN_K", "DOT_PRECISION",
                  "BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"):
@@ -496,7 +504,7 @@ def wgrad_signature(dtype: str) -> dict[str, str]:
     p = f"*{dtype}"
     sig = {"dy_ptr": p, "y_ptr": p, "x_ptr": p, "part_ptr": "*fp32", "ga_ptr": "*fp32", "gb_ptr": "*fp32",
            "mu_ptr": "*fp32", "scale_ptr": "*fp32", "shift_ptr": "*fp32"}
-    for name in _SHAPE_ARGS + ("M_PER_SPLIT",) + _CONV_GEOM:
+    for name in _SHAPE_ARGS + ("CIN_R", "COUT_R", "M_PER_SPLIT") + _CONV_GEOM:
         sig[name] = "i32"
     for name in ("KH", "KW", "HAS_PRO", "STATS", "RELU", "DOT_PRECISION", "BLOCK_M", "BLOCK_CI", "BLOCK_CO"):
         sig[name] = "constexpr"

@@ -120,6 +120,8 @@ FP32_CASES = [
     ("3x3-s2-dil2-pro", 1, 8, 9, 9, 8, 3, 2, 2, 2, 1, True, False, True, False),
     ("3x3-s2-even-h1", 2, 8, 1, 4, 8, 3, 2, 1, 1, 1, True, True, True, True),
     ("1x1-s2-groups2-pro", 2, 8, 6, 7, 8, 1, 2, 0, 1, 2, True, False, False, True),
+    ("3x3-s2-groups8-packed", 2, 32, 7, 7, 32, 3, 2, 1, 1, 8, True, False, True, True),
+    ("3x3-groups16-packed-ragged", 1, 48, 5, 6, 32, 3, 1, 1, 1, 16, True, True, True, False),
     ("1x1-many-channels", 1, 40, 3, 3, 36, 1, 1, 0, 1, 1, True, True, True, True),
 ]
 

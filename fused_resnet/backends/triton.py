@@ -720,7 +720,8 @@ def conv_backward(
             dx_k = torch.empty((n, cin, h, w), dtype=dtype, device=device,
                                memory_format=torch.channels_last) if need_x else dyk
             need_psum = need_scale or need_shift
-            cands = _bwd_candidates(kb.dgrad_configs(cin_g, cout_g, x.element_size()))
+            gp = _groups_per_program(groups, cin_g, cout_g)
+            cands = _bwd_candidates(kb.dgrad_configs(cin_g * gp, cout_g * gp, x.element_size()))
             partials = {}
 
             # Undilated strided convolutions: one phase per (ih mod sh, iw mod sw).
@@ -733,12 +734,13 @@ def conv_backward(
                 if need_psum and bm not in partials:
                     partials[bm] = torch.empty((2, nt, cin), dtype=torch.float32, device=device)
                 ps = partials[bm] if need_psum else vdummy
-                grid = (triton_cdiv(m_phase, bm) * triton_cdiv(cin_g, bn), groups * qh * qw)
+                grid = (triton_cdiv(m_phase, bm) * triton_cdiv(cin_g * gp, bn), groups // gp * qh * qw)
                 kb.conv_dgrad_kernel[grid](
                     dyk, yk, wd, xk if has_pro else dyk, dx_k, ga_, gb_, mu_, sc_, sf_, ps,
-                    m_phase, h, w, cin, ho, wo, cout, cin_g, cout_g, nt, n, qh, qw, sh, sw, ph, pw, dh, dw_,
+                    m_phase, h, w, cin, ho, wo, cout, cin_g * gp, cout_g * gp, cin_g, cout_g, nt, n, qh, qw,
+                    sh, sw, ph, pw, dh, dw_,
                     KH=kh, KW=kw, HAS_PRO=has_pro, STATS=bool(stats), RELU=bool(relu),
-                    NEED_DX=need_x or not has_pro, NEED_PSUM=need_psum, EVEN_K=cout_g % bk == 0,
+                    NEED_DX=need_x or not has_pro, NEED_PSUM=need_psum, EVEN_K=gp == 1 and cout_g % bk == 0,
                     DOT_PRECISION=prec, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=kb.GROUP_M,
                     num_warps=warps, num_stages=stages,
                 )
@@ -755,7 +757,8 @@ def conv_backward(
 
         # ---- wgrad (split-K over rows, ordered reduce)
         if need_w:
-            cands = _bwd_candidates(kb.wgrad_configs(cin_g, cout_g, x.element_size()))
+            gp = _groups_per_program(groups, cin_g, cout_g)
+            cands = _bwd_candidates(kb.wgrad_configs(cin_g * gp, cout_g * gp, x.element_size()))
             dw_out = torch.empty((cout, cin_g, kh, kw), dtype=dtype, device=device)
             sms = (torch.cuda.get_device_properties(device).multi_processor_count
                    if device.type == "cuda" else 132)
@@ -763,15 +766,16 @@ def conv_backward(
 
             def launch_w(cfg, reduce=True):
                 bm, bci, bco, warps, stages = cfg
-                tiles = kh * kw * triton_cdiv(cin_g, bci) * triton_cdiv(cout_g, bco)
-                splits, per = kb.wgrad_splits(m_out, tiles * groups, bm, sms)
+                tiles = kh * kw * triton_cdiv(cin_g * gp, bci) * triton_cdiv(cout_g * gp, bco)
+                splits, per = kb.wgrad_splits(m_out, tiles * (groups // gp), bm, sms)
                 pk = (splits, per)
                 if pk not in parts:
                     parts[pk] = torch.empty((splits, kh * kw, cin_g, cout), dtype=torch.float32, device=device)
                 part = parts[pk]
-                kb.conv_wgrad_kernel[(tiles, splits, groups)](
+                kb.conv_wgrad_kernel[(tiles, splits, groups // gp)](
                     dyk, yk, xk, part, ga_, gb_, mu_, sc_, sf_,
-                    m_out, h, w, cin, ho, wo, cout, cin_g, cout_g, per, sh, sw, ph, pw, dh, dw_,
+                    m_out, h, w, cin, ho, wo, cout, cin_g * gp, cout_g * gp, cin_g, cout_g, per,
+                    sh, sw, ph, pw, dh, dw_,
                     KH=kh, KW=kw, HAS_PRO=has_pro, STATS=bool(stats), RELU=bool(relu), DOT_PRECISION=prec,
                     BLOCK_M=bm, BLOCK_CI=bci, BLOCK_CO=bco, num_warps=warps, num_stages=stages,
                 )
