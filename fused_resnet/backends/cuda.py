@@ -162,16 +162,15 @@ class CudaBackend(Backend):
         g = self._output_grad(dy, dmean, dvar, y, mean, stats)
         dbias = g.float().sum((0, 2, 3)) if need_bias else empty_vec(x)
         dres = g if need_res else empty_vec(x)
+        need_da = need_x or need_scale or need_shift
+        da, dw, _ = torch.ops.aten.convolution_backward(  # dW from cuDNN unless CUTLASS takes it
+            g, x, weight, None, stride, padding, dilation, False, [0, 0], groups,
+            [need_da, need_w and not fused, False])
         if not fused:
-            da, dw, _ = torch.ops.aten.convolution_backward(
-                g, x, weight, None, stride, padding, dilation, False, [0, 0], groups, [need_x, need_w, False])
             dx = da.contiguous(memory_format=output_format(x)) if need_x else empty_vec(x)
             return dx, (dw.contiguous() if need_w else empty_vec(x)), dbias, empty_vec(x), empty_vec(x), dres
         dx = dscale = dshift = empty_vec(x)
-        if need_x or need_scale or need_shift:
-            da = torch.ops.aten.convolution_backward(
-                g, x, weight, None, stride, padding, dilation, False, [0, 0], groups, [True, False, False]
-            )[0]
+        if need_da:
             a = ops().bn_act(x, in_scale, in_shift, None, None, None, True)
             dx, dscale, dshift = ops().bn_act_backward(
                 da, a, x, in_scale, None, None, True, [need_x, need_scale, need_shift, False, False, False]

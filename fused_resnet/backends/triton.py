@@ -493,7 +493,7 @@ def conv_shortcut(
 
 
 def _groups_per_program(groups: int, cin_g: int, cout_g: int, width: int = 16) -> int:
-    """How many consecutive groups one forward program packs (block-diagonally): the
+    """How many consecutive groups one conv, dgrad or wgrad program packs (block-diagonally): the
     most, a power of two dividing ``groups``, whose channels still fit a ``width``-wide
     tensor-core tile. ResNeXt-50 32x4d: 4 in layer1 (4 channels a group), 2 in layer2."""
     gp = 1
@@ -681,6 +681,7 @@ def conv_backward(
     m_out = n * ho * wo
     m_in = n * h * w
     cout_g = cout // groups
+    gp = _groups_per_program(groups, cin_g, cout_g)
     dyk = _nhwc(dy)
     yk = _nhwc(y)
     if stats:
@@ -720,7 +721,6 @@ def conv_backward(
             dx_k = torch.empty((n, cin, h, w), dtype=dtype, device=device,
                                memory_format=torch.channels_last) if need_x else dyk
             need_psum = need_scale or need_shift
-            gp = _groups_per_program(groups, cin_g, cout_g)
             cands = _bwd_candidates(kb.dgrad_configs(cin_g * gp, cout_g * gp, x.element_size()))
             partials = {}
 
@@ -757,7 +757,6 @@ def conv_backward(
 
         # ---- wgrad (split-K over rows, ordered reduce)
         if need_w:
-            gp = _groups_per_program(groups, cin_g, cout_g)
             cands = _bwd_candidates(kb.wgrad_configs(cin_g * gp, cout_g * gp, x.element_size()))
             dw_out = torch.empty((cout, cin_g, kh, kw), dtype=dtype, device=device)
             sms = (torch.cuda.get_device_properties(device).multi_processor_count
