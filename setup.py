@@ -152,6 +152,11 @@ def extension_build():
         name="fused_resnet._C",
         sources=SOURCES,
         include_dirs=include_dirs,
+        # The shared C++ runtime by file name: some toolchains link libstdc++.a into the
+        # extension otherwise (no libstdc++.so link-time symlink, or -static-libstdc++),
+        # and a second copy of the iostream/locale machinery beside torch's crashes the
+        # first time an error message formats a number.
+        libraries=[":libstdc++.so.6"],
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
     )
     say(

@@ -10,7 +10,12 @@ import pytest
 import torch
 
 
+_IS_XDIST_WORKER = False
+
+
 def pytest_configure(config):
+    global _IS_XDIST_WORKER
+    _IS_XDIST_WORKER = hasattr(config, "workerinput")
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped without one")
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -41,3 +46,14 @@ def no_autotune_on_tiny_shapes(request, monkeypatch):
     # the heuristic configuration is enough for them. The @gpu tests keep autotuning.
     if "gpu" not in request.keywords:
         monkeypatch.setenv("FUSED_RESNET_TRITON_AUTOTUNE", "0")
+
+
+def pytest_runtest_logreport(report):
+    # FUSED_RESNET_FAIL_LOG=path appends each failure (node id and traceback) as it
+    # happens, so a run cut short by a time limit still says what failed and why.
+    # Under pytest-xdist only the controller writes (it also sees crashed workers).
+    path = os.environ.get("FUSED_RESNET_FAIL_LOG")
+    if not path or not report.failed or _IS_XDIST_WORKER:
+        return
+    with open(path, "a") as f:
+        f.write(f"\n===== FAILED {report.nodeid} ({report.when})\n{report.longreprtext}\n")

@@ -81,6 +81,21 @@ def test_extension_built():
         assert hasattr(C, name), f"_C does not expose {name}"
 
 
+def test_extension_shares_the_cpp_runtime(ns):
+    """_C links the shared libstdc++ and carries no copy of it: a second copy of the
+    iostream/locale machinery beside torch's crashes when a message formats a number."""
+    import fused_resnet._C as C
+
+    readelf = shutil.which("readelf")
+    assert readelf, "readelf (binutils) is missing, though a toolchain built _C here"
+    dyn = subprocess.run([readelf, "-d", "-W", C.__file__], capture_output=True, text=True, check=True).stdout
+    assert "[libstdc++.so.6]" in dyn, f"_C does not link the shared libstdc++:\n{dyn}"
+    syms = subprocess.run([readelf, "--dyn-syms", "-W", C.__file__], capture_output=True, text=True,
+                          check=True).stdout
+    own = [line.split()[-1] for line in syms.splitlines() if "codecvt" in line and " UND " not in line]
+    assert not own, f"_C defines libstdc++ internals itself: {own[:5]}"
+
+
 def test_import_does_not_load_extension():
     src = (
         "import sys, fused_resnet, fused_resnet.ops, fused_resnet.backends.cuda\n"
