@@ -28,9 +28,9 @@ void check_cuda(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK(t.is_cuda(), "fused_resnet_cuda::", op, ": ", name, " must be a CUDA tensor, got device ", t.device());
 }
 
+// `ref` is already known to be a CUDA tensor, so the message can name the device expected.
 void check_same_device(const at::Tensor& t, const char* op, const char* name, const at::Tensor& ref,
                        const char* ref_name) {
-  check_cuda(t, op, name);
   TORCH_CHECK(t.device() == ref.device(), "fused_resnet_cuda::", op, ": ", name, " must be on device ", ref.device(),
               " (the device of ", ref_name, "), got ", t.device());
 }

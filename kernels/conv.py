@@ -59,6 +59,7 @@ except ImportError:  # loaded by file path from a plain checkout (fused_resnet/b
 
     _common = _load_kernel_module("_common")
 compile_specialization, interpreting = _common.compile_specialization, _common.interpreting
+dot = _common.dot
 
 
 # ----------------------------------------------------------------------------- conv
@@ -140,7 +141,7 @@ def conv_fwd_kernel(
             a = tl.where(a_mask, u, tl.zeros_like(u))
         b_ptrs = w_ptr + ((tap * CIN_R + cs % CIN_R) * COUT)[:, None] + col[None, :]
         b = tl.load(b_ptrs, mask=b_mask, other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        acc = dot(a, b, acc, DOT_PRECISION)
 
     if SC_MODE != 0:
         # The shortcut's input pixel of each output row: (n, oh*SC_STRIDE, ow*SC_STRIDE).
@@ -169,7 +170,7 @@ def conv_fwd_kernel(
                 u = tl.maximum(u, 0.0).to(sc_x_ptr.dtype.element_ty)
                 a = tl.where(a_mask, u, tl.zeros_like(u))
             b = tl.load(sc_w_ptr + (cs * COUT)[:, None] + col[None, :], mask=b_mask, other=0.0)
-            acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+            acc = dot(a, b, acc, DOT_PRECISION)
 
     # ---- epilogue
     mask = m_ok[:, None] & n_ok[None, :]

@@ -70,6 +70,7 @@ except ImportError:  # loaded by file path from a plain checkout (fused_resnet/b
 
     _common = _load_kernel_module("_common")
 compile_specialization, interpreting = _common.compile_specialization, _common.interpreting
+dot = _common.dot
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -180,7 +181,7 @@ def conv_dgrad_kernel(
         a = _load_g(dy_ptr, y_ptr, dy_off, a_mask, ga, gb, mu, STATS, RELU).to(dy_ptr.dtype.element_ty)
         b_ptrs = w_ptr + ((tap * COUT + co) * CIN_R)[:, None] + (offs_n % CIN_R)[None, :]
         b = tl.load(b_ptrs, mask=b_mask, other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        acc = dot(a, b, acc, DOT_PRECISION)
 
     # ---- epilogue: prologue backward
     mask = m_ok[:, None] & n_ok[None, :]
@@ -265,7 +266,7 @@ def conv_wgrad_kernel(
             a = tl.where(a_mask, u, tl.zeros_like(u))  # zero padding after the transform
         g_mask = m_ok[:, None] & co_ok[None, :]
         gt = _load_g(dy_ptr, y_ptr, (offs_m * COUT)[:, None] + co[None, :], g_mask, ga, gb, mu, STATS, RELU)
-        acc = tl.dot(tl.trans(a), gt.to(x_ptr.dtype.element_ty), acc, input_precision=DOT_PRECISION)
+        acc = dot(tl.trans(a), gt.to(x_ptr.dtype.element_ty), acc, DOT_PRECISION)
 
     # partial[split, tap, ci_local, co]: [S, KH*KW, CIN_R, COUT]; of packed groups only
     # the block diagonal exists (the rest of acc mixes one group's input with another's output).

@@ -91,6 +91,21 @@ def test_backend_falls_back_with_reason_on_cpu(C):
         "x is on cpu, not a CUDA device")
 
 
+def test_statistics_never_follow_a_16bit_prologue(C, monkeypatch):
+    """A prologue convolution whose output feeds batch statistics is not sent to the CUTLASS
+    mainloop (16-bit scale/shift), whatever conv_gap says; without statistics conv_gap decides."""
+    x = _cl(torch.zeros(2, 64, 8, 8, dtype=torch.bfloat16))
+    w = torch.zeros(64, 64, 3, 3, dtype=torch.bfloat16)
+    geometry = ((1, 1), (1, 1), (1, 1), 1)
+    asked = []
+    monkeypatch.setattr(cuda_backend, "conv_gap", lambda *a: asked.append(a) or "")
+    assert not cuda_backend._mainloop_serves(x, w, None, torch.ones(64), None, *geometry, False, True)
+    assert asked == []
+    assert cuda_backend._mainloop_serves(x, w, None, torch.ones(64), None, *geometry, False, False)
+    assert cuda_backend._mainloop_serves(x, w, torch.ones(64), None, None, *geometry, True, True)
+    assert len(asked) == 2
+
+
 # ====================================================================== GPU
 
 DEV = "cuda"
@@ -232,7 +247,8 @@ def test_cuda_graph_capture(C):
 @pytest.mark.parametrize("case", [CASES[2], CASES[3], CASES[5]], ids=str)
 def test_backend_conv_and_backward(C, case, stats, pro, dtype):
     """CudaBackend.conv/conv_backward vs fp64, the 2x rule: CUTLASS fprop and wgrad with bn_act
-    passes for 16-bit prologue convolutions; bn_act + cuDNN for the others (fp32: no CUTLASS)."""
+    passes for 16-bit prologue convolutions without statistics; bn_act + cuDNN for the others
+    (with statistics, fp32)."""
     x, weight, scale, shift, stride, pad, dil = _inputs(case, dtype)
     if not pro:
         scale = shift = None
@@ -329,7 +345,7 @@ def test_unserved_inputs_raise(C):
         ns.conv(x.float(), weight.float(), None, scale, shift, None, stride, pad, dil, 1, False, False)
     with pytest.raises(RuntimeError, match="not served: x is not a 16-byte aligned channels_last"):
         ns.conv(x.contiguous(), weight, None, scale, shift, None, stride, pad, dil, 1, False, False)
-    with pytest.raises(RuntimeError, match="not served: no BatchNorm-apply"):
+    with pytest.raises(RuntimeError, match="not served: neither a prologue nor a bias to fuse"):
         ns.conv(x, weight, None, None, None, None, stride, pad, dil, 1, False, False)
     with pytest.raises(RuntimeError, match=r"in_scale must have shape \[64\]"):
         ns.conv(x, weight, None, scale[:8], shift, None, stride, pad, dil, 1, False, False)

@@ -50,6 +50,23 @@ def test_block_signature():
         "FusedBasicBlock 256-512-512 s2 g1 d1")
 
 
+def test_shipped_tables_are_well_formed():
+    """Each table in fused_resnet/speed_tables/ names its measurement and only known backends,
+    blocks whose signature a converted torchvision model produces, and positive times."""
+    paths = sorted(p for p in speed_table.table_paths() if p.startswith(speed_table.SHIPPED_DIR))
+    assert paths, "no measured speed table ships in fused_resnet/speed_tables/"
+    known = {m.speed_key() for arch in ("resnet18", "resnet50")
+             for m in fused_resnet.convert(getattr(torchvision.models, arch)()).modules()
+             if isinstance(m, fused_resnet.blocks.FUSED_BLOCKS)}
+    for path in paths:
+        with open(path) as f:
+            table = json.load(f)
+        assert {"device", "dtype", "date", "command", "entries"} <= set(table), path
+        for e in table["entries"]:
+            assert e["block"] in known and e["mode"] in ("train", "infer") and e["hw"] > 0, (path, e)
+            assert set(e["ms"]) <= set(backends.BACKENDS) and all(t > 0 for t in e["ms"].values()), (path, e)
+
+
 def test_no_table_no_order(table_file):
     assert speed_table.measured_order(DEVICE, "bf16", "train", LAYER1, 56) is None
 

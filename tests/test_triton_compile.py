@@ -135,3 +135,36 @@ def test_compile_all_for_sm90(tmp_path, which):
     assert all(p.returncode == 0 for p in procs) and not failed, log[-6000:]
     mod = _kernels() if which == "forward" else _bwd_kernels()
     assert len(compiled) == len(mod.all_specializations()), log[-3000:]
+
+
+_CHILD_TF32 = """
+import json, sys
+sys.path.insert(0, {root!r})
+from fused_resnet.backends.triton import backward_kernels, kernels
+found = {{}}
+for mod in (kernels(), backward_kernels()):
+    for name, fn, sig, consts, options, attrs in mod.all_specializations():
+        if "DOT_PRECISION" not in consts:
+            continue
+        dtype = next(t for n, t in sig.items() if n.endswith("_ptr") and t in ("*fp32", "*fp16", "*bf16"))
+        key = f"{{fn.__name__}} {{dtype}} {{consts['DOT_PRECISION']}}"
+        if key not in found:
+            ptx = mod.compile_specialization((name, fn, sig, consts, options, attrs)).asm["ptx"]
+            found[key] = "cvt.rna.tf32.f32" in ptx
+print(json.dumps(found))
+"""
+
+
+def test_tf32_products_round_their_operands(tmp_path):
+    """fp32 operands of a TF32 product are rounded to nearest (cvt.rna.tf32.f32) in every
+    kernel with a dot; IEEE fp32 and 16-bit products have nothing to round."""
+    import json
+
+    out = subprocess.run([sys.executable, "-c", _CHILD_TF32.format(root=str(ROOT))], cwd=str(ROOT),
+                         env=_env(tmp_path / "triton-cache"), capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    kernels_with_dot = {k.split()[0] for k in found}
+    assert kernels_with_dot == {"conv_fwd_kernel", "conv_dgrad_kernel", "conv_wgrad_kernel"}, found
+    for key, rounds in found.items():
+        assert rounds == key.endswith("*fp32 tf32"), (key, found)

@@ -14,6 +14,16 @@ groups, channel counts not multiples of 8, NCHW tensors, nothing to fuse, ...)
 runs on cuDNN between bn_act passes (``_cudnn_conv``), statistics from the
 batch-statistics kernel. ``conv_backward`` takes a few passes the same way.
 
+The CUTLASS mainloop fusion reads the prologue's scale and shift in the
+activation's 16-bit type. That per-channel rounding is the same for every
+element of a channel, so it does not average out: on an H100 (2026-11-23) it
+put bf16 ResNet-50 and CIFAR ResNet-56 training outside the parity rule (running
+means 2.8x plain PyTorch's error after three steps, a BN-bias gradient 2.1x in
+fp16). A convolution whose output feeds batch statistics (``stats``) therefore
+takes its prologue as a bn_act pass in fp32 arithmetic, rounded once, as eager
+PyTorch does; the mainloop prologue serves the others (pre-activation blocks,
+eval), where it passed the rule.
+
 ``_C`` is loaded lazily, at the first kernel call (``import fused_resnet`` never
 loads it). The fake (meta) implementations of the ``fused_resnet_cuda`` ops are
 registered here (``_register_fakes``), the module their C++ library names with
@@ -82,6 +92,14 @@ def conv_gap(x, weight, bias, in_scale, residual, stride, padding, dilation, gro
     )
 
 
+def _mainloop_serves(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu, stats) -> bool:
+    """Whether the CUTLASS convolution takes these inputs: it can (conv_gap), and no 16-bit
+    prologue scale feeds batch statistics (see the module docstring)."""
+    if in_scale is not None and stats:
+        return False
+    return not conv_gap(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu)
+
+
 class CudaBackend(Backend):
     name = "cuda"
 
@@ -101,7 +119,7 @@ class CudaBackend(Backend):
         return True, ""
 
     def conv(self, x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu, stats):
-        if conv_gap(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu):
+        if not _mainloop_serves(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu, stats):
             y = self._cudnn_conv(x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups,
                                  relu)
             return (y, *self.batch_stats(y)) if stats else (y, empty_vec(x), empty_vec(x))
@@ -143,17 +161,16 @@ class CudaBackend(Backend):
 
         g (the gradient at the convolution's output, BN-statistics terms included)
         is one bn_act pass. Without a prologue, cuDNN takes g to dx and dW. With
-        one (inputs the CUTLASS kernels take): da is cuDNN's data gradient of g;
-        the prologue backward (ReLU mask, dx = gu*s, dscale, dshift) is one
-        bn_act_backward pass over the recomputed activation relu(x*s + t); dW is
-        the CUTLASS wgrad, which recomputes that activation in its mainloop. The
-        ReLU mask is taken from the activation rounded to x's dtype, as eager
-        PyTorch's ReLU after a BatchNorm does (the reference tests the fp32 value:
-        the two differ only where the rounding flushes a tiny positive to zero).
+        one, the activation a = relu(x*s + t) is recomputed as the forward made it:
+        in the CUTLASS mainloop when the forward ran there (the wgrad kernel
+        recomputes it for dW, cuDNN takes g to da), else as one bn_act pass that
+        cuDNN then takes to da and dW together. The prologue backward (ReLU mask,
+        dx = da*s where a > 0, dscale, dshift) is one bn_act_backward pass. The
+        ReLU mask is taken from a rounded to x's dtype, as eager PyTorch's ReLU
+        after a BatchNorm does (the reference tests the fp32 value: the two differ
+        only where the rounding flushes a tiny positive to zero).
         """
-        fused = in_scale is not None and not conv_gap(
-            x, weight, None, in_scale, None, stride, padding, dilation, groups, False)
-        if relu or dy.dtype != x.dtype or (in_scale is not None and not fused):
+        if relu or dy.dtype != x.dtype:
             return reference.conv_backward(
                 dy, dmean, dvar, x, weight, y, mean, in_scale, in_shift, stride, padding, dilation,
                 groups, relu, stats, output_mask,
@@ -162,22 +179,32 @@ class CudaBackend(Backend):
         g = self._output_grad(dy, dmean, dvar, y, mean, stats)
         dbias = g.float().sum((0, 2, 3)) if need_bias else empty_vec(x)
         dres = g if need_res else empty_vec(x)
+        if in_scale is None:
+            dx, dw = self._cudnn_backward(g, x, weight, stride, padding, dilation, groups, need_x, need_w)
+            return dx, dw, dbias, empty_vec(x), empty_vec(x), dres
+        mainloop = _mainloop_serves(x, weight, None, in_scale, None, stride, padding, dilation, groups, False, stats)
         need_da = need_x or need_scale or need_shift
-        da, dw, _ = torch.ops.aten.convolution_backward(  # dW from cuDNN unless CUTLASS takes it
-            g, x, weight, None, stride, padding, dilation, False, [0, 0], groups,
-            [need_da, need_w and not fused, False])
-        if not fused:
-            dx = da.contiguous(memory_format=output_format(x)) if need_x else empty_vec(x)
-            return dx, (dw.contiguous() if need_w else empty_vec(x)), dbias, empty_vec(x), empty_vec(x), dres
+        a = ops().bn_act(x, in_scale, in_shift, None, None, None, True) if need_da or not mainloop else None
+        da, dw = self._cudnn_backward(g, x if mainloop else a, weight, stride, padding, dilation, groups, need_da,
+                                      need_w and not mainloop)
+        if need_w and mainloop:
+            dw = ops().conv_wgrad(g, x, weight, in_scale, in_shift, list(stride), list(padding), list(dilation))
         dx = dscale = dshift = empty_vec(x)
         if need_da:
-            a = ops().bn_act(x, in_scale, in_shift, None, None, None, True)
             dx, dscale, dshift = ops().bn_act_backward(
                 da, a, x, in_scale, None, None, True, [need_x, need_scale, need_shift, False, False, False]
             )[:3]
-        dw = ops().conv_wgrad(g, x, weight, in_scale, in_shift, list(stride), list(padding),
-                              list(dilation)) if need_w else empty_vec(x)
         return dx, dw, dbias, dscale, dshift, dres
+
+    @staticmethod
+    def _cudnn_backward(g, x, weight, stride, padding, dilation, groups, need_dx, need_w):
+        """cuDNN's data and weight gradients of conv(x, W) for the output gradient g, in one call."""
+        if not (need_dx or need_w):
+            return empty_vec(x), empty_vec(x)
+        dx, dw, _ = torch.ops.aten.convolution_backward(
+            g, x, weight, None, stride, padding, dilation, False, [0, 0], groups, [need_dx, need_w, False])
+        dx = dx.contiguous(memory_format=output_format(x)) if need_dx else empty_vec(x)
+        return dx, (dw.contiguous() if need_w else empty_vec(x))
 
     def _output_grad(self, dy, dmean, dvar, y, mean, stats):
         """g = dy + dmean/M + 2 dvar (y - mean)/M in y's dtype and layout: one bn_act pass
