@@ -71,40 +71,48 @@ def block_variant(variant: str, kind, inplanes, planes, *, seed, compile_mode):
     raise ValueError(variant)
 
 
-def run_one(key, mode, variant, *, batch, dtype, device, steps, warmup, seed, compile_mode, show):
+def build_step(key, mode, variant, *, batch, dtype, device, seed, compile_mode):
+    """(module, step, expected backend or None): one block variant on the device and a
+    function doing one inference or training step over rotating inputs."""
     label, kind, inplanes, planes, hw = BLOCKS[key]
+    module, expect = block_variant(variant, kind, inplanes, planes, seed=seed, compile_mode=compile_mode)
+    module = B.prepare(module, mode=mode, dtype=dtype, device=device)
+    run = torch.compile(module, mode=compile_mode) if variant.endswith("compile") else module
+    g = torch.Generator().manual_seed(seed + 7)
+    shape = (batch, inplanes, hw, hw)
+    xs = [torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+          .contiguous(memory_format=torch.channels_last) for _ in range(ROTATE)]
+    cycle = itertools.cycle(xs)
+    if mode == "infer":
+        def step():
+            with torch.inference_mode():
+                return run(next(cycle))
+        return module, step, expect
+    for x in xs:
+        x.requires_grad_(True)
+    gout = torch.randn(shape, generator=g).to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+
+    def step():
+        x = next(cycle)
+        with B.autocast(device, dtype):
+            out = run(x)
+        out.backward(gout)
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+    return module, step, expect
+
+
+def run_one(key, mode, variant, *, batch, dtype, device, steps, warmup, seed, compile_mode, show):
+    label = BLOCKS[key][0]
     row = {"block": label, "key": key, "mode": mode, "variant": variant, "N": batch, "dtype": B.dtype_name(dtype),
            "channels_last": True, "compiled": variant.endswith("compile")}
     t0 = time.perf_counter()
-    module = step = xs = None
+    module = step = None
     try:
         B.reset_peak_memory(device)
         torch._dynamo.reset()
-        module, expect = block_variant(variant, kind, inplanes, planes, seed=seed, compile_mode=compile_mode)
-        module = B.prepare(module, mode=mode, dtype=dtype, device=device)
-        run = torch.compile(module, mode=compile_mode) if variant.endswith("compile") else module
-        g = torch.Generator().manual_seed(seed + 7)
-        shape = (batch, inplanes, hw, hw)
-        xs = [torch.randn(shape, generator=g).to(device=device, dtype=dtype)
-              .contiguous(memory_format=torch.channels_last) for _ in range(ROTATE)]
-        cycle = itertools.cycle(xs)
-        if mode == "infer":
-            def step():
-                with torch.inference_mode():
-                    return run(next(cycle))
-        else:
-            for x in xs:
-                x.requires_grad_(True)
-            gout = torch.randn(shape, generator=g).to(device=device, dtype=dtype) \
-                .contiguous(memory_format=torch.channels_last)
-
-            def step():
-                x = next(cycle)
-                with B.autocast(device, dtype):
-                    out = run(x)
-                out.backward(gout)
-                module.zero_grad(set_to_none=True)
-                x.grad = None
+        module, step, expect = build_step(key, mode, variant, batch=batch, dtype=dtype, device=device, seed=seed,
+                                          compile_mode=compile_mode)
         timing = B.time_fn(step, device=device, warmup=warmup, steps=steps, label=f"{key} {mode} {variant}",
                            show=show)
         row.update(timing.as_dict())
@@ -121,7 +129,7 @@ def run_one(key, mode, variant, *, batch, dtype, device, steps, warmup, seed, co
         B.progress(f"{key} {mode} {variant}: FAILED: {row['error'].splitlines()[0]}", show)
     finally:
         row["wall_s"] = time.perf_counter() - t0
-        del module, step, xs
+        del module, step
         torch._dynamo.reset()
         B.reset_peak_memory(device)
     return row

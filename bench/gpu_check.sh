@@ -20,7 +20,7 @@
 #   setup.log    nvidia-smi, versions, wheel install, extension build, fused-resnet info
 #   tests.log    fused-resnet check runs (whole-model parity vs torchvision), then
 #                pytest -m gpu, then pytest -m "not gpu" (together: the whole suite)
-#   bench.log    stdout/stderr of the two benchmarks
+#   bench.log    stdout/stderr of the two benchmarks and of profile_blocks.py
 #   blocks.json  bench/bench_blocks.py results
 #   models.json  bench/bench_models.py results
 #   speed_table.json  the fused blocks' times per backend: commit it to
@@ -150,6 +150,8 @@ else
 fi
 stage bench-blocks 150 "$BENCH" "$PY" bench/bench_blocks.py "${BLOCK_ARGS[@]}"
 stage bench-models 240 "$BENCH" "$PY" bench/bench_models.py "${MODEL_ARGS[@]}"
+# The kernels of one layer1 step per variant: where the fused blocks lose their time.
+stage profile 120 "$BENCH" "$PY" bench/profile_blocks.py --blocks layer1
 
 if (( ! QUICK )); then
   stage tests-rest 200 "$TESTS" "$PY" -m pytest tests -q -rfE -m "not gpu" -p no:cacheprovider "${PYTEST_EXTRA[@]}"

@@ -1,6 +1,6 @@
 """Helpers shared by the Triton kernel modules (``conv.py``, ``conv_backward.py``):
 interpreter detection, autotuning-candidate clamping, the sm_90 AOT compile check, and
-the one device function both call, ``dot``.
+the device functions both call (``bn_relu``, ``dot``).
 
 No kernels here. Installed, this is ``fused_resnet.kernels._common``; in a plain source
 checkout the backend loads it by file path (``fused_resnet/backends/triton.py``).
@@ -16,6 +16,15 @@ import triton.language as tl
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def bn_relu(a, sc, sf, mask):
+    """The prologue on a loaded operand tile: relu(a*scale + shift) per column, computed in
+    fp32 and rounded once to a's dtype; zero where ``mask`` is off, so padding is applied
+    after the transform (relu(0*s + t) = relu(t) is not zero)."""
+    u = tl.maximum(a.to(tl.float32) * sc[None, :] + sf[None, :], 0.0).to(a.dtype)
+    return tl.where(mask, u, tl.zeros_like(u))
 
 
 @triton.jit

@@ -59,7 +59,7 @@ except ImportError:  # loaded by file path from a plain checkout (fused_resnet/b
 
     _common = _load_kernel_module("_common")
 compile_specialization, interpreting = _common.compile_specialization, _common.interpreting
-dot = _common.dot
+bn_relu, dot = _common.bn_relu, _common.dot
 
 
 # ----------------------------------------------------------------------------- conv
@@ -135,10 +135,7 @@ def conv_fwd_kernel(
             else:
                 sc = tl.load(scale_ptr + g * CIN_G + cs, mask=cs < CIN_G, other=0.0)
                 sf = tl.load(shift_ptr + g * CIN_G + cs, mask=cs < CIN_G, other=0.0)
-            u = a.to(tl.float32) * sc[None, :] + sf[None, :]
-            u = tl.maximum(u, 0.0).to(x_ptr.dtype.element_ty)
-            # Zero padding (and ragged channels) applied after the transform.
-            a = tl.where(a_mask, u, tl.zeros_like(u))
+            a = bn_relu(a, sc, sf, a_mask)  # zero padding (and ragged channels) after the transform
         b_ptrs = w_ptr + ((tap * CIN_R + cs % CIN_R) * COUT)[:, None] + col[None, :]
         b = tl.load(b_ptrs, mask=b_mask, other=0.0)
         acc = dot(a, b, acc, DOT_PRECISION)
@@ -166,9 +163,7 @@ def conv_fwd_kernel(
                 else:
                     sc = tl.load(sc_scale_ptr + cs, mask=cs < CSC, other=0.0)
                     sf = tl.load(sc_shift_ptr + cs, mask=cs < CSC, other=0.0)
-                u = a.to(tl.float32) * sc[None, :] + sf[None, :]
-                u = tl.maximum(u, 0.0).to(sc_x_ptr.dtype.element_ty)
-                a = tl.where(a_mask, u, tl.zeros_like(u))
+                a = bn_relu(a, sc, sf, a_mask)
             b = tl.load(sc_w_ptr + (cs * COUT)[:, None] + col[None, :], mask=b_mask, other=0.0)
             acc = dot(a, b, acc, DOT_PRECISION)
 
@@ -185,9 +180,7 @@ def conv_fwd_kernel(
         if SC_PRO:
             sc = tl.load(sc_scale_ptr + cc, mask=c_ok, other=0.0)
             sf = tl.load(sc_shift_ptr + cc, mask=c_ok, other=0.0)
-            u = s.to(tl.float32) * sc[None, :] + sf[None, :]
-            u = tl.maximum(u, 0.0).to(sc_x_ptr.dtype.element_ty)
-            s = tl.where(s_mask, u, tl.zeros_like(u))
+            s = bn_relu(s, sc, sf, s_mask)
         acc += s.to(tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + col, mask=n_ok, other=0.0)

@@ -70,7 +70,7 @@ except ImportError:  # loaded by file path from a plain checkout (fused_resnet/b
 
     _common = _load_kernel_module("_common")
 compile_specialization, interpreting = _common.compile_specialization, _common.interpreting
-dot = _common.dot
+bn_relu, dot = _common.bn_relu, _common.dot
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -88,6 +88,20 @@ def _load_g(dy_ptr, y_ptr, off, mask, ga, gb, mu, STATS: tl.constexpr, RELU: tl.
         if RELU:
             g = tl.where(yv > 0, g, 0.0)
     return tl.where(mask, g, 0.0)
+
+
+@triton.jit
+def _load_g_coeffs(ga_ptr, gb_ptr, mu_ptr, co, ok, STATS: tl.constexpr):
+    """_load_g's per-output-channel ga, gb, mu for channels ``co`` (zeros, unread, without STATS)."""
+    if STATS:
+        ga = tl.load(ga_ptr + co, mask=ok, other=0.0)
+        gb = tl.load(gb_ptr + co, mask=ok, other=0.0)
+        mu = tl.load(mu_ptr + co, mask=ok, other=0.0)
+    else:
+        ga = 0.0
+        gb = 0.0
+        mu = 0.0
+    return ga, gb, mu
 
 
 # ----------------------------------------------------------------------------- dgrad
@@ -169,14 +183,7 @@ def conv_dgrad_kernel(
             same = (cs // COUT_R)[:, None] == (offs_n // CIN_R)[None, :]
             b_mask = k_ok[:, None] & n_ok[None, :] & same
         co = g * COUT_G + cs
-        if STATS:
-            ga = tl.load(ga_ptr + co, mask=k_ok, other=0.0)
-            gb = tl.load(gb_ptr + co, mask=k_ok, other=0.0)
-            mu = tl.load(mu_ptr + co, mask=k_ok, other=0.0)
-        else:
-            ga = 0.0
-            gb = 0.0
-            mu = 0.0
+        ga, gb, mu = _load_g_coeffs(ga_ptr, gb_ptr, mu_ptr, co, k_ok, STATS)
         dy_off = (((nb * HO + oh) * WO + ow) * COUT)[:, None] + co[None, :]
         a = _load_g(dy_ptr, y_ptr, dy_off, a_mask, ga, gb, mu, STATS, RELU).to(dy_ptr.dtype.element_ty)
         b_ptrs = w_ptr + ((tap * COUT + co) * CIN_R)[:, None] + (offs_n % CIN_R)[None, :]
@@ -233,14 +240,7 @@ def conv_wgrad_kernel(
     co_ok = offs_co < COUT_G
     ci = g * CIN_G + offs_ci
     co = g * COUT_G + offs_co
-    if STATS:
-        ga = tl.load(ga_ptr + co, mask=co_ok, other=0.0)
-        gb = tl.load(gb_ptr + co, mask=co_ok, other=0.0)
-        mu = tl.load(mu_ptr + co, mask=co_ok, other=0.0)
-    else:
-        ga = 0.0
-        gb = 0.0
-        mu = 0.0
+    ga, gb, mu = _load_g_coeffs(ga_ptr, gb_ptr, mu_ptr, co, co_ok, STATS)
     if HAS_PRO:
         sc = tl.load(scale_ptr + ci, mask=ci_ok, other=0.0)
         sf = tl.load(shift_ptr + ci, mask=ci_ok, other=0.0)
@@ -261,9 +261,7 @@ def conv_wgrad_kernel(
         a_mask = row_ok[:, None] & ci_ok[None, :]
         a = tl.load(x_ptr + (((nb * H + ih) * W + iw) * CIN)[:, None] + ci[None, :], mask=a_mask, other=0.0)
         if HAS_PRO:
-            u = a.to(tl.float32) * sc[None, :] + sf[None, :]
-            u = tl.maximum(u, 0.0).to(x_ptr.dtype.element_ty)
-            a = tl.where(a_mask, u, tl.zeros_like(u))  # zero padding after the transform
+            a = bn_relu(a, sc, sf, a_mask)
         g_mask = m_ok[:, None] & co_ok[None, :]
         gt = _load_g(dy_ptr, y_ptr, (offs_m * COUT)[:, None] + co[None, :], g_mask, ga, gb, mu, STATS, RELU)
         acc = dot(tl.trans(a), gt.to(x_ptr.dtype.element_ty), acc, DOT_PRECISION)

@@ -465,3 +465,33 @@ def test_layer1_bottleneck_train_step_gpu_bf16():
 
     ms = do_bench(step, warmup=10, rep=50)
     print(f"\nlayer1 bottleneck train step, N=128 bf16, triton: {ms:.3f} ms (target <= 3.0 ms)")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("case", [R50_CASES[1], R50_CASES[2]], ids=[R50_CASES[1][0], R50_CASES[2][0]])
+def test_every_autotune_candidate_is_correct(case, dtype, monkeypatch):
+    """Autotuning keeps whichever candidate configuration is fastest on the machine, so each
+    one, forced in turn (forward, dgrad and wgrad alike), must compute the same function:
+    the 2x rule in bf16, fp32 (TF32 off) against the reference."""
+    from fused_resnet.backends import triton as triton_backend
+
+    _, cin, h, cout, k, s, p, pro = case
+    args = make_case(4, cin, h, h, cout, k, s, p, pro=pro, stats=True, dtype=dtype, channels_last=True, seed=5)
+    dy, _, _, x, wt, _, _, sc, sf, stride, pad, dil, groups, relu, stats = args
+    fwd = (x, wt, None, sc, sf, None, stride, pad, dil, groups, relu, stats)
+    plain_y = reference.conv(*fwd)[0]
+    ref_y = reference.conv(*_to64(fwd))[0]
+    most = max(len(triton_backend.kernels().conv_configs(cin, cout, x.element_size())),
+               len(triton_backend.backward_kernels().dgrad_configs(cin, cout, x.element_size())),
+               len(triton_backend.backward_kernels().wgrad_configs(cin, cout, x.element_size())))
+    for i in range(most):
+        monkeypatch.setattr(triton_backend, "_pick_config",
+                            lambda key, cands, launch, i=i: cands[min(i, len(cands) - 1)])
+        y = _tb().conv(*fwd)[0]
+        if dtype == torch.float32:
+            assert_close_fp32(y, plain_y, f"y, candidate {i}", atol=1e-5 * max(1.0, plain_y.abs().max().item()))
+            check_fp32(args)
+        else:
+            assert_within_2x(y, plain_y, ref_y, f"y, candidate {i}")
+            check_lowp(args)

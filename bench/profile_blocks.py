@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""Where a block step's GPU time goes: its kernels, per variant (torch.profiler).
+
+For each block, mode and variant (eager torchvision and each fused backend), after
+warm-up steps (which include Triton's autotuning), the profiler records ``--steps``
+steps of bench_blocks.py's step (same blocks, batch, dtype and rotating inputs).
+Printed per variant: kernel launches and summed kernel time per step, then the
+kernels with the most time, per step. The summed kernel time against the step's
+wall time (bench_blocks.py) tells launch gaps from slow kernels.
+
+    python bench/profile_blocks.py                              # layer1, infer + train, every backend
+    python bench/profile_blocks.py --blocks layer1,layer3 --modes train --backends triton --top 20
+    python bench/profile_blocks.py --device cpu --batch 2 --steps 1   # CPU smoke run (reference backend)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+import bench_blocks  # noqa: E402
+from bench_blocks import B  # noqa: E402
+
+
+def kernel_times(step, *, steps: int, device: torch.device) -> list[tuple[str, int, float]]:
+    """(kernel name, launches, total microseconds) over ``steps`` steps, longest first. On
+    the CPU (a smoke run) the "kernels" are the operators, by self time."""
+    on_gpu = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if on_gpu else ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+        B.synchronize(device)
+    rows = []
+    for e in prof.key_averages():
+        us = e.self_device_time_total if on_gpu else e.self_cpu_time_total
+        if us > 0:
+            rows.append((e.key, e.count, us))
+    return sorted(rows, key=lambda r: -r[2])
+
+
+def report(label: str, rows, *, steps: int, top: int) -> str:
+    launches = sum(r[1] for r in rows) / steps
+    total_ms = sum(r[2] for r in rows) / steps / 1e3
+    lines = [f"\n== {label}: {launches:.0f} kernels, {total_ms:.3f} ms of kernel time per step"]
+    body = [[name[:90], count / steps, us / steps / 1e3, 100 * us / steps / 1e3 / total_ms]
+            for name, count, us in rows[:top]]
+    lines.append(B.format_table(["kernel", "launches/step", "ms/step", "% of kernel time"], body))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--blocks", default="layer1")
+    p.add_argument("--modes", default="infer,train")
+    p.add_argument("--backends", default=None, help="fused backends (default: every available one but reference)")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--dtype", default="bf16", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--top", type=int, default=12)
+    p.add_argument("--device", default=None, help="default: cuda when available (a CPU run only smoke-tests)")
+    args = p.parse_args(argv)
+    device, dtype = B.resolve_device(args.device), B.parse_dtype(args.dtype)
+    if args.backends is None:
+        names = [n for n, (ok, _) in B.available_backends().items() if ok and (n != "reference" or device.type == "cpu")]
+    else:
+        names = [n.strip() for n in args.backends.split(",") if n.strip()]
+    variants = ["eager"] + [f"fused[{n}]" for n in names]
+    print(f"profile_blocks.py: {B.gpu_name(device) if device.type == 'cuda' else 'CPU'}, torch {torch.__version__}, {args.dtype}, N={args.batch}, "
+          f"{args.steps} profiled steps after {args.warmup} warm-up steps")
+    for key in args.blocks.split(","):
+        for mode in args.modes.split(","):
+            for variant in variants:
+                module, step, _ = bench_blocks.build_step(key, mode, variant, batch=args.batch, dtype=dtype,
+                                                          device=device, seed=0, compile_mode=None)
+                for _ in range(args.warmup):
+                    step()
+                rows = kernel_times(step, steps=args.steps, device=device)
+                print(report(f"{key} {mode} {variant}", rows, steps=args.steps, top=args.top), flush=True)
+                del module, step
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
