@@ -306,14 +306,7 @@ def conv_grad_out_kernel(
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = offs_c < C
     mask = (offs_m < M)[:, None] & c_ok[None, :]
-    if STATS:
-        ga = tl.load(ga_ptr + offs_c, mask=c_ok, other=0.0)
-        gb = tl.load(gb_ptr + offs_c, mask=c_ok, other=0.0)
-        mu = tl.load(mu_ptr + offs_c, mask=c_ok, other=0.0)
-    else:
-        ga = 0.0
-        gb = 0.0
-        mu = 0.0
+    ga, gb, mu = _load_g_coeffs(ga_ptr, gb_ptr, mu_ptr, offs_c, c_ok, STATS)
     off = offs_m[:, None] * C + offs_c[None, :]
     gv = _load_g(dy_ptr, y_ptr, off, mask, ga, gb, mu, STATS, RELU)
     if NEED_RES:
