@@ -92,3 +92,29 @@ def test_train_steps_under_autocast(name, dtype, backend):
             assert_rel_within_2x(bf, bp, b64, f"{name} buffer {n}", atol=1e-3)
         else:
             assert torch.equal(bf, bp), n
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnext50_32x4d", "cifar_resnet20_v2_B"])
+def test_cuda_and_triton_agree(name):
+    """The two GPU backends on the same inputs, one bf16 autocast training step: their logits
+    and parameter gradients differ from each other by no more than each may differ from the
+    fp64 model under the 2x rule (so by at most 4x plain PyTorch's relative error)."""
+    for backend in BACKENDS:
+        _backend_or_skip(backend)
+    ref, plain, fused_t, x = _models(name, torch.float32, "triton")
+    fused_c = fused_resnet.convert(copy.deepcopy(plain), backend="cuda")  # plain: the unconverted fp32 copy
+    outs = {}
+    for key, m in (("ref", ref), ("plain", plain), ("triton", fused_t), ("cuda", fused_c)):
+        m.train()
+        if key == "ref":
+            y = m(x.double())
+        else:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                y = m(x)
+        y.float().square().mean().backward()
+        outs[key] = [y] + [p.grad for p in m.parameters()]
+    names = ["logits"] + [n for n, _ in ref.named_parameters()]
+    for i, n in enumerate(names):
+        bound = 4 * rel_err(outs["plain"][i], outs["ref"][i]) + 2e-3
+        diff = rel_err(outs["cuda"][i], outs["triton"][i].double())
+        assert diff <= bound, f"{name} {n}: cuda and triton differ by {diff:.3g} > {bound:.3g}"
