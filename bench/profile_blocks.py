@@ -4,9 +4,10 @@
 For each block, mode and variant (eager torchvision and each fused backend), after
 warm-up steps (which include Triton's autotuning), the profiler records ``--steps``
 steps of bench_blocks.py's step (same blocks, batch, dtype and rotating inputs).
-Printed per variant: kernel launches and summed kernel time per step, then the
-kernels with the most time, per step. The summed kernel time against the step's
-wall time (bench_blocks.py) tells launch gaps from slow kernels.
+Printed per variant: kernel launches and summed kernel time per step beside the
+step's median time (timed without the profiler, as bench_blocks.py does), then the
+kernels with the most time, per step. Kernel time well under the step time means
+launch gaps (host work: Python, dispatch), not slow kernels.
 
     python bench/profile_blocks.py                              # layer1, infer + train, every backend
     python bench/profile_blocks.py --blocks layer1,layer3 --modes train --backends triton --top 20
@@ -43,10 +44,11 @@ def kernel_times(step, *, steps: int, device: torch.device) -> list[tuple[str, i
     return sorted(rows, key=lambda r: -r[2])
 
 
-def report(label: str, rows, *, steps: int, top: int) -> str:
+def report(label: str, rows, *, steps: int, top: int, step_ms: float) -> str:
     launches = sum(r[1] for r in rows) / steps
     total_ms = sum(r[2] for r in rows) / steps / 1e3
-    lines = [f"\n== {label}: {launches:.0f} kernels, {total_ms:.3f} ms of kernel time per step"]
+    lines = [f"\n== {label}: {launches:.0f} kernels, {total_ms:.3f} ms of kernel time per step "
+             f"in a step of {step_ms:.3f} ms (median, unprofiled)"]
     body = [[name[:90], count / steps, us / steps / 1e3, 100 * us / steps / 1e3 / total_ms]
             for name, count, us in rows[:top]]
     lines.append(B.format_table(["kernel", "launches/step", "ms/step", "% of kernel time"], body))
@@ -78,10 +80,10 @@ def main(argv=None) -> int:
             for variant in variants:
                 module, step, _ = bench_blocks.build_step(key, mode, variant, batch=args.batch, dtype=dtype,
                                                           device=device, seed=0, compile_mode=None)
-                for _ in range(args.warmup):
-                    step()
+                timing = B.time_fn(step, device=device, warmup=args.warmup, steps=args.steps, show=False)
                 rows = kernel_times(step, steps=args.steps, device=device)
-                print(report(f"{key} {mode} {variant}", rows, steps=args.steps, top=args.top), flush=True)
+                print(report(f"{key} {mode} {variant}", rows, steps=args.steps, top=args.top,
+                             step_ms=timing.median_ms), flush=True)
                 del module, step
     return 0
 
