@@ -10,6 +10,7 @@ Batch 256 for ImageNet models at 224x224 and 512 for CIFAR, as in the peer ancho
     python bench/bench_models.py --json $OUT/models.json                 # eager + fused
     python bench/bench_models.py --compile --json $OUT/models.json       # + torch.compile (slow to build)
     python bench/bench_models.py --quick                                 # resnet50 + cifar_resnet56, fewer steps
+    python bench/bench_models.py --graphs                                # + inference replayed from CUDA graphs
 """
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ def main(argv=None) -> int:
     p.add_argument("--compile-models", default=DEFAULT_COMPILE,
                    help="with --compile, which models to compile ('all' for every one)")
     p.add_argument("--compile-mode", default=None)
+    p.add_argument("--graphs", action="store_true",
+                   help="add inference replayed from a CUDA graph, eager and fused (no host work per step)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help=f"models {QUICK_MODELS}, fewer steps")
     p.add_argument("--seed", type=int, default=0)
@@ -82,7 +85,7 @@ def main(argv=None) -> int:
             "config": {"models": models, "modes": modes, "dtype": B.dtype_name(dtype), "steps": steps,
                        "warmup": warmup, "backend": args.backend, "compile": args.compile,
                        "compile_models": sorted(compile_set) if args.compile else [],
-                       "compile_mode": args.compile_mode, "channels_last": True,
+                       "compile_mode": args.compile_mode, "graphs": args.graphs, "channels_last": True,
                        "train_step": "autocast forward + cross-entropy + backward + SGD(momentum=0.9) step",
                        "infer_step": "model.eval().to(dtype) under torch.inference_mode"},
             "note": B.CPU_NOTE.format(backend="reference") if on_cpu else None,
@@ -104,7 +107,8 @@ def main(argv=None) -> int:
         if args.compile and name in compile_set:
             variants += ["eager+compile", "fused+compile"]
         for mode in modes:
-            rows += B.bench_model(name, mode=mode, variants=variants, batch=batch, image_size=image, dtype=dtype,
+            graphs = ["eager+graphs", "fused+graphs"] if args.graphs and mode == "infer" else []
+            rows += B.bench_model(name, mode=mode, variants=variants + graphs, batch=batch, image_size=image, dtype=dtype,
                                   device=device, steps=steps, warmup=warmup, backend=args.backend,
                                   compile_mode=args.compile_mode, seed=args.seed, show=show)
             B.progress(f"{name} {mode} done ({time.perf_counter() - t0:.0f} s so far)", show)

@@ -475,7 +475,25 @@ def prepare(model: nn.Module, *, mode: str, dtype: torch.dtype, device: torch.de
     return model
 
 
-VARIANTS = ("eager", "fused", "eager+compile", "fused+compile")
+VARIANTS = ("eager", "fused", "eager+compile", "fused+compile", "eager+graphs", "fused+graphs")
+
+
+def make_graph_step(step: Callable[[], Any], *, warmup: int = 3) -> Callable[[], None]:
+    """``step`` captured once in a CUDA graph; the returned function replays it.
+
+    The warm-up steps run eagerly first (on a side stream, as capture requires): they
+    compile and autotune the Triton kernels, which a capture cannot do.
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
 
 
 def bench_model(name: str, *, mode: str = "infer", variants: Sequence[str] = ("eager", "fused"),
@@ -526,6 +544,11 @@ def bench_model(name: str, *, mode: str = "infer", variants: Sequence[str] = ("e
                                    dtype=dtype if mode == "infer" else torch.float32,
                                    channels_last=channels_last)
             step = make_infer_step(model, x) if mode == "infer" else make_train_step(model, x, target, dtype)
+            if variant.endswith("+graphs"):
+                if mode != "infer" or device.type != "cuda":
+                    raise ValueError("the +graphs variants replay a CUDA graph of an inference step: "
+                                     f"they need mode 'infer' on a CUDA device, not {mode!r} on {device.type}")
+                step = make_graph_step(step)
             progress(f"{label}: batch {batch}, {size}x{size}, {dtype_name(dtype)}, "
                      f"warm-up {warmup}, steps {steps}", show)
             timing = time_fn(step, device=device, warmup=warmup, steps=steps, label=label, show=show)

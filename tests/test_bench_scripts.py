@@ -19,3 +19,24 @@ def test_profile_blocks_runs_on_cpu():
         assert f"== {label}: " in out.stdout, out.stdout[-3000:]
     fused = out.stdout.split("== basic infer fused[reference]: ")[1].split("== ")[0]
     assert "fused_resnet::conv" in fused, "the fused block's own op is missing from its profile"
+
+
+def test_bench_models_graph_variants_need_a_gpu(tmp_path):
+    """--graphs adds the CUDA-graph inference variants; off the GPU each is a row saying why it
+    could not run (so the script exits 1), and the other variants still run."""
+    import json
+
+    out_json = tmp_path / "models.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_models.py"), "--device", "cpu", "--models",
+           "cifar_resnet20", "--modes", "infer,train", "--graphs", "--backend", "reference", "--json", str(out_json),
+           "-q"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(ROOT))
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = json.loads(out_json.read_text())["results"]
+    by = {(r["mode"], r["variant"]): r for r in rows}
+    assert set(by) == {("infer", "eager"), ("infer", "fused"), ("infer", "eager+graphs"), ("infer", "fused+graphs"),
+                       ("train", "eager"), ("train", "fused")}, sorted(by)
+    for v in ("eager+graphs", "fused+graphs"):
+        assert "need mode 'infer' on a CUDA device" in by[("infer", v)]["error"], by[("infer", v)]
+    for key in (("infer", "eager"), ("infer", "fused"), ("train", "eager"), ("train", "fused")):
+        assert by[key].get("img_per_s") and not by[key].get("error"), by[key]
