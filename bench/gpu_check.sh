@@ -145,7 +145,7 @@ PYTEST_EXTRA=()
 stage tests-gpu "${TESTS_GPU_S:-240}" "$TESTS" "$PY" -m pytest tests -q -rfE -m gpu -p no:cacheprovider --durations=20 "${PYTEST_EXTRA[@]}"
 
 BLOCK_ARGS=(--json "$OUT/blocks.json" --table "$OUT/speed_table.json")
-MODEL_ARGS=(--json "$OUT/models.json" --backend triton,cuda --graphs)
+MODEL_ARGS=(--json "$OUT/models.json" --backend triton,cuda,auto --graphs)
 if (( QUICK )); then
   BLOCK_ARGS+=(--quick); MODEL_ARGS+=(--quick)
 else
