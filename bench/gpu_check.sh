@@ -140,7 +140,7 @@ fi
 # time is Triton compiling kernels on the CPU.
 # A test that hangs is stopped (pytest-timeout, when installed) instead of eating the budget.
 PYTEST_EXTRA=()
-"$PY" -c "import xdist" 2>/dev/null && PYTEST_EXTRA=(-n "${PYTEST_EXTRA_N:-14}")
+"$PY" -c "import xdist" 2>/dev/null && PYTEST_EXTRA=(-n "${XDIST_N:-14}")
 "$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST_EXTRA+=(--timeout 150)
 stage tests-gpu "${TESTS_GPU_S:-240}" "$TESTS" "$PY" -m pytest tests -q -rfE -m gpu -p no:cacheprovider --durations=20 "${PYTEST_EXTRA[@]}"
 
