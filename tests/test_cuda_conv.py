@@ -276,6 +276,36 @@ def test_backend_conv_and_backward(C, case, stats, pro, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("stats", [True, False], ids=["stats", "nostats"])
+@pytest.mark.parametrize("mask", [[False, False, False, False, False, True], [False, True, False, False, False, False],
+                                  [True, False, False, True, False, False]], ids=["dres", "dw", "dx-dscale"])
+def test_backend_conv_backward_partial_masks(C, mask, stats):
+    """A prologue convolution's backward asked for some gradients only: those come out right
+    (the 2x rule), the others empty."""
+    x, weight, scale, shift, stride, pad, dil = _inputs(CASES[2], torch.bfloat16)
+    backend = cuda_backend.CudaBackend()
+    y, mean, _ = backend.conv(x, weight, None, scale, shift, None, stride, pad, dil, 1, False, stats)
+    dy = _cl(randn(*y.shape, device=DEV, seed=4).to(torch.bfloat16))
+    dmean, dvar = [(torch.randn(y.shape[1], generator=torch.Generator().manual_seed(s)) * 0.1).to(DEV) for s in (8, 9)]
+
+    def grads(fn, cast):
+        tensors = [cast(t) for t in (dy, dmean, dvar, x, weight, y, mean, scale, shift)]
+        return fn(*tensors, stride, pad, dil, 1, False, stats, mask)
+
+    got = grads(backend.conv_backward, lambda t: t)
+    plain = grads(reference.conv_backward, lambda t: t)
+    ref64 = grads(reference.conv_backward, torch.Tensor.double)
+    for i, wanted in enumerate(mask):
+        if not wanted:
+            assert got[i].numel() == 0, i
+        elif got[i].dim() == 4:
+            assert_within_2x(got[i], plain[i].contiguous(), ref64[i], f"output {i}")
+        else:
+            err, plain_err = (got[i].double() - ref64[i]).abs().max().item(), (plain[i].double() - ref64[i]).abs().max()
+            assert err <= 2 * plain_err.item() + 1e-3 * ref64[i].abs().max().item(), i
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", LOWP + (torch.float32,), ids=str)
 @pytest.mark.parametrize("what", ["groups-bias-res-relu", "groups-prologue", "nchw-bias-relu"])
 def test_backend_cudnn_path(C, what, dtype):

@@ -184,9 +184,10 @@ class CudaBackend(Backend):
             return dx, dw, dbias, empty_vec(x), empty_vec(x), dres
         mainloop = _mainloop_serves(x, weight, None, in_scale, None, stride, padding, dilation, groups, False, stats)
         need_da = need_x or need_scale or need_shift
-        a = ops().bn_act(x, in_scale, in_shift, None, None, None, True) if need_da or not mainloop else None
-        da, dw = self._cudnn_backward(g, x if mainloop else a, weight, stride, padding, dilation, groups, need_da,
-                                      need_w and not mainloop)
+        cudnn_w = need_w and not mainloop  # cuDNN's dW reads the activation; its data gradient reads no values
+        a = ops().bn_act(x, in_scale, in_shift, None, None, None, True) if need_da or cudnn_w else None
+        da, dw = self._cudnn_backward(g, a if cudnn_w else x, weight, stride, padding, dilation, groups, need_da,
+                                      cudnn_w)
         if need_w and mainloop:
             dw = ops().conv_wgrad(g, x, weight, in_scale, in_shift, list(stride), list(padding), list(dilation))
         dx = dscale = dshift = empty_vec(x)
