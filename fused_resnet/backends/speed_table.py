@@ -31,9 +31,15 @@ def block_key(name: str, channels: Sequence[int], stride: int, groups: int, dila
     return f"{name} {'-'.join(str(c) for c in channels)} s{stride} g{groups} d{dilation}"
 
 
-def table_paths() -> list[str]:
-    extra = [p for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
-    return sorted(glob.glob(os.path.join(SHIPPED_DIR, "*.json"))) + extra
+def table_paths() -> tuple[str, ...]:
+    return _table_paths(os.environ.get(ENV_VAR, ""))
+
+
+@functools.lru_cache(maxsize=None)
+def _table_paths(env_value: str) -> tuple[str, ...]:
+    # Listed once per value of the variable: measured_order runs at every block's forward.
+    extra = [p for p in env_value.split(os.pathsep) if p]
+    return tuple(sorted(glob.glob(os.path.join(SHIPPED_DIR, "*.json"))) + extra)
 
 
 @functools.lru_cache(maxsize=None)
@@ -54,7 +60,7 @@ def measured_order(device_name: str, dtype: str, mode: str, key: str, hw: int) -
 
     Asked at every forward of every block: the answer is cached per table set and question.
     """
-    return _measured_order(tuple(table_paths()), device_name, dtype, mode, key, hw)
+    return _measured_order(table_paths(), device_name, dtype, mode, key, hw)
 
 
 @functools.lru_cache(maxsize=4096)
