@@ -25,6 +25,9 @@ TORCH_LIBRARY(fused_resnet_cuda, m) {
   m.def("batch_stats(Tensor x) -> (Tensor, Tensor)");
   m.def("bn_finalize(Tensor mean, Tensor var, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor, Tensor)");
   m.def(
+      "bn_finalize_backward(Tensor dscale, Tensor dshift, Tensor? dinvstd, Tensor mean, Tensor? weight, "
+      "Tensor scale, Tensor invstd) -> (Tensor, Tensor, Tensor)");
+  m.def(
       "bn_update_running(Tensor mean, Tensor var, SymInt count, Tensor(a!) running_mean, Tensor(b!) running_var, "
       "Tensor(c!)? num_batches_tracked, float? momentum) -> ()");
   m.def(
@@ -45,6 +48,7 @@ TORCH_LIBRARY(fused_resnet_cuda, m) {
 TORCH_LIBRARY_IMPL(fused_resnet_cuda, CUDA, m) {
   m.impl("batch_stats", &fused_resnet::batch_stats);
   m.impl("bn_finalize", &fused_resnet::bn_finalize);
+  m.impl("bn_finalize_backward", &fused_resnet::bn_finalize_backward);
   m.impl("bn_update_running", &fused_resnet::bn_update_running);
   m.impl("bn_act", &fused_resnet::bn_act);
   m.impl("bn_act_backward", &fused_resnet::bn_act_backward);
@@ -65,8 +69,8 @@ py::dict built_with() {
   d["arch_list"] = archs;
   d["torch_version"] = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
                        std::to_string(TORCH_VERSION_PATCH);
-  d["ops"] = std::vector<std::string>{"batch_stats", "bn_finalize", "bn_update_running", "bn_act",
-                                      "bn_act_backward", "conv", "conv_wgrad"};
+  d["ops"] = std::vector<std::string>{"batch_stats", "bn_finalize", "bn_finalize_backward", "bn_update_running",
+                                      "bn_act", "bn_act_backward", "conv", "conv_wgrad"};
   int count = 0;
   const fused_resnet::CutlassConvKernel* const* all = fused_resnet::cutlass_conv_kernels(&count);
   std::vector<std::string> kernels;
@@ -86,6 +90,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("batch_stats", &fused_resnet::batch_stats, py::arg("x"));
   m.def("bn_finalize", &fused_resnet::bn_finalize, py::arg("mean"), py::arg("var"), py::arg("weight"),
         py::arg("bias"), py::arg("eps"));
+  m.def("bn_finalize_backward", &fused_resnet::bn_finalize_backward, py::arg("dscale"), py::arg("dshift"),
+        py::arg("dinvstd"), py::arg("mean"), py::arg("weight"), py::arg("scale"), py::arg("invstd"));
   m.def(
       "bn_update_running",
       [](const at::Tensor& mean, const at::Tensor& var, int64_t count, at::Tensor running_mean,

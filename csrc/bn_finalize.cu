@@ -1,4 +1,5 @@
 // bn_finalize: scale = gamma * rsqrt(var + eps), shift = beta - mean * scale, invstd.
+// bn_finalize_backward: its gradients w.r.t. (mean, var, gamma), one thread a channel.
 // bn_update_running: the in-place running-statistics update of nn.BatchNorm2d,
 // exactly as fused_resnet/reference.py bn_update_running computes it, reading
 // num_batches_tracked on the device (no host synchronisation: CUDA-graph safe).
@@ -22,6 +23,27 @@ __global__ void finalize_kernel(const float* __restrict__ mean, const float* __r
   invstd[c] = r;
   scale[c] = s;
   shift[c] = t;
+}
+
+// Derivation: fused_resnet/reference.py bn_finalize_backward. dst = dscale - dshift*mean;
+// dgamma = dst*r; dr = dst*gamma (or dst) + dinvstd; dmean = -dshift*scale; dvar = -dr/2 * r^3.
+__global__ void finalize_backward_kernel(const float* __restrict__ dscale, const float* __restrict__ dshift,
+                                         const float* __restrict__ dinvstd, const float* __restrict__ mean,
+                                         const float* __restrict__ weight, const float* __restrict__ scale,
+                                         const float* __restrict__ invstd, int64_t C, float* __restrict__ dmean,
+                                         float* __restrict__ dvar, float* __restrict__ dweight) {
+  const int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  const float r = invstd[c];
+  const float dst = __fsub_rn(dscale[c], __fmul_rn(dshift[c], mean[c]));
+  float dr = dst;
+  if (weight != nullptr) {
+    dr = __fmul_rn(dst, weight[c]);
+    dweight[c] = __fmul_rn(dst, r);
+  }
+  if (dinvstd != nullptr) dr = __fadd_rn(dr, dinvstd[c]);
+  dmean[c] = __fmul_rn(-dshift[c], scale[c]);
+  dvar[c] = __fmul_rn(__fmul_rn(dr, -0.5f), __fmul_rn(__fmul_rn(r, r), r));
 }
 
 __device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
@@ -62,6 +84,13 @@ cudaError_t launch_bn_finalize(const FinalizeArgs& a, cudaStream_t stream) {
   const int threads = 256;
   finalize_kernel<<<(unsigned)ceil_div64(a.C, threads), threads, 0, stream>>>(a.mean, a.var, a.weight, a.bias, a.eps,
                                                                                a.C, a.scale, a.shift, a.invstd);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_bn_finalize_backward(const FinalizeBackwardArgs& a, cudaStream_t stream) {
+  const int threads = 256;
+  finalize_backward_kernel<<<(unsigned)ceil_div64(a.C, threads), threads, 0, stream>>>(
+      a.dscale, a.dshift, a.dinvstd, a.mean, a.weight, a.scale, a.invstd, a.C, a.dmean, a.dvar, a.dweight);
   return cudaGetLastError();
 }
 

@@ -52,6 +52,13 @@ struct FinalizeArgs {
 };
 cudaError_t launch_bn_finalize(const FinalizeArgs& a, cudaStream_t stream);
 
+struct FinalizeBackwardArgs {
+  const float *dscale, *dshift, *dinvstd, *mean, *weight, *scale, *invstd;  // dinvstd, weight may be null
+  int64_t C;
+  float *dmean, *dvar, *dweight;  // dweight: null without weight
+};
+cudaError_t launch_bn_finalize_backward(const FinalizeBackwardArgs& a, cudaStream_t stream);
+
 struct RunningArgs {
   const float *mean, *var;
   int64_t C;

@@ -208,6 +208,49 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_finalize(const at::Tensor& mea
   return {scale, shift, invstd};
 }
 
+// ------------------------------------------------------------------ bn_finalize_backward
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_finalize_backward(
+    const at::Tensor& dscale_in, const at::Tensor& dshift_in, const std::optional<at::Tensor>& dinvstd,
+    const at::Tensor& mean_in, const std::optional<at::Tensor>& weight, const at::Tensor& scale_in,
+    const at::Tensor& invstd_in) {
+  constexpr const char* op = "bn_finalize_backward";
+  check_cuda(mean_in, op, "mean");
+  TORCH_CHECK(mean_in.dim() == 1,
+              "fused_resnet_cuda::bn_finalize_backward: mean must be a 1-D per-channel vector, got shape ",
+              mean_in.sizes());
+  const int64_t C = mean_in.size(0);
+  check_vec(mean_in, op, "mean", C, mean_in, "mean");
+  check_vec(dscale_in, op, "dscale", C, mean_in, "mean");
+  check_vec(dshift_in, op, "dshift", C, mean_in, "mean");
+  check_vec(scale_in, op, "scale", C, mean_in, "mean");
+  check_vec(invstd_in, op, "invstd", C, mean_in, "mean");
+  if (dinvstd.has_value()) check_vec(*dinvstd, op, "dinvstd", C, mean_in, "mean");
+  const c10::cuda::CUDAGuard guard(mean_in.device());
+  const at::Tensor w = weight.has_value() ? float_vec(*weight, op, "weight", C, mean_in, "mean") : at::Tensor();
+  const at::Tensor di = dinvstd.has_value() ? dinvstd->contiguous() : at::Tensor();
+  const at::Tensor dscale = dscale_in.contiguous(), dshift = dshift_in.contiguous(), mean = mean_in.contiguous();
+  const at::Tensor scale = scale_in.contiguous(), invstd = invstd_in.contiguous();
+  at::Tensor dmean = at::empty({C}, mean.options());
+  at::Tensor dvar = at::empty({C}, mean.options());
+  at::Tensor dweight = at::empty({w.defined() ? C : 0}, mean.options());
+  if (C == 0) return {dmean, dvar, dweight};
+  FinalizeBackwardArgs a;
+  a.dscale = dscale.const_data_ptr<float>();
+  a.dshift = dshift.const_data_ptr<float>();
+  a.dinvstd = di.defined() ? di.const_data_ptr<float>() : nullptr;
+  a.mean = mean.const_data_ptr<float>();
+  a.weight = w.defined() ? w.const_data_ptr<float>() : nullptr;
+  a.scale = scale.const_data_ptr<float>();
+  a.invstd = invstd.const_data_ptr<float>();
+  a.C = C;
+  a.dmean = dmean.mutable_data_ptr<float>();
+  a.dvar = dvar.mutable_data_ptr<float>();
+  a.dweight = w.defined() ? dweight.mutable_data_ptr<float>() : nullptr;
+  check_launch(launch_bn_finalize_backward(a, c10::cuda::getCurrentCUDAStream()), op);
+  return {dmean, dvar, dweight};
+}
+
 // ------------------------------------------------------------------ bn_update_running
 
 void bn_update_running(const at::Tensor& mean_in, const at::Tensor& var_in, c10::SymInt count_sym,

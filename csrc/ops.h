@@ -19,6 +19,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_finalize(const at::Tensor& mea
                                                            const std::optional<at::Tensor>& weight,
                                                            const std::optional<at::Tensor>& bias, double eps);
 
+// bn_finalize's gradients w.r.t. (mean, var, weight); dweight is empty without a weight.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_finalize_backward(
+    const at::Tensor& dscale, const at::Tensor& dshift, const std::optional<at::Tensor>& dinvstd,
+    const at::Tensor& mean, const std::optional<at::Tensor>& weight, const at::Tensor& scale,
+    const at::Tensor& invstd);
+
 void bn_update_running(const at::Tensor& mean, const at::Tensor& var, c10::SymInt count, at::Tensor& running_mean,
                        at::Tensor& running_var, const std::optional<at::Tensor>& num_batches_tracked,
                        std::optional<double> momentum);

@@ -20,7 +20,9 @@ caller did not ask for come back as empty fp32 tensors.
       same kernel, S a strided 1x1 projection of (pre-activated) sc_x, or, without sc_W,
       option A (sc_x subsampled, channels zero-padded); S never round-trips through memory
   batch_stats(x)           -> (mean, var) per channel, biased variance
+  batch_stats_backward(dmean, dvar, x, mean) -> dx
   bn_finalize(mean, var, gamma, beta, eps) -> (scale, shift, invstd), scale = gamma/sqrt(var+eps)
+  bn_finalize_backward(...) -> (dmean, dvar, dgamma): bn_finalize's gradients
   bn_update_running(mean, var, count, running_mean, running_var, num_batches_tracked, momentum)
       updates the running statistics in place exactly like nn.BatchNorm2d (unbiased running_var)
   bn_act(y, scale, shift, residual, res_scale, res_shift, relu) -> out
@@ -29,6 +31,7 @@ caller did not ask for come back as empty fp32 tensors.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Optional, Sequence
 
 import torch
@@ -38,10 +41,72 @@ from . import backends
 from ._layout import acc, acc_dtype, conv_out_hw, empty_like_layout, empty_vec
 
 _NS = "fused_resnet"
+_LIB = torch.library.Library(_NS, "DEF")
 
 
 def _impl(backend: str):
     return backends.get(backend)
+
+
+def _op(fn=None, *, mutates_args: tuple[str, ...] = ()):
+    """Define ``fused_resnet::<fn name>`` with the schema of ``fn``'s annotations and ``fn``
+    as its kernel on every device; returns the OpOverload.
+
+    Registered directly on the dispatcher rather than through torch.library.custom_op:
+    custom_op's generic wrappers (argument re-binding, alias checks, a second
+    autograd layer) cost about twice the host time per call, and a fused block
+    step makes a dozen op calls. An op that writes its ``mutates_args`` bumps
+    their version counters itself: a backend's kernel writes through raw pointers,
+    which autograd and the fold cache would not see.
+    """
+    if fn is None:
+        return lambda f: _op(f, mutates_args=mutates_args)
+    name = fn.__name__
+    kernel = fn
+    if mutates_args:
+        positions = [i for i, p in enumerate(inspect.signature(fn).parameters) if p in mutates_args]
+
+        def kernel(*args):
+            fn(*args)
+            torch.autograd.graph.increment_version([args[i] for i in positions if args[i] is not None])
+    _LIB.define(name + torch.library.infer_schema(fn, mutates_args=mutates_args))
+    _LIB.impl(name, kernel, "CompositeExplicitAutograd")
+    return getattr(getattr(torch.ops, _NS), name).default
+
+
+def _register_fake(op):
+    def wrap(fake):
+        torch.library.register_fake(op, fake, lib=_LIB)
+        return fake
+    return wrap
+
+
+def _register_autograd(op, backward, setup_context, materialize_grads: bool = True) -> None:
+    """``backward(ctx, *grads)`` and ``setup_context(ctx, inputs, output)`` as op's Autograd kernel.
+
+    The kernel runs op below autograd inside an autograd.Function when a tensor
+    argument requires a gradient, and skips the Function otherwise (inference,
+    no_grad, frozen parameters). Without ``materialize_grads`` an output nobody
+    used gets a None gradient instead of a zero tensor (one kernel fewer).
+    """
+    def forward(ctx, *args):
+        ctx.set_materialize_grads(materialize_grads)
+        with torch._C._AutoDispatchBelowAutograd():
+            out = op(*args)
+        setup_context(ctx, args, out)
+        return out
+
+    fn = type(f"{op._opname}_autograd", (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "backward": staticmethod(backward),
+    })
+
+    def kernel(*args):
+        if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
+            return fn.apply(*args)
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+
+    _LIB.impl(op._opname, kernel, "Autograd")
 
 
 def _vec(n: int, ref: Tensor) -> Tensor:
@@ -51,7 +116,7 @@ def _vec(n: int, ref: Tensor) -> Tensor:
 # ---------------------------------------------------------------- conv
 
 
-@torch.library.custom_op(f"{_NS}::conv", mutates_args=())
+@_op
 def conv(
     x: Tensor, weight: Tensor, bias: Optional[Tensor], in_scale: Optional[Tensor],
     in_shift: Optional[Tensor], residual: Optional[Tensor], stride: Sequence[int],
@@ -63,7 +128,7 @@ def conv(
     )
 
 
-@conv.register_fake
+@_register_fake(conv)
 def _conv_fake(x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu, stats, backend):
     ho, wo = conv_out_hw(x.shape[2], x.shape[3], weight.shape[2:], stride, padding, dilation)
     cout = weight.shape[0]
@@ -73,7 +138,7 @@ def _conv_fake(x, weight, bias, in_scale, in_shift, residual, stride, padding, d
     return y, empty_vec(x), empty_vec(x)
 
 
-@torch.library.custom_op(f"{_NS}::conv_backward", mutates_args=())
+@_op
 def conv_backward(
     dy: Tensor, dmean: Tensor, dvar: Tensor, x: Tensor, weight: Tensor, y: Tensor, mean: Tensor,
     in_scale: Optional[Tensor], in_shift: Optional[Tensor], stride: Sequence[int],
@@ -86,8 +151,8 @@ def conv_backward(
     )
 
 
-@conv_backward.register_fake
-def _(dy, dmean, dvar, x, weight, y, mean, in_scale, in_shift, stride, padding, dilation, groups,
+@_register_fake(conv_backward)
+def _conv_backward_fake(dy, dmean, dvar, x, weight, y, mean, in_scale, in_shift, stride, padding, dilation, groups,
       relu, stats, output_mask, backend):
     need_x, need_w, need_bias, need_scale, need_shift, need_res = output_mask
     cin, cout = x.shape[1], weight.shape[0]
@@ -112,6 +177,12 @@ def _conv_setup(ctx, inputs, output):
 def _conv_bwd(ctx, dy, dmean, dvar):
     x, weight, y, mean, in_scale, in_shift = ctx.saved_tensors
     stride, padding, dilation, groups, relu, stats, backend = ctx.args
+    # Unused outputs arrive as None: the statistics (empty, and not read, without stats), rarely y.
+    dy = dy if dy is not None else torch.zeros_like(y)
+    if dmean is None:
+        dmean = torch.zeros_like(mean) if stats else mean
+    if dvar is None:
+        dvar = torch.zeros_like(mean) if stats else mean
     has_bias, has_pro, has_res = ctx.has
     need = ctx.needs_input_grad
     mask = [need[0], need[1], has_bias and need[2], has_pro and need[3], has_pro and need[4], has_res and need[5]]
@@ -122,13 +193,13 @@ def _conv_bwd(ctx, dy, dmean, dvar):
     return tuple(g if m else None for g, m in zip(grads, mask)) + (None,) * 7
 
 
-conv.register_autograd(_conv_bwd, setup_context=_conv_setup)
+_register_autograd(conv, _conv_bwd, _conv_setup, materialize_grads=False)
 
 
 # ---------------------------------------------------------------- conv + shortcut
 
 
-@torch.library.custom_op(f"{_NS}::conv_shortcut", mutates_args=())
+@_op
 def conv_shortcut(
     x: Tensor, weight: Tensor, bias: Optional[Tensor], in_scale: Optional[Tensor],
     in_shift: Optional[Tensor], sc_x: Tensor, sc_weight: Optional[Tensor],
@@ -142,8 +213,8 @@ def conv_shortcut(
     )
 
 
-@conv_shortcut.register_fake
-def _(x, weight, bias, in_scale, in_shift, sc_x, sc_weight, sc_in_scale, sc_in_shift, sc_stride,
+@_register_fake(conv_shortcut)
+def _conv_shortcut_fake(x, weight, bias, in_scale, in_shift, sc_x, sc_weight, sc_in_scale, sc_in_shift, sc_stride,
       stride, padding, dilation, groups, relu, backend):
     ho, wo = conv_out_hw(x.shape[2], x.shape[3], weight.shape[2:], stride, padding, dilation)
     return empty_like_layout(x, (x.shape[0], weight.shape[0], ho, wo))
@@ -209,83 +280,97 @@ def _option_a_grads(need, g, sc_x, sc_in_scale, sc_in_shift, sc_stride):
     )
 
 
-conv_shortcut.register_autograd(_conv_shortcut_bwd, setup_context=_conv_shortcut_setup)
+_register_autograd(conv_shortcut, _conv_shortcut_bwd, _conv_shortcut_setup)
 
 
 # ---------------------------------------------------------------- batch statistics
 
 
-@torch.library.custom_op(f"{_NS}::batch_stats", mutates_args=())
+@_op
 def batch_stats(x: Tensor, backend: str) -> tuple[Tensor, Tensor]:
     return _impl(backend).batch_stats(x)
 
 
-@batch_stats.register_fake
+@_register_fake(batch_stats)
 def _batch_stats_fake(x, backend):
     return _vec(x.shape[1], x), _vec(x.shape[1], x)
 
 
 def _stats_setup(ctx, inputs, output):
     ctx.save_for_backward(inputs[0], output[0])
+    ctx.backend = inputs[1]
 
 
 def _stats_bwd(ctx, dmean, dvar):
-    # mean = sum(x)/M, var = sum((x-mean)^2)/M  =>  dx = dmean/M + dvar * 2 (x - mean)/M
     x, mean = ctx.saved_tensors
-    m = x.numel() // x.shape[1]
-    dx = (dmean.view(1, -1, 1, 1) + 2.0 * dvar.view(1, -1, 1, 1) * (acc(x) - mean.view(1, -1, 1, 1))) / m
-    return dx.to(x.dtype), None
+    return batch_stats_backward(dmean, dvar, x, mean, ctx.backend), None
 
 
-batch_stats.register_autograd(_stats_bwd, setup_context=_stats_setup)
+_register_autograd(batch_stats, _stats_bwd, _stats_setup)
+
+
+@_op
+def batch_stats_backward(dmean: Tensor, dvar: Tensor, x: Tensor, mean: Tensor, backend: str) -> Tensor:
+    return _impl(backend).batch_stats_backward(dmean, dvar, x, mean)
+
+
+@_register_fake(batch_stats_backward)
+def _batch_stats_backward_fake(dmean, dvar, x, mean, backend):
+    return empty_like_layout(x, x.shape)
 
 
 # ---------------------------------------------------------------- BatchNorm finalize
 
 
-@torch.library.custom_op(f"{_NS}::bn_finalize", mutates_args=())
+@_op
 def bn_finalize(
     mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     return _impl(backend).bn_finalize(mean, var, weight, bias, eps)
 
 
-@bn_finalize.register_fake
+@_register_fake(bn_finalize)
 def _bn_finalize_fake(mean, var, weight, bias, eps, backend):
     return torch.empty_like(mean), torch.empty_like(mean), torch.empty_like(mean)
 
 
 def _finalize_setup(ctx, inputs, output):
-    mean, _, weight, bias = inputs[:4]
+    mean, _, weight, bias, _, backend = inputs
     scale, _, invstd = output
     ctx.save_for_backward(mean, weight, scale, invstd)
     ctx.bias_dtype = bias.dtype if bias is not None else None
+    ctx.backend = backend
 
 
 def _finalize_bwd(ctx, dscale, dshift, dinvstd):
-    # r = (var+eps)^-1/2, scale = gamma*r (or r), shift = beta - mean*scale:
-    #   d scale_total = dscale - dshift*mean
-    #   dgamma = d scale_total * r;  dr = d scale_total * gamma + dinvstd
-    #   dbeta = dshift;  dmean = -dshift*scale;  dvar = dr * (-1/2) r^3
+    # Gradients that no consumer produced arrive as None (invstd usually has none).
     mean, weight, scale, invstd = ctx.saved_tensors
-    dst = dscale - dshift * mean
-    dweight = None
-    if weight is not None:
-        dweight = (dst * invstd).to(weight.dtype)
-        dr = dst * acc(weight) + dinvstd
-    else:
-        dr = dst + dinvstd
-    dvar = dr * (-0.5) * invstd**3
+    dscale = dscale if dscale is not None else torch.zeros_like(scale)
+    dshift = dshift if dshift is not None else torch.zeros_like(scale)
+    dmean, dvar, dweight = bn_finalize_backward(dscale, dshift, dinvstd, mean, weight, scale, invstd, ctx.backend)
+    dweight = dweight.to(weight.dtype) if weight is not None else None
     dbias = dshift.to(ctx.bias_dtype) if ctx.bias_dtype is not None else None
-    return -dshift * scale, dvar, dweight, dbias, None, None
+    return dmean, dvar, dweight, dbias, None, None
 
 
-bn_finalize.register_autograd(_finalize_bwd, setup_context=_finalize_setup)
+_register_autograd(bn_finalize, _finalize_bwd, _finalize_setup, materialize_grads=False)
 
 
-@torch.library.custom_op(
-    f"{_NS}::bn_update_running", mutates_args=("running_mean", "running_var", "num_batches_tracked")
-)
+@_op
+def bn_finalize_backward(
+    dscale: Tensor, dshift: Tensor, dinvstd: Optional[Tensor], mean: Tensor, weight: Optional[Tensor],
+    scale: Tensor, invstd: Tensor, backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _impl(backend).bn_finalize_backward(dscale, dshift, dinvstd, mean, weight, scale, invstd)
+
+
+@_register_fake(bn_finalize_backward)
+def _bn_finalize_backward_fake(dscale, dshift, dinvstd, mean, weight, scale, invstd, backend):
+    return (torch.empty_like(mean), torch.empty_like(mean),
+            torch.empty_like(mean) if weight is not None else empty_vec(mean))
+
+
+@_op(mutates_args=("running_mean", "running_var", "num_batches_tracked"))
 def bn_update_running(
     mean: Tensor, var: Tensor, count: int, running_mean: Tensor, running_var: Tensor,
     num_batches_tracked: Optional[Tensor], momentum: Optional[float], backend: str,
@@ -293,7 +378,7 @@ def bn_update_running(
     _impl(backend).bn_update_running(mean, var, count, running_mean, running_var, num_batches_tracked, momentum)
 
 
-@bn_update_running.register_fake
+@_register_fake(bn_update_running)
 def _bn_update_running_fake(mean, var, count, running_mean, running_var, num_batches_tracked, momentum, backend):
     return None
 
@@ -301,7 +386,7 @@ def _bn_update_running_fake(mean, var, count, running_mean, running_var, num_bat
 # ---------------------------------------------------------------- BN-apply + residual + ReLU
 
 
-@torch.library.custom_op(f"{_NS}::bn_act", mutates_args=())
+@_op
 def bn_act(
     y: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor], res_scale: Optional[Tensor],
     res_shift: Optional[Tensor], relu: bool, backend: str,
@@ -309,12 +394,12 @@ def bn_act(
     return _impl(backend).bn_act(y, scale, shift, residual, res_scale, res_shift, relu)
 
 
-@bn_act.register_fake
+@_register_fake(bn_act)
 def _bn_act_fake(y, scale, shift, residual, res_scale, res_shift, relu, backend):
     return empty_like_layout(y, y.shape)
 
 
-@torch.library.custom_op(f"{_NS}::bn_act_backward", mutates_args=())
+@_op
 def bn_act_backward(
     dout: Tensor, out: Tensor, y: Tensor, scale: Tensor, residual: Optional[Tensor],
     res_scale: Optional[Tensor], relu: bool, output_mask: Sequence[bool], backend: str,
@@ -322,7 +407,7 @@ def bn_act_backward(
     return _impl(backend).bn_act_backward(dout, out, y, scale, residual, res_scale, relu, output_mask)
 
 
-@bn_act_backward.register_fake
+@_register_fake(bn_act_backward)
 def _bn_act_backward_fake(dout, out, y, scale, residual, res_scale, relu, output_mask, backend):
     need_y, need_scale, need_shift, need_res, need_rscale, need_rshift = output_mask
     c = y.shape[1]
@@ -351,11 +436,14 @@ def _bn_act_bwd(ctx, dout):
     return tuple(g if m else None for g, m in zip(grads, mask)) + (None, None)
 
 
-bn_act.register_autograd(_bn_act_bwd, setup_context=_bn_act_setup)
+_register_autograd(bn_act, _bn_act_bwd, _bn_act_setup)
 
 # Fakes by op name, for other libraries whose ops share a schema minus ``backend``.
 FAKES = {
-    "conv": _conv_fake, "batch_stats": _batch_stats_fake, "bn_finalize": _bn_finalize_fake,
+    "conv": _conv_fake, "conv_backward": _conv_backward_fake, "conv_shortcut": _conv_shortcut_fake,
+    "batch_stats": _batch_stats_fake, "batch_stats_backward": _batch_stats_backward_fake,
+    "bn_finalize": _bn_finalize_fake,
+    "bn_finalize_backward": _bn_finalize_backward_fake,
     "bn_update_running": _bn_update_running_fake, "bn_act": _bn_act_fake,
     "bn_act_backward": _bn_act_backward_fake,
 }

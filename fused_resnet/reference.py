@@ -163,6 +163,13 @@ def batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     return _stats(x)
 
 
+def batch_stats_backward(dmean: Tensor, dvar: Tensor, x: Tensor, mean: Tensor) -> Tensor:
+    """mean = sum(x)/M, var = sum((x - mean)^2)/M  =>  dx = (dmean + 2 dvar (x - mean)) / M."""
+    m = x.numel() // x.shape[1]
+    dx = (_per_channel(dmean) + 2.0 * _per_channel(dvar) * (acc(x) - _per_channel(mean))) / m
+    return like_layout(dx.to(x.dtype), x)
+
+
 def bn_finalize(
     mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -172,6 +179,25 @@ def bn_finalize(
     if bias is not None:
         shift = shift + acc(bias)
     return scale, shift, invstd
+
+
+def bn_finalize_backward(
+    dscale: Tensor, dshift: Tensor, dinvstd: Optional[Tensor], mean: Tensor, weight: Optional[Tensor],
+    scale: Tensor, invstd: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of ``bn_finalize`` w.r.t. (mean, var, weight); dweight is empty without a weight.
+
+    r = (var+eps)^-1/2, scale = gamma*r (or r), shift = beta - mean*scale:
+      d scale_total = dscale - dshift*mean
+      dgamma = d scale_total * r;  dr = d scale_total * gamma (or d scale_total) + dinvstd
+      dmean = -dshift*scale;  dvar = dr * (-1/2) r^3;  (dbeta = dshift)
+    """
+    dst = dscale - dshift * mean
+    dr = dst * acc(weight) if weight is not None else dst
+    if dinvstd is not None:
+        dr = dr + dinvstd
+    dweight = dst * invstd if weight is not None else empty_vec(mean)
+    return -dshift * scale, dr * (-0.5) * invstd**3, dweight
 
 
 def bn_update_running(

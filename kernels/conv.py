@@ -40,6 +40,14 @@ stats_partial_kernel / stats_merge_kernel
     per-channel mean and biased variance of an [M, C] row-major matrix (an NHWC
     activation): per-tile (mean, M2), then Chan's parallel merge, in tile order.
 
+batch_stats_bwd_kernel
+    the gradient of batch_stats: dx = (dmean + 2 dvar (x - mean)) / M, one pass.
+
+bn_finalize_kernel / bn_update_running_kernel
+    a batch-statistics BatchNorm's per-channel vectors in one launch each:
+    (scale, shift, invstd) from (mean, var, weight, bias), and the running
+    statistics and batch count updated as nn.BatchNorm2d updates them.
+
 bn_act_kernel
     out = [relu](y*scale[c] + shift[c] + residual*res_scale[c] + res_shift[c])
     on an [R, L] view of a dense NHWC (channel = column) or NCHW (channel = row % C)
@@ -274,6 +282,90 @@ def stats_merge_kernel(
         tl.store(out_b_ptr + pid_s * C + offs_c, m2_a, mask=c_ok)
 
 
+@triton.jit
+def bn_finalize_kernel(
+    mean_ptr, var_ptr, weight_ptr, bias_ptr, scale_ptr, shift_ptr, invstd_ptr, C, eps,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """invstd = 1/sqrt(var + eps), scale = weight*invstd (or invstd), shift = bias - mean*scale
+    (or -mean*scale), fp32 vectors of C channels; weight and bias in their own dtype."""
+    offs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = offs < C
+    mean = tl.load(mean_ptr + offs, mask=ok, other=0.0)
+    var = tl.load(var_ptr + offs, mask=ok, other=0.0)
+    invstd = tl.math.div_rn(1.0, tl.sqrt_rn(var + eps))
+    scale = invstd
+    if HAS_WEIGHT:
+        scale = invstd * tl.load(weight_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    shift = -mean * scale
+    if HAS_BIAS:
+        shift = shift + tl.load(bias_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    tl.store(invstd_ptr + offs, invstd, mask=ok)
+    tl.store(scale_ptr + offs, scale, mask=ok)
+    tl.store(shift_ptr + offs, shift, mask=ok)
+
+
+@triton.jit
+def bn_update_running_kernel(
+    mean_ptr, var_ptr, rmean_ptr, rvar_ptr, nbt_ptr, C, unbias, momentum,
+    MOMENTUM_MODE: tl.constexpr, HAS_NBT: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """nn.BatchNorm2d's running-statistics update, in one program (grid (1,)):
+    num_batches_tracked += 1 (HAS_NBT); f = momentum (MOMENTUM_MODE 0), 1/num_batches_tracked
+    after the increment (1: a cumulative average), or 0 (2: momentum None and no count);
+    running_mean = running_mean*(1-f) + mean*f, running_var likewise with the unbiased
+    variance var*unbias (unbias = M/(M-1)). One program reads and writes the count, so
+    there is no race on it; the loop walks the channels BLOCK_C at a time."""
+    if HAS_NBT:
+        nbt = tl.load(nbt_ptr) + 1
+    if MOMENTUM_MODE == 0:
+        f = momentum
+    elif MOMENTUM_MODE == 1:
+        f = 1.0 / nbt.to(tl.float32)
+    else:
+        f = 0.0
+    for c0 in range(0, C, BLOCK_C):
+        offs = c0 + tl.arange(0, BLOCK_C)
+        ok = offs < C
+        rm = tl.load(rmean_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+        rv = tl.load(rvar_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+        mean = tl.load(mean_ptr + offs, mask=ok, other=0.0)
+        var = tl.load(var_ptr + offs, mask=ok, other=0.0) * unbias
+        tl.store(rmean_ptr + offs, (rm * (1.0 - f) + mean * f).to(rmean_ptr.dtype.element_ty), mask=ok)
+        tl.store(rvar_ptr + offs, (rv * (1.0 - f) + var * f).to(rvar_ptr.dtype.element_ty), mask=ok)
+    if HAS_NBT:
+        tl.store(nbt_ptr, nbt)
+
+
+@triton.jit
+def batch_stats_bwd_kernel(
+    x_ptr, dmean_ptr, dvar_ptr, mean_ptr, dx_ptr, R, L, C, M,
+    CHANNEL_ON_COLS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """dx = (dmean[c] + 2 dvar[c] (x - mean[c])) / M on an [R, L] view (layouts as bn_act_kernel)."""
+    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    r_ok = offs_r < R
+    l_ok = offs_l < L
+    mask = r_ok[:, None] & l_ok[None, :]
+    off = offs_r[:, None] * L + offs_l[None, :]
+    x = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    if CHANNEL_ON_COLS:
+        ch = offs_l
+        ch_ok = l_ok
+    else:
+        ch = offs_r % C
+        ch_ok = r_ok
+    dm = tl.load(dmean_ptr + ch, mask=ch_ok, other=0.0)
+    dv = tl.load(dvar_ptr + ch, mask=ch_ok, other=0.0)
+    mu = tl.load(mean_ptr + ch, mask=ch_ok, other=0.0)
+    if CHANNEL_ON_COLS:
+        dx = dm[None, :] + 2.0 * dv[None, :] * (x - mu[None, :])
+    else:
+        dx = dm[:, None] + 2.0 * dv[:, None] * (x - mu[:, None])
+    tl.store(dx_ptr + off, (dx / M).to(dx_ptr.dtype.element_ty), mask=mask)
+
+
 # ----------------------------------------------------------------------------- BN-apply
 
 
@@ -458,7 +550,7 @@ def conv_specializations():
 
 
 def aux_specializations():
-    """Specialisations of the statistics and bn_act kernels."""
+    """Specialisations of the statistics, BatchNorm-vector and bn_act kernels."""
     out = []
     for dtype in ("bf16", "fp16", "fp32"):
         p = f"*{dtype}"
@@ -479,6 +571,27 @@ def aux_specializations():
                         {"CHANNEL_ON_COLS": on_cols, "HAS_RES": has_res, "HAS_RSCALE": has_rs, "RELU": relu,
                          "BLOCK_R": 32, "BLOCK_L": 64},
                         {"num_warps": 4}, {}))
+    for dtype in ("bf16", "fp16", "fp32"):
+        for on_cols in (True, False):
+            out.append((f"batch_stats_bwd_{dtype}_{'nhwc' if on_cols else 'nchw'}", batch_stats_bwd_kernel,
+                        {"x_ptr": f"*{dtype}", "dmean_ptr": "*fp32", "dvar_ptr": "*fp32", "mean_ptr": "*fp32",
+                         "dx_ptr": f"*{dtype}", "R": "i32", "L": "i32", "C": "i32", "M": "i32",
+                         "CHANNEL_ON_COLS": "constexpr", "BLOCK_R": "constexpr", "BLOCK_L": "constexpr"},
+                        {"CHANNEL_ON_COLS": on_cols, "BLOCK_R": 32, "BLOCK_L": 64}, {"num_warps": 4}, {}))
+    for has_w, has_b in ((True, True), (False, False), (True, False), (False, True)):
+        out.append((f"bn_finalize_{int(has_w)}{int(has_b)}", bn_finalize_kernel,
+                    {"mean_ptr": "*fp32", "var_ptr": "*fp32", "weight_ptr": "*fp32", "bias_ptr": "*fp32",
+                     "scale_ptr": "*fp32", "shift_ptr": "*fp32", "invstd_ptr": "*fp32", "C": "i32", "eps": "fp32",
+                     "HAS_WEIGHT": "constexpr", "HAS_BIAS": "constexpr", "BLOCK_C": "constexpr"},
+                    {"HAS_WEIGHT": has_w, "HAS_BIAS": has_b, "BLOCK_C": 1024}, {"num_warps": 4}, {}))
+    for mode, has_nbt in ((0, True), (1, True), (0, False), (2, False)):
+        for rdtype in ("fp32", "fp16", "bf16"):
+            out.append((f"bn_update_running_{mode}{int(has_nbt)}_{rdtype}", bn_update_running_kernel,
+                        {"mean_ptr": "*fp32", "var_ptr": "*fp32", "rmean_ptr": f"*{rdtype}",
+                         "rvar_ptr": f"*{rdtype}", "nbt_ptr": "*i64" if has_nbt else "*fp32", "C": "i32",
+                         "unbias": "fp32", "momentum": "fp32", "MOMENTUM_MODE": "constexpr",
+                         "HAS_NBT": "constexpr", "BLOCK_C": "constexpr"},
+                        {"MOMENTUM_MODE": mode, "HAS_NBT": has_nbt, "BLOCK_C": 1024}, {"num_warps": 4}, {}))
     for final in (False, True):
         out.append((f"stats_merge_{'final' if final else 'chunk'}", stats_merge_kernel,
                     {"pmean_ptr": "*fp32", "pm2_ptr": "*fp32", "out_mean_ptr": "*fp32", "out_b_ptr": "*fp32",

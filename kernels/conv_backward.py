@@ -8,7 +8,8 @@ ordered reduction kernel sums in a fixed order, so results are bitwise
 repeatable for a given configuration.
 
 The gradient at the convolution's output (contract: reference.conv_backward)
-    g = dy + ga[c] + gb[c]*(y - mean[c])    (STATS; ga = dmean/M, gb = 2 dvar/M)
+    g = dy + ga[c] + gb[c]*(y - mean[c])    (STATS; ga = dmean/M, gb = 2 dvar/M, from
+                                             dmean, dvar and INV_M = 1/M in the load)
     g = g * (y > 0)                         (RELU)
 is never materialised for the GEMMs: it is recomputed in fp32 in the operand
 load of both GEMMs that consume it (``_load_g``), then rounded to the
@@ -53,8 +54,13 @@ bn_act_bwd_kernel
     dense NHWC (channel = column; T = row tiles) or NCHW tensor (channel =
     row % C, rows summed whole; T = N).
 
+bn_finalize_bwd_kernel
+    the gradients of a BatchNorm's (scale, shift, invstd) w.r.t. (mean, var,
+    weight), per channel, in one launch.
+
 sum_partials_kernel
-    out[s, c] = sum_t p[s, t, c], t in increasing order (BLOCK_T rows at a time).
+    out_s[c] = sum_t p[s, t, c], t in increasing order (BLOCK_T rows at a time), one
+    output vector per s.
 
 Offsets are int32: the launcher refuses tensors of 2**31 elements or more.
 """
@@ -91,11 +97,12 @@ def _load_g(dy_ptr, y_ptr, off, mask, ga, gb, mu, STATS: tl.constexpr, RELU: tl.
 
 
 @triton.jit
-def _load_g_coeffs(ga_ptr, gb_ptr, mu_ptr, co, ok, STATS: tl.constexpr):
-    """_load_g's per-output-channel ga, gb, mu for channels ``co`` (zeros, unread, without STATS)."""
+def _load_g_coeffs(dmean_ptr, dvar_ptr, mu_ptr, inv_m, co, ok, STATS: tl.constexpr):
+    """_load_g's per-output-channel ga = dmean/M, gb = 2 dvar/M and mu for channels ``co``
+    (zeros, unread, without STATS); inv_m = 1/M."""
     if STATS:
-        ga = tl.load(ga_ptr + co, mask=ok, other=0.0)
-        gb = tl.load(gb_ptr + co, mask=ok, other=0.0)
+        ga = tl.load(dmean_ptr + co, mask=ok, other=0.0) * inv_m
+        gb = tl.load(dvar_ptr + co, mask=ok, other=0.0) * (2.0 * inv_m)
         mu = tl.load(mu_ptr + co, mask=ok, other=0.0)
     else:
         ga = 0.0
@@ -109,7 +116,7 @@ def _load_g_coeffs(ga_ptr, gb_ptr, mu_ptr, co, ok, STATS: tl.constexpr):
 
 @triton.jit
 def conv_dgrad_kernel(
-    dy_ptr, y_ptr, w_ptr, x_ptr, dx_ptr, ga_ptr, gb_ptr, mu_ptr, scale_ptr, shift_ptr, psum_ptr,
+    dy_ptr, y_ptr, w_ptr, x_ptr, dx_ptr, dmean_ptr, dvar_ptr, mu_ptr, inv_m, scale_ptr, shift_ptr, psum_ptr,
     M, H, W, CIN, HO, WO, COUT, CIN_G, COUT_G, CIN_R, COUT_R, NT, NB, QH, QW,
     SH, SW, PH, PW, DH, DW,
     KH: tl.constexpr, KW: tl.constexpr,
@@ -183,7 +190,7 @@ def conv_dgrad_kernel(
             same = (cs // COUT_R)[:, None] == (offs_n // CIN_R)[None, :]
             b_mask = k_ok[:, None] & n_ok[None, :] & same
         co = g * COUT_G + cs
-        ga, gb, mu = _load_g_coeffs(ga_ptr, gb_ptr, mu_ptr, co, k_ok, STATS)
+        ga, gb, mu = _load_g_coeffs(dmean_ptr, dvar_ptr, mu_ptr, inv_m, co, k_ok, STATS)
         dy_off = (((nb * HO + oh) * WO + ow) * COUT)[:, None] + co[None, :]
         a = _load_g(dy_ptr, y_ptr, dy_off, a_mask, ga, gb, mu, STATS, RELU).to(dy_ptr.dtype.element_ty)
         b_ptrs = w_ptr + ((tap * COUT + co) * CIN_R)[:, None] + (offs_n % CIN_R)[None, :]
@@ -214,7 +221,7 @@ def conv_dgrad_kernel(
 
 @triton.jit
 def conv_wgrad_kernel(
-    dy_ptr, y_ptr, x_ptr, part_ptr, ga_ptr, gb_ptr, mu_ptr, scale_ptr, shift_ptr,
+    dy_ptr, y_ptr, x_ptr, part_ptr, dmean_ptr, dvar_ptr, mu_ptr, inv_m, scale_ptr, shift_ptr,
     M, H, W, CIN, HO, WO, COUT, CIN_G, COUT_G, CIN_R, COUT_R, M_PER_SPLIT,
     SH, SW, PH, PW, DH, DW,
     KH: tl.constexpr, KW: tl.constexpr,
@@ -240,7 +247,7 @@ def conv_wgrad_kernel(
     co_ok = offs_co < COUT_G
     ci = g * CIN_G + offs_ci
     co = g * COUT_G + offs_co
-    ga, gb, mu = _load_g_coeffs(ga_ptr, gb_ptr, mu_ptr, co, co_ok, STATS)
+    ga, gb, mu = _load_g_coeffs(dmean_ptr, dvar_ptr, mu_ptr, inv_m, co, co_ok, STATS)
     if HAS_PRO:
         sc = tl.load(scale_ptr + ci, mask=ci_ok, other=0.0)
         sf = tl.load(shift_ptr + ci, mask=ci_ok, other=0.0)
@@ -297,7 +304,7 @@ def wgrad_reduce_kernel(
 
 @triton.jit
 def conv_grad_out_kernel(
-    dy_ptr, y_ptr, ga_ptr, gb_ptr, mu_ptr, dres_ptr, psum_ptr, M, C,
+    dy_ptr, y_ptr, dmean_ptr, dvar_ptr, mu_ptr, inv_m, dres_ptr, psum_ptr, M, C,
     STATS: tl.constexpr, RELU: tl.constexpr, NEED_RES: tl.constexpr, NEED_SUM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -306,7 +313,7 @@ def conv_grad_out_kernel(
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = offs_c < C
     mask = (offs_m < M)[:, None] & c_ok[None, :]
-    ga, gb, mu = _load_g_coeffs(ga_ptr, gb_ptr, mu_ptr, offs_c, c_ok, STATS)
+    ga, gb, mu = _load_g_coeffs(dmean_ptr, dvar_ptr, mu_ptr, inv_m, offs_c, c_ok, STATS)
     off = offs_m[:, None] * C + offs_c[None, :]
     gv = _load_g(dy_ptr, y_ptr, off, mask, ga, gb, mu, STATS, RELU)
     if NEED_RES:
@@ -404,11 +411,38 @@ def bn_act_bwd_kernel(
 
 
 @triton.jit
+def bn_finalize_bwd_kernel(
+    dscale_ptr, dshift_ptr, dinvstd_ptr, mean_ptr, weight_ptr, scale_ptr, invstd_ptr,
+    dmean_ptr, dvar_ptr, dweight_ptr, C,
+    HAS_WEIGHT: tl.constexpr, HAS_DINVSTD: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """bn_finalize's gradients per channel (derivation: reference.bn_finalize_backward):
+    dst = dscale - dshift*mean; dweight = dst*invstd; dr = dst*weight (or dst) + dinvstd;
+    dmean = -dshift*scale; dvar = -dr/2 * invstd^3."""
+    offs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = offs < C
+    dscale = tl.load(dscale_ptr + offs, mask=ok, other=0.0)
+    dshift = tl.load(dshift_ptr + offs, mask=ok, other=0.0)
+    mean = tl.load(mean_ptr + offs, mask=ok, other=0.0)
+    invstd = tl.load(invstd_ptr + offs, mask=ok, other=0.0)
+    dst = dscale - dshift * mean
+    dr = dst
+    if HAS_WEIGHT:
+        dr = dst * tl.load(weight_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+        tl.store(dweight_ptr + offs, dst * invstd, mask=ok)
+    if HAS_DINVSTD:
+        dr = dr + tl.load(dinvstd_ptr + offs, mask=ok, other=0.0)
+    tl.store(dmean_ptr + offs, -dshift * tl.load(scale_ptr + offs, mask=ok, other=0.0), mask=ok)
+    tl.store(dvar_ptr + offs, dr * -0.5 * (invstd * invstd * invstd), mask=ok)
+
+
+@triton.jit
 def sum_partials_kernel(
-    p_ptr, out_ptr, T, C,
+    p_ptr, out0_ptr, out1_ptr, out2_ptr, T, C,
     BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """out[s, c] = sum over t of p[s, t, c] ([S, T, C] dense), BLOCK_T rows at a time in order."""
+    """out_s[c] = sum over t of p[s, t, c] ([S, T, C] dense, S <= 3), BLOCK_T rows at a time in
+    order; each s has its own output vector (separate tensors, so no result aliases another)."""
     offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     s = tl.program_id(1)
     c_ok = offs_c < C
@@ -419,7 +453,9 @@ def sum_partials_kernel(
         mask = (offs_t < T)[:, None] & c_ok[None, :]
         v = tl.load(base + offs_t[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
         acc += tl.sum(v, axis=0)
-    tl.store(out_ptr + s * C + offs_c, acc, mask=c_ok)
+    tl.store(out0_ptr + offs_c, acc, mask=c_ok & (s == 0))
+    tl.store(out1_ptr + offs_c, acc, mask=c_ok & (s == 1))
+    tl.store(out2_ptr + offs_c, acc, mask=c_ok & (s == 2))
 
 
 # ----------------------------------------------------------------------------- configurations
@@ -482,8 +518,8 @@ _CONV_GEOM = ("SH", "SW", "PH", "PW", "DH", "DW")
 
 def dgrad_signature(dtype: str) -> dict[str, str]:
     p = f"*{dtype}"
-    sig = {"dy_ptr": p, "y_ptr": p, "w_ptr": p, "x_ptr": p, "dx_ptr": p, "ga_ptr": "*fp32", "gb_ptr": "*fp32",
-           "mu_ptr": "*fp32", "scale_ptr": "*fp32", "shift_ptr": "*fp32", "psum_ptr": "*fp32"}
+    sig = {"dy_ptr": p, "y_ptr": p, "w_ptr": p, "x_ptr": p, "dx_ptr": p, "dmean_ptr": "*fp32",
+           "dvar_ptr": "*fp32", "mu_ptr": "*fp32", "inv_m": "fp32", "scale_ptr": "*fp32", "shift_ptr": "*fp32", "psum_ptr": "*fp32"}
     for name in _SHAPE_ARGS + ("CIN_R", "COUT_R", "NT", "NB", "QH", "QW") + _CONV_GEOM:
         sig[name] = "i32"
     for name in ("KH", "KW", "HAS_PRO", "STATS", "RELU", "NEED_DX", "NEED_PSUM", "EVEN_K", "DOT_PRECISION",
@@ -494,8 +530,8 @@ def dgrad_signature(dtype: str) -> dict[str, str]:
 
 def wgrad_signature(dtype: str) -> dict[str, str]:
     p = f"*{dtype}"
-    sig = {"dy_ptr": p, "y_ptr": p, "x_ptr": p, "part_ptr": "*fp32", "ga_ptr": "*fp32", "gb_ptr": "*fp32",
-           "mu_ptr": "*fp32", "scale_ptr": "*fp32", "shift_ptr": "*fp32"}
+    sig = {"dy_ptr": p, "y_ptr": p, "x_ptr": p, "part_ptr": "*fp32", "dmean_ptr": "*fp32",
+           "dvar_ptr": "*fp32", "mu_ptr": "*fp32", "inv_m": "fp32", "scale_ptr": "*fp32", "shift_ptr": "*fp32"}
     for name in _SHAPE_ARGS + ("CIN_R", "COUT_R", "M_PER_SPLIT") + _CONV_GEOM:
         sig[name] = "i32"
     for name in ("KH", "KW", "HAS_PRO", "STATS", "RELU", "DOT_PRECISION", "BLOCK_M", "BLOCK_CI", "BLOCK_CO"):
@@ -503,9 +539,9 @@ def wgrad_signature(dtype: str) -> dict[str, str]:
     return sig
 
 
-_DIV_DGRAD = ("dy_ptr", "y_ptr", "w_ptr", "x_ptr", "dx_ptr", "ga_ptr", "gb_ptr", "mu_ptr", "scale_ptr",
+_DIV_DGRAD = ("dy_ptr", "y_ptr", "w_ptr", "x_ptr", "dx_ptr", "dmean_ptr", "dvar_ptr", "mu_ptr", "scale_ptr",
               "shift_ptr", "psum_ptr", "CIN", "COUT", "CIN_G", "COUT_G")
-_DIV_WGRAD = ("dy_ptr", "y_ptr", "x_ptr", "part_ptr", "ga_ptr", "gb_ptr", "mu_ptr", "scale_ptr", "shift_ptr",
+_DIV_WGRAD = ("dy_ptr", "y_ptr", "x_ptr", "part_ptr", "dmean_ptr", "dvar_ptr", "mu_ptr", "scale_ptr", "shift_ptr",
               "CIN", "COUT", "CIN_G", "COUT_G")
 
 
@@ -576,7 +612,7 @@ def backward_specializations():
                                                 (False, False, True, False), (True, True, True, True)):
             out.append((f"grad_out_{dtype}_{int(stats)}{int(relu)}{int(need_res)}{int(need_sum)}",
                         conv_grad_out_kernel,
-                        {"dy_ptr": p, "y_ptr": p, "ga_ptr": "*fp32", "gb_ptr": "*fp32", "mu_ptr": "*fp32",
+                        {"dy_ptr": p, "y_ptr": p, "dmean_ptr": "*fp32", "dvar_ptr": "*fp32", "mu_ptr": "*fp32", "inv_m": "fp32",
                          "dres_ptr": p, "psum_ptr": "*fp32", "M": "i32", "C": "i32", "STATS": "constexpr",
                          "RELU": "constexpr", "NEED_RES": "constexpr", "NEED_SUM": "constexpr",
                          "BLOCK_M": "constexpr", "BLOCK_C": "constexpr"},
@@ -601,8 +637,16 @@ def backward_specializations():
                     dict(CHANNEL_ON_COLS=on_cols, RELU=relu, HAS_RSCALE=has_rs, BLOCK_R=32 if on_cols else 16,
                          BLOCK_L=64 if on_cols else 256, **bits),
                     {"num_warps": 4}, {}))
+    for has_w, has_di in ((True, False), (False, False), (True, True), (False, True)):
+        out.append((f"bn_finalize_bwd_{int(has_w)}{int(has_di)}", bn_finalize_bwd_kernel,
+                    {"dscale_ptr": "*fp32", "dshift_ptr": "*fp32", "dinvstd_ptr": "*fp32", "mean_ptr": "*fp32",
+                     "weight_ptr": "*fp32", "scale_ptr": "*fp32", "invstd_ptr": "*fp32", "dmean_ptr": "*fp32",
+                     "dvar_ptr": "*fp32", "dweight_ptr": "*fp32", "C": "i32", "HAS_WEIGHT": "constexpr",
+                     "HAS_DINVSTD": "constexpr", "BLOCK_C": "constexpr"},
+                    {"HAS_WEIGHT": has_w, "HAS_DINVSTD": has_di, "BLOCK_C": 1024}, {"num_warps": 4}, {}))
     out.append(("sum_partials", sum_partials_kernel,
-                {"p_ptr": "*fp32", "out_ptr": "*fp32", "T": "i32", "C": "i32", "BLOCK_T": "constexpr",
+                {"p_ptr": "*fp32", "out0_ptr": "*fp32", "out1_ptr": "*fp32", "out2_ptr": "*fp32", "T": "i32",
+                 "C": "i32", "BLOCK_T": "constexpr",
                  "BLOCK_C": "constexpr"}, {"BLOCK_T": 64, "BLOCK_C": 32}, {"num_warps": 4}, {}))
     for dtype in ("bf16", "fp16", "fp32"):
         out.append((f"wgrad_reduce_{dtype}", wgrad_reduce_kernel,

@@ -40,3 +40,24 @@ def test_bench_models_graph_variants_need_a_gpu(tmp_path):
         assert "need mode 'infer' on a CUDA device" in by[("infer", v)]["error"], by[("infer", v)]
     for key in (("infer", "eager"), ("infer", "fused"), ("train", "eager"), ("train", "fused")):
         assert by[key].get("img_per_s") and not by[key].get("error"), by[key]
+
+
+def test_host_overhead_counts_the_kernels_of_a_step(tmp_path):
+    """host_overhead.py runs every variant; on the triton backend a training step's BatchNorm
+    bookkeeping (finalize, running update and their gradients) is Triton launches, not chains
+    of small PyTorch kernels: the PyTorch kernels left per step stay few."""
+    import json
+
+    out_json = tmp_path / "host.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "host_overhead.py"), "--steps", "2", "--repeat", "1",
+           "--json", str(out_json)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(out_json.read_text())["rows"]
+    assert len(rows) == 3 * 2 * 3, [(r["block"], r["mode"], r["variant"]) for r in rows]
+    for r in rows:
+        assert r["us_per_step"] > 0, r
+        if r["variant"] == "triton-host" and r["mode"] == "train":
+            assert r["triton_launches_per_step"] > 0, r
+            assert r["aten_kernels_per_step"] <= 16, r
+            assert not {"mul", "rsqrt", "pow", "div"} & set(r["aten_kernels"]), r

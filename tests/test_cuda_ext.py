@@ -172,6 +172,8 @@ def _sample_inputs(device="meta", make=None):
                 ("batch_stats", (x,)),
                 ("bn_finalize", (v(), v(), v(), v(), 1e-5)),
                 ("bn_finalize", (v(), v(), None, None, 1e-3)),
+                ("bn_finalize_backward", (v(), v(), v(), v(), v(), v(), v())),
+                ("bn_finalize_backward", (v(), v(), None, v(), None, v(), v())),
                 ("bn_act", (x, v(), v(), None, None, None, False)),
                 ("bn_act", (x, v(), v(), other, None, None, True)),
                 ("bn_act", (x, v(), v(), x, v(), v(), True)),
@@ -352,6 +354,22 @@ def test_bn_finalize(ns, affine):
     want = reference.bn_finalize(mean, var, w, b, 1e-5)
     for g, r, name in zip(got, want, ("scale", "shift", "invstd")):
         assert g.dtype == torch.float32
+        assert_close_fp32(g, r, name, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("weight,dinvstd", [(True, True), (True, False), (False, True), (False, False)])
+def test_bn_finalize_backward(ns, weight, dinvstd):
+    c = 67
+    mean, var = torch.randn(c, device=DEV), _vec(c, 1, 0.0, 3.0)
+    w = torch.randn(c, device=DEV) if weight else None
+    scale, _, invstd = reference.bn_finalize(mean, var, w, None, 1e-5)
+    ds, dsh, di = (torch.randn(c, device=DEV) for _ in range(3))
+    di = di if dinvstd else None
+    got = ns.bn_finalize_backward(ds, dsh, di, mean, w, scale, invstd)
+    want = reference.bn_finalize_backward(ds, dsh, di, mean, w, scale, invstd)
+    for g, r, name in zip(got, want, ("dmean", "dvar", "dweight")):
+        assert g.shape == r.shape, name
         assert_close_fp32(g, r, name, rtol=1e-6, atol=1e-6)
 
 

@@ -173,6 +173,42 @@ def test_bn_update_running_matches_batchnorm(momentum, track_nbt):
         assert nbt.item() == bn.num_batches_tracked.item() == 3
 
 
+class _RawWriteBackend:
+    """Writes the running statistics the way a compiled kernel does: past autograd's version counters."""
+    name = "raw-write"
+
+    @staticmethod
+    def bn_update_running(mean, var, count, running_mean, running_var, num_batches_tracked, momentum):
+        running_mean.data.copy_(mean)
+        running_var.data.copy_(var)
+
+
+def test_bn_update_running_bumps_the_version_counters(monkeypatch):
+    # The fold cache and autograd's saved-tensor checks read _version; a kernel
+    # writing through a raw pointer does not bump it, so the op must.
+    from fused_resnet import backends
+
+    monkeypatch.setitem(backends.BACKENDS, "raw-write", _RawWriteBackend())
+    rm, rv, nbt = torch.zeros(4), torch.ones(4), torch.tensor(0)
+    before = (rm._version, rv._version, nbt._version)
+    ops.bn_update_running(torch.randn(4), torch.rand(4), 10, rm, rv, nbt, None, "raw-write")
+    assert rm._version > before[0] and rv._version > before[1] and nbt._version > before[2]
+
+
+def test_batch_stats_backward_opcheck():
+    x = _t(2, 3, 4, 5, seed=3, channels_last=True).detach()
+    args = (torch.randn(3, dtype=D), torch.randn(3, dtype=D), x, x.mean((0, 2, 3)), "reference")
+    torch.library.opcheck(ops.batch_stats_backward, args)
+
+
+def test_bn_finalize_backward_opcheck():
+    mean, var, w = torch.randn(5), torch.rand(5) + 0.1, torch.randn(5)
+    scale, _, invstd = reference.bn_finalize(mean, var, w, None, 1e-5)
+    for weight, dinvstd in ((w, torch.randn(5)), (None, None)):
+        args = (torch.randn(5), torch.randn(5), dinvstd, mean, weight, scale, invstd, "reference")
+        torch.library.opcheck(ops.bn_finalize_backward, args)
+
+
 def test_bn_update_running_opcheck():
     m, v = torch.randn(4), torch.rand(4)
     args = (m, v, 10, torch.zeros(4), torch.ones(4), torch.tensor(0), None, "reference")

@@ -1,8 +1,8 @@
 """The cuda backend: the compiled ``fused_resnet._C`` kernels.
 
-It runs the memory-bound BatchNorm pieces (batch statistics, finalize, the
-running-statistics update, BN + residual + ReLU and its backward) with the CUDA
-kernels of ``csrc/``, registered as ``torch.ops.fused_resnet_cuda.<name>``.
+It runs the memory-bound BatchNorm pieces (batch statistics, finalize and its
+backward, the running-statistics update, BN + residual + ReLU and its backward)
+with the CUDA kernels of ``csrc/``, registered as ``torch.ops.fused_resnet_cuda.<name>``.
 
 Convolutions run on CUTLASS implicit GEMMs where they fuse something
 (``fused_resnet_cuda::conv``): with a BatchNorm-apply + ReLU prologue, applied
@@ -39,7 +39,8 @@ from .base import FLOAT_DTYPES, Backend
 
 LIB = "fused_resnet_cuda"
 # The ops that mirror a fused_resnet:: op (same name and schema, minus backend) ...
-OP_NAMES = ("batch_stats", "bn_finalize", "bn_update_running", "bn_act", "bn_act_backward", "conv")
+OP_NAMES = ("batch_stats", "bn_finalize", "bn_finalize_backward", "bn_update_running", "bn_act", "bn_act_backward",
+            "conv")
 # ... and the one piece of conv_backward that the backend composes itself.
 EXTRA_OP_NAMES = ("conv_wgrad",)
 
@@ -223,6 +224,9 @@ class CudaBackend(Backend):
     def bn_finalize(self, mean, var, weight, bias, eps):
         scale, shift, invstd = ops().bn_finalize(mean, var, weight, bias, float(eps))
         return scale, shift, invstd
+
+    def bn_finalize_backward(self, dscale, dshift, dinvstd, mean, weight, scale, invstd):
+        return tuple(ops().bn_finalize_backward(dscale, dshift, dinvstd, mean, weight, scale, invstd))
 
     def bn_update_running(self, mean, var, count, running_mean, running_var, num_batches_tracked, momentum):
         ops().bn_update_running(

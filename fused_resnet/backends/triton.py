@@ -555,7 +555,7 @@ def bn_act(
     """out = [relu](y*scale + shift + residual*res_scale + res_shift) in y's layout (NHWC or NCHW)."""
     _check_activation("y", y)
     device = y.device
-    n, c, h, w = y.shape
+    c = y.shape[1]
     _check_vec("scale", scale, c, device)
     _check_vec("shift", shift, c, device)
     if scale is None or shift is None:
@@ -576,17 +576,9 @@ def bn_act(
     out = torch.empty(y.shape, dtype=y.dtype, device=device, memory_format=fmt)
     if y.numel() == 0:
         return out
-    on_cols = fmt == torch.channels_last
-    r_, l_ = (n * h * w, c) if on_cols else (n * c, h * w)
-    k = kernels()
-    if _interpreting():
-        bl = min(triton_next_pow2(l_), 64)
-        br = max(1, 256 // bl)
-    else:
-        bl = min(triton_next_pow2(l_), 256)
-        br = max(1, 4096 // bl)
+    on_cols, r_, l_, grid, br, bl = _elementwise_plan(y, fmt)
     with torch.cuda.device(device) if device.type == "cuda" else _nullcontext():
-        k.bn_act_kernel[(triton_cdiv(r_, br), triton_cdiv(l_, bl))](
+        kernels().bn_act_kernel[grid](
             yk, scale, shift, rk if residual is not None else yk,
             res_scale if res_scale is not None else scale, res_shift if res_shift is not None else shift,
             out, r_, l_, c,
@@ -594,6 +586,136 @@ def bn_act(
             RELU=bool(relu), BLOCK_R=br, BLOCK_L=bl, num_warps=4,
         )
     return out
+
+
+def _elementwise_plan(y: Tensor, fmt: torch.memory_format) -> tuple:
+    """(channel_on_cols, R, L, grid, BLOCK_R, BLOCK_L) of a per-channel elementwise kernel over y
+    viewed as [R, L] row-major: NHWC [N*H*W, C] (channel = column) or NCHW [N*C, H*W]."""
+    n, c, h, w = y.shape
+    on_cols = fmt == torch.channels_last
+    r_, l_ = (n * h * w, c) if on_cols else (n * c, h * w)
+    if _interpreting():
+        bl = min(triton_next_pow2(l_), 64)
+        br = max(1, 256 // bl)
+    else:
+        bl = min(triton_next_pow2(l_), 256)
+        br = max(1, 4096 // bl)
+    return on_cols, r_, l_, (triton_cdiv(r_, br), triton_cdiv(l_, bl)), br, bl
+
+
+def batch_stats_backward(dmean: Tensor, dvar: Tensor, x: Tensor, mean: Tensor) -> Tensor:
+    """dx of batch_stats in one pass, in x's layout (contract: reference.batch_stats_backward)."""
+    _check_activation("x", x)
+    device = x.device
+    c = x.shape[1]
+    for name, t in (("dmean", dmean), ("dvar", dvar), ("mean", mean)):
+        _check_vec(name, t, c, device)
+    fmt = output_format(x)
+    dx = torch.empty(x.shape, dtype=x.dtype, device=device, memory_format=fmt)
+    if x.numel() == 0:
+        return dx
+    on_cols, r_, l_, grid, br, bl = _elementwise_plan(x, fmt)
+    with torch.cuda.device(device) if device.type == "cuda" else _nullcontext():
+        kernels().batch_stats_bwd_kernel[grid](
+            x.contiguous(memory_format=fmt), dmean.contiguous(), dvar.contiguous(), mean.contiguous(), dx,
+            r_, l_, c, x.numel() // c, CHANNEL_ON_COLS=on_cols, BLOCK_R=br, BLOCK_L=bl, num_warps=4,
+        )
+    return dx
+
+
+def _check_channel_vec(op: str, name: str, t: Optional[Tensor], n: int, device: torch.device,
+                       writable: bool = False) -> None:
+    """A per-channel vector of any float dtype (BatchNorm parameters and buffers keep the model's)."""
+    if t is None:
+        return
+    if not isinstance(t, Tensor) or t.dim() != 1 or t.shape[0] != n:
+        raise ValueError(f"triton {op}: {name} must be a vector of shape [{n}], got "
+                         f"{list(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+    _check_device(name, t, device)
+    if t.dtype not in FLOAT_DTYPES + (torch.float64,):
+        raise TypeError(f"triton {op}: {name} has dtype {t.dtype}, not a floating-point type")
+    if writable and not t.is_contiguous():
+        raise ValueError(f"triton {op}: {name} must be contiguous (it is updated in place)")
+
+
+def _stats_vecs(op: str, mean: Tensor, var: Tensor) -> int:
+    if not isinstance(mean, Tensor) or mean.dim() != 1:
+        raise ValueError(f"triton {op}: mean must be a 1-D per-channel vector, got "
+                         f"{list(mean.shape) if isinstance(mean, Tensor) else type(mean).__name__}")
+    c = mean.shape[0]
+    _check_vec("mean", mean, c, mean.device)
+    _check_vec("var", var, c, mean.device)
+    return c
+
+
+def bn_finalize(mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(scale, shift, invstd) of a batch-statistics BatchNorm in one launch (contract: reference.bn_finalize)."""
+    c = _stats_vecs("bn_finalize", mean, var)
+    device = mean.device
+    _check_channel_vec("bn_finalize", "weight", weight, c, device)
+    _check_channel_vec("bn_finalize", "bias", bias, c, device)
+    scale, shift, invstd = (torch.empty(c, dtype=torch.float32, device=device) for _ in range(3))
+    if c == 0:
+        return scale, shift, invstd
+    block = 64 if _interpreting() else 1024
+    with torch.cuda.device(device) if device.type == "cuda" else _nullcontext():
+        kernels().bn_finalize_kernel[(triton_cdiv(c, block),)](
+            mean.contiguous(), var.contiguous(), weight if weight is not None else mean,
+            bias if bias is not None else mean, scale, shift, invstd, c, float(eps),
+            HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, BLOCK_C=block, num_warps=4,
+        )
+    return scale, shift, invstd
+
+
+def bn_update_running(mean: Tensor, var: Tensor, count: int, running_mean: Tensor, running_var: Tensor,
+                      num_batches_tracked: Optional[Tensor], momentum: Optional[float]) -> None:
+    """nn.BatchNorm2d's running-statistics update in one launch (contract: reference.bn_update_running)."""
+    op = "bn_update_running"
+    c = _stats_vecs(op, mean, var)
+    device = mean.device
+    if count <= 1:
+        raise ValueError(f"triton {op}: count (values per channel in the batch) must be > 1, got {count}")
+    _check_channel_vec(op, "running_mean", running_mean, c, device, writable=True)
+    _check_channel_vec(op, "running_var", running_var, c, device, writable=True)
+    if num_batches_tracked is not None:
+        _check_device("num_batches_tracked", num_batches_tracked, device)
+        if num_batches_tracked.dtype != torch.int64 or num_batches_tracked.numel() != 1:
+            raise TypeError(f"triton {op}: num_batches_tracked must be one int64 value, got "
+                            f"{num_batches_tracked.dtype} of shape {list(num_batches_tracked.shape)}")
+    mode = 0 if momentum is not None else (1 if num_batches_tracked is not None else 2)
+    nbt = num_batches_tracked if num_batches_tracked is not None else mean
+    block = 64 if _interpreting() else 1024
+    with torch.cuda.device(device) if device.type == "cuda" else _nullcontext():
+        kernels().bn_update_running_kernel[(1,)](
+            mean.contiguous(), var.contiguous(), running_mean, running_var, nbt, c, count / (count - 1),
+            float(momentum) if momentum is not None else 0.0,
+            MOMENTUM_MODE=mode, HAS_NBT=num_batches_tracked is not None, BLOCK_C=block, num_warps=4,
+        )
+
+
+def bn_finalize_backward(dscale: Tensor, dshift: Tensor, dinvstd: Optional[Tensor], mean: Tensor,
+                         weight: Optional[Tensor], scale: Tensor, invstd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``fused_resnet::bn_finalize_backward`` in one launch (contract: reference.bn_finalize_backward)."""
+    op = "bn_finalize_backward"
+    c = _stats_vecs(op, mean, invstd)
+    device = mean.device
+    for name, t in (("dscale", dscale), ("dshift", dshift), ("dinvstd", dinvstd), ("scale", scale)):
+        _check_vec(name, t, c, device)
+    _check_channel_vec(op, "weight", weight, c, device)
+    dmean, dvar = torch.empty_like(mean), torch.empty_like(mean)
+    dweight = torch.empty(c, dtype=torch.float32, device=device) if weight is not None else empty_vec(mean)
+    if c == 0:
+        return dmean, dvar, dweight
+    block = 64 if _interpreting() else 1024
+    with torch.cuda.device(device) if device.type == "cuda" else _nullcontext():
+        backward_kernels().bn_finalize_bwd_kernel[(triton_cdiv(c, block),)](
+            dscale.contiguous(), dshift.contiguous(), dinvstd if dinvstd is not None else mean, mean.contiguous(),
+            weight if weight is not None else mean, scale.contiguous(), invstd.contiguous(), dmean, dvar,
+            dweight if weight is not None else dmean, c,
+            HAS_WEIGHT=weight is not None, HAS_DINVSTD=dinvstd is not None, BLOCK_C=block, num_warps=4,
+        )
+    return dmean, dvar, dweight
 
 
 # ----------------------------------------------------------------------------- backward
@@ -614,14 +736,16 @@ def _bwd_candidates(cands: list) -> list:
     return cands[:1] if _deterministic() else cands
 
 
-def _sum_partials(p: Tensor) -> Tensor:
-    """[S, T, C] fp32 partials -> [S, C], summed over T in order (deterministic)."""
+def _sum_partials(p: Tensor) -> list[Tensor]:
+    """[S, T, C] fp32 partials (S <= 3) -> S separate [C] vectors, summed over T in order
+    (deterministic)."""
     s_, t_, c_ = p.shape
-    out = torch.empty((s_, c_), dtype=torch.float32, device=p.device)
+    outs = [torch.empty(c_, dtype=torch.float32, device=p.device) for _ in range(s_)]
+    ptrs = outs + [outs[0]] * (3 - s_)  # rows beyond S are never stored
     bt, bc = (4, 16) if _interpreting() else (32, 64)
-    backward_kernels().sum_partials_kernel[(triton_cdiv(c_, bc), s_)](p, out, t_, c_, BLOCK_T=bt, BLOCK_C=bc,
+    backward_kernels().sum_partials_kernel[(triton_cdiv(c_, bc), s_)](p, *ptrs, t_, c_, BLOCK_T=bt, BLOCK_C=bc,
                                                                        num_warps=4)
-    return out
+    return outs
 
 
 def _grad_vec(name: str, t: Tensor, n: int, device) -> Tensor:
@@ -684,14 +808,13 @@ def conv_backward(
     gp = _groups_per_program(groups, cin_g, cout_g)
     dyk = _nhwc(dy)
     yk = _nhwc(y)
-    if stats:
-        ga = _grad_vec("dmean", dmean, cout, device) / m_out
-        gb = _grad_vec("dvar", dvar, cout, device) * (2.0 / m_out)
-        mu = _grad_vec("mean", mean, cout, device)
-    else:
-        ga = gb = mu = None
     vdummy = in_scale if has_pro else torch.empty(1, dtype=torch.float32, device=device)
-    ga_, gb_, mu_ = (ga, gb, mu) if stats else (vdummy, vdummy, vdummy)
+    if stats:  # the kernels scale dmean and dvar by 1/M as they load them
+        dm_, dv_, mu_ = (_grad_vec(name, t, cout, device) for name, t in (("dmean", dmean), ("dvar", dvar),
+                                                                          ("mean", mean)))
+    else:
+        dm_ = dv_ = mu_ = vdummy
+    inv_m = 1.0 / m_out
     sc_, sf_ = (in_scale, in_shift) if has_pro else (vdummy, vdummy)
     prec = _dot_precision(dtype)
     ctx = torch.cuda.device(device) if device.type == "cuda" else _nullcontext()
@@ -705,7 +828,7 @@ def conv_backward(
                                  memory_format=torch.channels_last) if need_res else dyk
             psum = torch.empty((1, tiles, cout), dtype=torch.float32, device=device) if need_bias else vdummy
             kb.conv_grad_out_kernel[(tiles, triton_cdiv(cout, bc))](
-                dyk, yk, ga_, gb_, mu_, dres_k, psum, m_out, cout,
+                dyk, yk, dm_, dv_, mu_, inv_m, dres_k, psum, m_out, cout,
                 STATS=bool(stats), RELU=bool(relu), NEED_RES=need_res, NEED_SUM=need_bias,
                 BLOCK_M=bm, BLOCK_C=bc, num_warps=4,
             )
@@ -736,7 +859,7 @@ def conv_backward(
                 ps = partials[bm] if need_psum else vdummy
                 grid = (triton_cdiv(m_phase, bm) * triton_cdiv(cin_g * gp, bn), groups // gp * qh * qw)
                 kb.conv_dgrad_kernel[grid](
-                    dyk, yk, wd, xk if has_pro else dyk, dx_k, ga_, gb_, mu_, sc_, sf_, ps,
+                    dyk, yk, wd, xk if has_pro else dyk, dx_k, dm_, dv_, mu_, inv_m, sc_, sf_, ps,
                     m_phase, h, w, cin, ho, wo, cout, cin_g * gp, cout_g * gp, cin_g, cout_g, nt, n, qh, qw,
                     sh, sw, ph, pw, dh, dw_,
                     KH=kh, KW=kw, HAS_PRO=has_pro, STATS=bool(stats), RELU=bool(relu),
@@ -752,8 +875,7 @@ def conv_backward(
             if need_x:
                 dx = _in_format(dx_k, fmt)
             if need_psum:
-                sums = _sum_partials(partials[cfg[0]])
-                dscale, dshift = sums[0].clone(), sums[1].clone()  # returns must not alias
+                dscale, dshift = _sum_partials(partials[cfg[0]])
 
         # ---- wgrad (split-K over rows, ordered reduce)
         if need_w:
@@ -772,7 +894,7 @@ def conv_backward(
                     parts[pk] = torch.empty((splits, kh * kw, cin_g, cout), dtype=torch.float32, device=device)
                 part = parts[pk]
                 kb.conv_wgrad_kernel[(tiles, splits, groups // gp)](
-                    dyk, yk, xk, part, ga_, gb_, mu_, sc_, sf_,
+                    dyk, yk, xk, part, dm_, dv_, mu_, inv_m, sc_, sf_,
                     m_out, h, w, cin, ho, wo, cout, cin_g * gp, cout_g * gp, cin_g, cout_g, per,
                     sh, sw, ph, pw, dh, dw_,
                     KH=kh, KW=kw, HAS_PRO=has_pro, STATS=bool(stats), RELU=bool(relu), DOT_PRECISION=prec,
@@ -866,11 +988,11 @@ def bn_act_backward(
         dres = dres.contiguous(memory_format=output_format(residual))
     return (
         dy if need_y else e,
-        sums[0].clone() if need_scale else empty_vec(y),
-        sums[1].clone() if need_shift else empty_vec(y),
+        sums[0] if need_scale else empty_vec(y),
+        sums[1] if need_shift else empty_vec(y),
         dres if need_res else empty_vec(y),
-        sums[2].clone() if need_rscale else empty_vec(y),
-        sums[1].clone() if need_rshift else empty_vec(y),
+        sums[2] if need_rscale else empty_vec(y),
+        (sums[1].clone() if need_shift else sums[1]) if need_rshift else empty_vec(y),  # no two returns alias
     )
 
 
@@ -906,6 +1028,10 @@ class TritonBackend(Backend):
     conv = staticmethod(conv)
     conv_shortcut = staticmethod(conv_shortcut)
     batch_stats = staticmethod(batch_stats)
+    batch_stats_backward = staticmethod(batch_stats_backward)
+    bn_finalize = staticmethod(bn_finalize)
+    bn_finalize_backward = staticmethod(bn_finalize_backward)
+    bn_update_running = staticmethod(bn_update_running)
     bn_act = staticmethod(bn_act)
     conv_backward = staticmethod(conv_backward)
     bn_act_backward = staticmethod(bn_act_backward)

@@ -1,0 +1,214 @@
+#!/usr/bin/env python
+"""Host time of a fused block step with the kernels taken out: the Python and dispatch cost.
+
+A fused block that is host-bound runs at the speed of its Python, whatever its
+kernels do; small blocks (the CIFAR ResNets, batch 1 inference) and training,
+which launches more kernels, are where that shows. This script measures that cost
+on any machine, GPU or not, on tiny CPU tensors, for each variant:
+
+  eager        torchvision's block (for scale: its CPU kernels on tiny tensors)
+  null         the fused block with every op answered by its fake (shape-only)
+               implementation: blocks.py, the custom ops and autograd, nothing else
+  triton-host  the triton backend's launchers (checks, weight caches, partials
+               buffers, configuration lookups) with every Triton kernel launch
+               replaced by a counter: the launches are counted, not run. Triton's
+               own launch cost (argument binding) comes on top, once per launch.
+
+Printed per block and mode: microseconds per step (median of --repeat runs of
+--steps steps) and the kernels one step launches on a GPU: Triton launches
+(triton-host) and PyTorch operators that run a kernel (every aten op of the
+step except views and allocations, counted by a dispatch mode). On a GPU each
+launch costs host time and a few microseconds of GPU time however small it is.
+
+    python bench/host_overhead.py
+    python bench/host_overhead.py --json host.json --steps 300
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+
+# The triton backend serves CPU tensors only under the interpreter flag; no kernel runs here.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import fused_resnet  # noqa: E402
+from fused_resnet import backends, benchmark as B, ops  # noqa: E402
+from fused_resnet.backends.base import Backend  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+# (label, block constructor arguments, input channels, spatial size)
+BLOCKS = {
+    "bottleneck": ("Bottleneck 64-16-64", ("bottleneck", 64, 16), 64, 4),
+    "basic": ("BasicBlock 16-16", ("basic", 16, 16), 16, 4),
+    "preact": ("PreActBasicBlock 16-16", ("preact", 16, 16), 16, 4),
+}
+OP_NAMES = ("conv", "conv_backward", "conv_shortcut", "batch_stats", "batch_stats_backward", "bn_finalize",
+            "bn_finalize_backward", "bn_update_running", "bn_act", "bn_act_backward")
+
+
+def null_backend() -> Backend:
+    """A backend whose every op is answered by its fake implementation: outputs of the right
+    shape, never computed."""
+    attrs = {"name": "null"}
+    for name in OP_NAMES:
+        attrs[name] = staticmethod((lambda f: lambda *a: f(*a, None))(ops.FAKES[name]))
+    return type("NullBackend", (Backend,), attrs)()
+
+
+class _CountingLaunch:
+    """Stands in for a @triton.jit function: ``kernel[grid](...)`` counts instead of launching."""
+
+    def __init__(self, name: str, counts: collections.Counter):
+        self.name, self.counts = name, counts
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.counts[self.name] += 1
+        return launch
+
+
+class _CountingAten(TorchDispatchMode):
+    """Counts the aten ops that would launch a kernel on a GPU (not views, not allocations)."""
+
+    _NO_KERNEL = ("empty", "empty_like", "empty_strided", "new_empty", "detach", "lift_fresh", "alias")
+
+    def __init__(self):
+        super().__init__()
+        self.counts: collections.Counter = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "fused_resnet":  # count the aten ops of the backend's implementation
+            with self:
+                return getattr(backends.get(args[-1]), func._opname)(*args[:-1])
+        name = func.overloadpacket.__name__
+        if not func.is_view and name not in self._NO_KERNEL:
+            self.counts[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def stub_triton_kernels(counts: collections.Counter) -> None:
+    from fused_resnet.backends import triton as tb
+
+    for mod in (tb.kernels(), tb.backward_kernels()):
+        for attr in dir(mod):
+            if attr.endswith("_kernel"):
+                setattr(mod, attr, _CountingLaunch(attr, counts))
+
+
+def make_block(kind: str, cin: int, planes: int) -> nn.Module:
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    from fused_resnet.models.preact import PreActBasicBlock
+
+    torch.manual_seed(0)
+    cls = {"bottleneck": Bottleneck, "basic": BasicBlock, "preact": PreActBasicBlock}[kind]
+    return B.perturb_batchnorm(cls(cin, planes), 1)
+
+
+def make_step(module: nn.Module, x: torch.Tensor, gout: torch.Tensor, mode: str):
+    if mode == "infer":
+        def step():
+            with torch.inference_mode():
+                module(x)
+        return step
+
+    def step():
+        module(x).backward(gout)
+        x.grad = None
+        module.zero_grad(set_to_none=True)
+    return step
+
+
+def time_step(step, steps: int, repeat: int) -> float:
+    """Median over ``repeat`` runs of the mean microseconds per step."""
+    for _ in range(10):
+        step()
+    runs = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        runs.append((time.perf_counter() - t0) / steps * 1e6)
+    return statistics.median(runs)
+
+
+def measure(key: str, mode: str, variant: str, *, steps: int, repeat: int, counts: collections.Counter) -> dict:
+    label, (kind, cin, planes), c, hw = BLOCKS[key]
+    block = make_block(kind, cin, planes)
+    if variant != "eager":
+        block = fused_resnet.convert(block, backend="null" if variant == "null" else "triton")
+    module = nn.Sequential(block).train(mode == "train")
+    x = torch.randn(2, c, hw, hw).contiguous(memory_format=torch.channels_last).requires_grad_(mode == "train")
+    gout = torch.randn_like(x)
+    step = make_step(module, x, gout, mode)
+    us = time_step(step, steps, repeat)
+    row = {"block": label, "mode": mode, "variant": variant, "us_per_step": round(us, 1)}
+    counts.clear()
+    with _CountingAten() as aten:
+        step()
+    row["aten_kernels_per_step"] = sum(aten.counts.values())
+    row["aten_kernels"] = dict(sorted(aten.counts.items()))
+    if variant == "triton-host":
+        row["triton_launches_per_step"] = sum(counts.values())
+        row["triton_launches"] = dict(sorted(counts.items()))
+    return row
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--blocks", default=",".join(BLOCKS))
+    p.add_argument("--modes", default="infer,train")
+    p.add_argument("--variants", default="eager,null,triton-host")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--json", help="write the rows and the environment here")
+    args = p.parse_args(argv)
+
+    counts: collections.Counter = collections.Counter()
+    variants = args.variants.split(",")
+    if "null" in variants:
+        backends.BACKENDS.setdefault("null", null_backend())
+    if "triton-host" in variants:
+        stub_triton_kernels(counts)
+    torch.set_num_threads(1)
+    rows = []
+    for key in args.blocks.split(","):
+        for mode in args.modes.split(","):
+            for variant in variants:
+                rows.append(measure(key, mode, variant, steps=args.steps, repeat=args.repeat, counts=counts))
+                r = rows[-1]
+                triton = r.get("triton_launches_per_step", 0)
+                print(f"{r['block']:<24} {mode:<6} {variant:<12} {r['us_per_step']:>9.1f} us/step "
+                      f"{r['aten_kernels_per_step']:>4} aten + {triton:>3} Triton kernels", flush=True)
+    if args.json:
+        env = B.env_info()
+        env["cpu"] = _cpu_name()
+        with open(args.json, "w") as f:
+            json.dump({"command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
+                       "date": B.utc_now(), "env": env, "rows": rows}, f, indent=1)
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
