@@ -16,13 +16,14 @@
 # then run with carry [".whl"]; the script installs .whl/*.whl before building.
 #
 # Run from anywhere (it cd's to the repo root). Writes under $OUT (default
-# bench/out), 9 files, none nested:
+# bench/out), 10 files, none nested:
 #   setup.log    nvidia-smi, versions, wheel install, extension build, fused-resnet info
 #   tests.log    fused-resnet check runs (whole-model parity vs torchvision), then
 #                pytest -m gpu, then pytest -m "not gpu" (together: the whole suite)
 #   bench.log    stdout/stderr of the two benchmarks, profile_blocks.py and host_overhead.py
 #   blocks.json  bench/bench_blocks.py results
 #   models.json  bench/bench_models.py results
+#   graphs.json  bench/bench_models.py --graphs: the same steps replayed from CUDA graphs
 #   host_overhead.json  bench/host_overhead.py: this machine's host time per fused block step
 #   speed_table.json  the fused blocks' times per backend: commit it to
 #                fused_resnet/speed_tables/ and backend="auto" follows it on that GPU
@@ -31,9 +32,10 @@
 #                stage cut short by its time limit still says what failed)
 # SKIP="name ..." skips the named stages (e.g. SKIP="bench-models tests-rest").
 # Within one 10-minute call not every stage fits: on an H100 (2026-11-23) the GPU
-# tests alone needed more than 240 s with 14 processes. Two calls cover it all:
-#   SKIP="bench-blocks bench-models profile host-overhead" TESTS_GPU_S=420 BUDGET_S=570 bash bench/gpu_check.sh --quick
-#   SKIP="check-resnet50-fp32 check-resnet50-bf16-train tests-gpu" BUDGET_S=570 bash bench/gpu_check.sh --quick
+# tests alone needed more than 240 s with 14 processes. Three calls cover it all:
+#   SKIP="bench-blocks bench-models bench-graphs profile host-overhead" TESTS_GPU_S=420 BUDGET_S=570 bash bench/gpu_check.sh --quick
+#   SKIP="check-resnet50-fp32 check-resnet50-bf16-train tests-gpu bench-graphs profile host-overhead" BUDGET_S=570 bash bench/gpu_check.sh --quick
+#   SKIP="check-resnet50-fp32 check-resnet50-bf16-train tests-gpu bench-blocks bench-models" BUDGET_S=570 bash bench/gpu_check.sh --quick
 # Every stage runs under `timeout`; the stages share a budget (BUDGET_S, default
 # 540 s) so that the whole script ends inside a 10-minute device call. Exit code
 # 1 if any stage failed or timed out.
@@ -146,7 +148,9 @@ PYTEST_EXTRA=()
 stage tests-gpu "${TESTS_GPU_S:-240}" "$TESTS" "$PY" -m pytest tests -q -rfE -m gpu -p no:cacheprovider --durations=20 "${PYTEST_EXTRA[@]}"
 
 BLOCK_ARGS=(--json "$OUT/blocks.json" --table "$OUT/speed_table.json")
-MODEL_ARGS=(--json "$OUT/models.json" --backend triton,cuda,auto --graphs)
+MODEL_ARGS=(--json "$OUT/models.json" --backend triton,cuda,auto)
+# The same steps replayed from CUDA graphs: the gap to the plain rows is host time.
+GRAPH_ARGS=(--json "$OUT/graphs.json" --backend triton,cuda --graphs --quick)
 if (( QUICK )); then
   BLOCK_ARGS+=(--quick); MODEL_ARGS+=(--quick)
 else
@@ -155,6 +159,7 @@ else
 fi
 stage bench-blocks 150 "$BENCH" "$PY" bench/bench_blocks.py "${BLOCK_ARGS[@]}"
 stage bench-models 240 "$BENCH" "$PY" bench/bench_models.py "${MODEL_ARGS[@]}"
+stage bench-graphs 240 "$BENCH" "$PY" bench/bench_models.py "${GRAPH_ARGS[@]}"
 # The kernels of one layer1 step per variant: where the fused blocks lose their time.
 stage profile 120 "$BENCH" "$PY" bench/profile_blocks.py --blocks layer1
 stage host-overhead 90 "$BENCH" "$PY" bench/host_overhead.py --json "$OUT/host_overhead.json"

@@ -115,10 +115,13 @@ def make_block(kind: str, cin: int, planes: int) -> nn.Module:
     return B.perturb_batchnorm(cls(cin, planes), 1)
 
 
-def make_step(module: nn.Module, x: torch.Tensor, gout: torch.Tensor, mode: str):
+def make_step(module: nn.Module, x: torch.Tensor, gout: torch.Tensor, mode: str, no_grad: bool = False):
+    """One step; inference under inference_mode, or no_grad (the kernel count: a dispatch mode
+    does not see inside custom ops under inference_mode; the fused path runs the same kernels
+    under both)."""
     if mode == "infer":
         def step():
-            with torch.inference_mode():
+            with torch.no_grad() if no_grad else torch.inference_mode():
                 module(x)
         return step
 
@@ -155,7 +158,7 @@ def measure(key: str, mode: str, variant: str, *, steps: int, repeat: int, count
     row = {"block": label, "mode": mode, "variant": variant, "us_per_step": round(us, 1)}
     counts.clear()
     with _CountingAten() as aten:
-        step()
+        make_step(module, x, gout, mode, no_grad=True)()
     row["aten_kernels_per_step"] = sum(aten.counts.values())
     row["aten_kernels"] = dict(sorted(aten.counts.items()))
     if variant == "triton-host":

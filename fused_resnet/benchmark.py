@@ -448,8 +448,8 @@ def make_infer_step(model: nn.Module, x: torch.Tensor) -> Callable[[], torch.Ten
 
 
 def make_train_step(model: nn.Module, x: torch.Tensor, target: torch.Tensor, dtype: torch.dtype,
-                    lr: float = 1e-3) -> Callable[[], None]:
-    """forward (autocast) + cross-entropy + backward + SGD momentum step."""
+                    lr: float = 1e-3, zero_grad: bool = True) -> Callable[[], None]:
+    """forward (autocast) + cross-entropy + backward + SGD momentum step (+ zero_grad, set_to_none)."""
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     device = x.device
 
@@ -458,7 +458,8 @@ def make_train_step(model: nn.Module, x: torch.Tensor, target: torch.Tensor, dty
             loss = F.cross_entropy(model(x), target)
         loss.backward()
         opt.step()
-        opt.zero_grad(set_to_none=True)
+        if zero_grad:
+            opt.zero_grad(set_to_none=True)
 
     return step
 
@@ -478,17 +479,23 @@ def prepare(model: nn.Module, *, mode: str, dtype: torch.dtype, device: torch.de
 VARIANTS = ("eager", "fused", "eager+compile", "fused+compile", "eager+graphs", "fused+graphs")
 
 
-def make_graph_step(step: Callable[[], Any], *, warmup: int = 3) -> Callable[[], None]:
+def make_graph_step(step: Callable[[], Any], *, warmup: int = 3,
+                    reset: Optional[Callable[[], None]] = None) -> Callable[[], None]:
     """``step`` captured once in a CUDA graph; the returned function replays it.
 
     The warm-up steps run eagerly first (on a side stream, as capture requires): they
-    compile and autotune the Triton kernels, which a capture cannot do.
+    compile and autotune the Triton kernels, which a capture cannot do. ``reset``
+    (a training step's zero_grad(set_to_none=True)) runs after each warm-up step and
+    before the capture, so the captured backward allocates the gradients in the
+    graph's pool and every replay overwrites them (PyTorch's whole-network capture).
     """
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(warmup):
             step()
+            if reset is not None:
+                reset()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -543,12 +550,17 @@ def bench_model(name: str, *, mode: str = "infer", variants: Sequence[str] = ("e
             x, target = make_input(batch, size, num_classes=spec.num_classes, seed=seed, device=device,
                                    dtype=dtype if mode == "infer" else torch.float32,
                                    channels_last=channels_last)
-            step = make_infer_step(model, x) if mode == "infer" else make_train_step(model, x, target, dtype)
-            if variant.endswith("+graphs"):
-                if mode != "infer" or device.type != "cuda":
-                    raise ValueError("the +graphs variants replay a CUDA graph of an inference step: "
-                                     f"they need mode 'infer' on a CUDA device, not {mode!r} on {device.type}")
-                step = make_graph_step(step)
+            graphs = variant.endswith("+graphs")
+            if graphs and device.type != "cuda":
+                raise ValueError(f"the +graphs variants replay a CUDA graph: they need a CUDA device, not "
+                                 f"{device.type}")
+            if mode == "infer":
+                step = make_infer_step(model, x)
+            else:
+                step = make_train_step(model, x, target, dtype, zero_grad=not graphs)
+            if graphs:
+                reset = None if mode == "infer" else (lambda m=model: m.zero_grad(set_to_none=True))
+                step = make_graph_step(step, reset=reset)
             progress(f"{label}: batch {batch}, {size}x{size}, {dtype_name(dtype)}, "
                      f"warm-up {warmup}, steps {steps}", show)
             timing = time_fn(step, device=device, warmup=warmup, steps=steps, label=label, show=show)

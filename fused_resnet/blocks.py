@@ -150,7 +150,8 @@ def _conv_args(conv: nn.Conv2d) -> tuple:
 
 
 class _FoldCache:
-    """Folded (weight, bias) per convolution, valid while no parameter or buffer changes.
+    """Folded (weight, bias) per convolution, and the eval (scale, shift) of a pre-activation
+    block's input BatchNorm, each valid while no parameter or buffer it reads changes.
 
     Reused only when nothing needs gradients: with autograd recording, folding
     must stay in the graph so gradients reach the conv weight and BN affine.
@@ -161,22 +162,35 @@ class _FoldCache:
 
     @staticmethod
     def _key(tensors, dtype) -> tuple:
-        return (dtype, torch.is_inference_mode_enabled()) + tuple(
-            (t.data_ptr(), t._version) for t in tensors if t is not None
-        )
+        return (dtype,) + tuple((t.data_ptr(), t._version) for t in tensors)
 
     def get(self, conv: nn.Conv2d, bn: nn.Module, dtype: torch.dtype):
+        """_fold(conv, bn, dtype), cached."""
         tensors = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        cacheable = not torch.compiler.is_compiling() and not (
-            torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+        return self._cached(conv, tensors, dtype, lambda: _fold(conv, bn, dtype))
+
+    def scale_shift(self, bn: nn.Module, dtype: torch.dtype):
+        """_eval_scale_shift(bn, dtype), cached (a pre-activation block's input BatchNorm)."""
+        tensors = (bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        return self._cached(bn, tensors, dtype, lambda: _eval_scale_shift(bn, dtype))
+
+    def _cached(self, owner: nn.Module, tensors, dtype: torch.dtype, compute):
+        present = [t for t in tensors if t is not None]
+        cacheable = not (
+            torch.compiler.is_compiling()
+            or (torch.is_grad_enabled() and any(t.requires_grad for t in present))
+            or any(t.is_inference() for t in present)  # no version counter to validate an entry
         )
         if not cacheable:
-            return _fold(conv, bn, dtype)
-        key = self._key(tensors, dtype)
-        hit = self._entries.get(id(conv))
+            return compute()
+        key = self._key(present, dtype)
+        hit = self._entries.get(id(owner))
         if hit is None or hit[0] != key:
-            hit = (key, _fold(conv, bn, dtype))
-            self._entries[id(conv)] = hit
+            # Built as normal tensors even under inference_mode: the kernels' own weight
+            # caches can then validate them by version, instead of converting every call.
+            with torch.inference_mode(False), torch.no_grad():
+                hit = (key, compute())
+            self._entries[id(owner)] = hit
         return hit[1]
 
 
@@ -299,7 +313,7 @@ class _FusedMixin:
 
     _unfused: type[nn.Module]
     _has_shortcut = True
-    _FUSED_ATTRS = ("requested_backend", "_last_backend", "_fold_cache")
+    _FUSED_ATTRS = ("requested_backend", "_last_backend", "_fold_cache", "_speed_key")
 
     def __init__(self, *args, backend: str = "auto", **kwargs) -> None:
         """The unfused block's constructor and arguments, plus the keyword ``backend``."""
@@ -310,6 +324,7 @@ class _FusedMixin:
         self.requested_backend = backends.check_name(backend)
         self._last_backend: Optional[str] = None
         self._fold_cache = _FoldCache()
+        self._speed_key: Optional[str] = None
 
     @classmethod
     def from_block(cls, block: nn.Module, backend: str = "auto"):
@@ -366,21 +381,25 @@ class _FusedMixin:
             )
 
     def speed_key(self) -> str:
-        """This block's signature in the measured speed tables (backends.speed_table)."""
-        convs = [m for m in (self.conv1, self.conv2, getattr(self, "conv3", None)) if m is not None]
-        return speed_table.block_key(
-            type(self).__name__, [convs[0].in_channels] + [c.out_channels for c in convs],
-            max(c.stride[0] for c in convs), max(c.groups for c in convs), max(c.dilation[0] for c in convs),
-        )
+        """This block's signature in the measured speed tables (backends.speed_table); built
+        once (the convolutions' shapes do not change)."""
+        if self._speed_key is None:
+            convs = [m for m in (self.conv1, self.conv2, getattr(self, "conv3", None)) if m is not None]
+            self._speed_key = speed_table.block_key(
+                type(self).__name__, [convs[0].in_channels] + [c.out_channels for c in convs],
+                max(c.stride[0] for c in convs), max(c.groups for c in convs), max(c.dilation[0] for c in convs),
+            )
+        return self._speed_key
 
     def _run(self, x: Tensor) -> tuple[Tensor, _Run]:
         dev = x.device.type
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
         self._check_dtype(x, dtype)
         mode = "train" if self.training else "infer"
-        backend = backends.resolve(self.requested_backend, x.device, dtype, self.speed_key(), mode,
-                                   int(x.shape[-1]))
-        if not torch.compiler.is_compiling():
+        # Only "auto" consults the speed tables, so only it needs the block's signature.
+        key = self.speed_key() if self.requested_backend == "auto" else ""
+        backend = backends.resolve(self.requested_backend, x.device, dtype, key, mode, int(x.shape[-1]))
+        if backend != self._last_backend and not torch.compiler.is_compiling():
             self._last_backend = backend
         return x.to(dtype), _Run(backend, dtype)
 
@@ -430,7 +449,7 @@ class _FusedPreAct(_FusedMixin):
             mean, var = ops.batch_stats(x, run.backend)
             scale, shift = _batch_norm_params(x, mean, var, bn, run)
         else:
-            scale, shift = _eval_scale_shift(bn, run.dtype)
+            scale, shift = self._fold_cache.scale_shift(bn, run.dtype)
         return _Act(x, scale, shift, relu=True)
 
     def _shortcut(self, x: Tensor, a0: _Act, run: _Run):

@@ -22,8 +22,8 @@ def test_profile_blocks_runs_on_cpu():
 
 
 def test_bench_models_graph_variants_need_a_gpu(tmp_path):
-    """--graphs adds the CUDA-graph inference variants; off the GPU each is a row saying why it
-    could not run (so the script exits 1), and the other variants still run."""
+    """--graphs adds the CUDA-graph variants (inference and training); off the GPU each is a row
+    saying why it could not run (so the script exits 1), and the other variants still run."""
     import json
 
     out_json = tmp_path / "models.json"
@@ -34,10 +34,10 @@ def test_bench_models_graph_variants_need_a_gpu(tmp_path):
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
     rows = json.loads(out_json.read_text())["results"]
     by = {(r["mode"], r["variant"]): r for r in rows}
-    assert set(by) == {("infer", "eager"), ("infer", "fused"), ("infer", "eager+graphs"), ("infer", "fused+graphs"),
-                       ("train", "eager"), ("train", "fused")}, sorted(by)
-    for v in ("eager+graphs", "fused+graphs"):
-        assert "need mode 'infer' on a CUDA device" in by[("infer", v)]["error"], by[("infer", v)]
+    modes, plain, graphs = ("infer", "train"), ("eager", "fused"), ("eager+graphs", "fused+graphs")
+    assert set(by) == {(m, v) for m in modes for v in plain + graphs}, sorted(by)
+    for key in ((m, v) for m in modes for v in graphs):
+        assert "they need a CUDA device, not cpu" in by[key]["error"], by[key]
     for key in (("infer", "eager"), ("infer", "fused"), ("train", "eager"), ("train", "fused")):
         assert by[key].get("img_per_s") and not by[key].get("error"), by[key]
 

@@ -218,3 +218,14 @@ def test_zero_init_residual_keeps_working():
 
     f = convert(m)
     assert torch.count_nonzero(f.layer1[0].bn2.weight) == 0
+
+
+def test_model_built_under_inference_mode_runs():
+    # Its parameters are inference tensors, which have no version counter for the fold
+    # cache to key on: such blocks fold on every call instead of failing.
+    with torch.inference_mode():
+        block = BLOCKS["bottleneck"]().eval()
+        fused = FUSED_TWIN[type(block)].from_block(copy.deepcopy(block), backend="reference").eval()
+        x = _input(block, 1, 7, 0, channels_last=True)
+        _close(fused(x), block(x), "output of a block built under inference_mode")
+        _close(fused(x), block(x), "second output")

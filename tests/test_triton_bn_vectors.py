@@ -148,3 +148,28 @@ def test_batch_stats_gradient_through_the_triton_op():
     rv, rm = torch.var_mean(xr, dim=(0, 2, 3), unbiased=False)
     (rm * 0.7 + rv * 1.3).sum().backward()
     torch.testing.assert_close(x.grad, xr.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_expanded_vectors_read_as_their_values():
+    # Autograd hands over stride-0 gradients (the gradient of a sum): the launchers must not
+    # read them as dense buffers.
+    mean, var, _, _ = _vecs(8)
+    weight = torch.full((1,), 1.5, device=DEVICE).expand(C)
+    bias = torch.full((1,), -0.25, device=DEVICE).expand(C)
+    got = _tb().bn_finalize(mean, var, weight, bias, 1e-5)
+    want = reference.bn_finalize(mean, var, weight.contiguous(), bias.contiguous(), 1e-5)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7)
+    scale, _, invstd = want
+    ones = torch.ones(1, device=DEVICE).expand(C)
+    got = _tb().bn_finalize_backward(ones, ones, ones, mean, weight, scale, invstd)
+    want = reference.bn_finalize_backward(*(t.contiguous() for t in (ones, ones, ones, mean, weight, scale, invstd)))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7)
+    x = torch.randn(2, C, 3, 3, device=DEVICE)
+    got = _tb().batch_stats_backward(ones, ones, x, mean.expand(C))
+    torch.testing.assert_close(got, reference.batch_stats_backward(ones.contiguous(), ones.contiguous(), x, mean),
+                               rtol=1e-6, atol=1e-7)
+    got = _tb().bn_act(x, weight, bias, x, weight, bias, True)
+    want = reference.bn_act(x, weight.contiguous(), bias.contiguous(), x, weight.contiguous(), bias.contiguous(), True)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)

@@ -314,6 +314,12 @@ def _conv_problem(
     return groups, n, cin, h, w, cout, cin_g, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo
 
 
+def _dense(*ts: Optional[Tensor]) -> tuple:
+    """Per-channel vectors as the kernels read them: contiguous (autograd hands over expanded,
+    stride-0 gradients, e.g. of a sum)."""
+    return tuple(t.contiguous() if t is not None else None for t in ts)
+
+
 def _check_pair(op: str, names: tuple[str, str], scale: Optional[Tensor], shift: Optional[Tensor],
                 n: int, device: torch.device) -> None:
     """A (scale, shift) pair of per-channel vectors: both or neither, each fp32 of length n."""
@@ -335,6 +341,7 @@ def conv(
         "conv", x, weight, stride, padding, dilation, groups)
     _check_vec("bias", bias, cout, device)
     _check_pair("conv", ("in_scale", "in_shift"), in_scale, in_shift, cin, device)
+    bias, in_scale, in_shift = _dense(bias, in_scale, in_shift)
     if residual is not None:
         _check_activation("residual", residual)
         _check_device("residual", residual, device)
@@ -421,6 +428,7 @@ def conv_shortcut(
         "conv_shortcut", x, weight, stride, padding, dilation, groups)
     _check_vec("bias", bias, cout, device)
     _check_pair("conv_shortcut", ("in_scale", "in_shift"), in_scale, in_shift, cin, device)
+    bias, in_scale, in_shift = _dense(bias, in_scale, in_shift)
     # ---- the shortcut's operands
     _check_activation("sc_x", sc_x)
     _check_device("sc_x", sc_x, device)
@@ -450,6 +458,7 @@ def conv_shortcut(
         raise ValueError(f"triton conv_shortcut: option A (no sc_weight) pads sc_x's {csc} channels up to Cout={cout}, "
                          f"so sc_x must not have more channels than the output")
     _check_pair("conv_shortcut", ("sc_in_scale", "sc_in_shift"), sc_in_scale, sc_in_shift, csc, device)
+    sc_in_scale, sc_in_shift = _dense(sc_in_scale, sc_in_shift)
     if n * cout * ho * wo >= _INT32_LIMIT:
         raise ValueError("triton conv_shortcut: the output has 2**31 elements or more; the kernels index with int32")
 
@@ -561,6 +570,7 @@ def bn_act(
     if scale is None or shift is None:
         raise ValueError("triton bn_act: scale and shift are required")
     _check_pair("bn_act", ("res_scale", "res_shift"), res_scale, res_shift, c, device)
+    scale, shift, res_scale, res_shift = _dense(scale, shift, res_scale, res_shift)
     if res_scale is not None and residual is None:
         raise ValueError("triton bn_act: res_scale/res_shift given without a residual")
     fmt = output_format(y)
@@ -655,6 +665,7 @@ def bn_finalize(mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optio
     device = mean.device
     _check_channel_vec("bn_finalize", "weight", weight, c, device)
     _check_channel_vec("bn_finalize", "bias", bias, c, device)
+    weight, bias = _dense(weight, bias)
     scale, shift, invstd = (torch.empty(c, dtype=torch.float32, device=device) for _ in range(3))
     if c == 0:
         return scale, shift, invstd
@@ -703,6 +714,7 @@ def bn_finalize_backward(dscale: Tensor, dshift: Tensor, dinvstd: Optional[Tenso
     for name, t in (("dscale", dscale), ("dshift", dshift), ("dinvstd", dinvstd), ("scale", scale)):
         _check_vec(name, t, c, device)
     _check_channel_vec(op, "weight", weight, c, device)
+    dscale, dshift, dinvstd, mean, weight, scale, invstd = _dense(dscale, dshift, dinvstd, mean, weight, scale, invstd)
     dmean, dvar = torch.empty_like(mean), torch.empty_like(mean)
     dweight = torch.empty(c, dtype=torch.float32, device=device) if weight is not None else empty_vec(mean)
     if c == 0:
@@ -710,8 +722,8 @@ def bn_finalize_backward(dscale: Tensor, dshift: Tensor, dinvstd: Optional[Tenso
     block = 64 if _interpreting() else 1024
     with torch.cuda.device(device) if device.type == "cuda" else _nullcontext():
         backward_kernels().bn_finalize_bwd_kernel[(triton_cdiv(c, block),)](
-            dscale.contiguous(), dshift.contiguous(), dinvstd if dinvstd is not None else mean, mean.contiguous(),
-            weight if weight is not None else mean, scale.contiguous(), invstd.contiguous(), dmean, dvar,
+            dscale, dshift, dinvstd if dinvstd is not None else mean, mean,
+            weight if weight is not None else mean, scale, invstd, dmean, dvar,
             dweight if weight is not None else dmean, c,
             HAS_WEIGHT=weight is not None, HAS_DINVSTD=dinvstd is not None, BLOCK_C=block, num_warps=4,
         )
@@ -753,7 +765,7 @@ def _grad_vec(name: str, t: Tensor, n: int, device) -> Tensor:
         raise ValueError(f"triton conv_backward: {name} must have {n} elements when stats=True, got "
                          f"{list(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
     _check_device(name, t, device)
-    return t.reshape(n).to(torch.float32)
+    return t.reshape(n).to(torch.float32).contiguous()
 
 
 def conv_backward(
@@ -788,6 +800,7 @@ def conv_backward(
                          f"got {list(dy.shape)} and {list(y.shape)}")
     has_pro = in_scale is not None
     _check_pair("conv_backward", ("in_scale", "in_shift"), in_scale, in_shift, cin, device)
+    in_scale, in_shift = _dense(in_scale, in_shift)
     if (need_scale or need_shift) and not has_pro:
         raise ValueError("triton conv_backward: in_scale/in_shift gradients asked for without a prologue")
     if n * cout * ho * wo >= _INT32_LIMIT or n * cin * h * w >= _INT32_LIMIT:
@@ -934,6 +947,7 @@ def bn_act_backward(
                              f"{t.dtype}, {list(t.shape)}")
     _check_vec("scale", scale, c, device)
     _check_vec("res_scale", res_scale, c, device)
+    scale, res_scale = _dense(scale, res_scale)
     need_y, need_scale, need_shift, need_res, need_rscale, need_rshift = (bool(b) for b in output_mask)
     if (need_res or need_rscale or need_rshift) and residual is None:
         raise ValueError("triton bn_act_backward: residual gradients asked for without a residual")
