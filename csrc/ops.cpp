@@ -75,6 +75,15 @@ at::Tensor float_vec(const at::Tensor& t, const char* op, const char* name, int6
   return t.to(at::kFloat).contiguous();
 }
 
+// The channel count of a per-channel statistics op: mean must be a 1-D float32 CUDA vector.
+int64_t stats_channels(const at::Tensor& mean, const char* op) {
+  check_cuda(mean, op, "mean");
+  TORCH_CHECK(mean.dim() == 1, "fused_resnet_cuda::", op, ": mean must be a 1-D per-channel vector, got shape ",
+              mean.sizes());
+  check_vec(mean, op, "mean", mean.size(0), mean, "mean");
+  return mean.size(0);
+}
+
 void check_launch(cudaError_t err, const char* op) {
   TORCH_CHECK(err == cudaSuccess, "fused_resnet_cuda::", op, ": kernel launch failed: ", cudaGetErrorString(err));
 }
@@ -180,11 +189,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_finalize(const at::Tensor& mea
                                                            const std::optional<at::Tensor>& weight,
                                                            const std::optional<at::Tensor>& bias, double eps) {
   constexpr const char* op = "bn_finalize";
-  check_cuda(mean_in, op, "mean");
-  TORCH_CHECK(mean_in.dim() == 1, "fused_resnet_cuda::bn_finalize: mean must be a 1-D per-channel vector, got shape ",
-              mean_in.sizes());
-  const int64_t C = mean_in.size(0);
-  check_vec(mean_in, op, "mean", C, mean_in, "mean");
+  const int64_t C = stats_channels(mean_in, op);
   check_vec(var_in, op, "var", C, mean_in, "mean");
   const c10::cuda::CUDAGuard guard(mean_in.device());
   const at::Tensor w = weight.has_value() ? float_vec(*weight, op, "weight", C, mean_in, "mean") : at::Tensor();
@@ -215,12 +220,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_finalize_backward(
     const at::Tensor& mean_in, const std::optional<at::Tensor>& weight, const at::Tensor& scale_in,
     const at::Tensor& invstd_in) {
   constexpr const char* op = "bn_finalize_backward";
-  check_cuda(mean_in, op, "mean");
-  TORCH_CHECK(mean_in.dim() == 1,
-              "fused_resnet_cuda::bn_finalize_backward: mean must be a 1-D per-channel vector, got shape ",
-              mean_in.sizes());
-  const int64_t C = mean_in.size(0);
-  check_vec(mean_in, op, "mean", C, mean_in, "mean");
+  const int64_t C = stats_channels(mean_in, op);
   check_vec(dscale_in, op, "dscale", C, mean_in, "mean");
   check_vec(dshift_in, op, "dshift", C, mean_in, "mean");
   check_vec(scale_in, op, "scale", C, mean_in, "mean");
@@ -258,12 +258,7 @@ void bn_update_running(const at::Tensor& mean_in, const at::Tensor& var_in, c10:
                        const std::optional<at::Tensor>& num_batches_tracked, std::optional<double> momentum) {
   constexpr const char* op = "bn_update_running";
   const int64_t count = count_sym.expect_int();
-  check_cuda(mean_in, op, "mean");
-  TORCH_CHECK(mean_in.dim() == 1,
-              "fused_resnet_cuda::bn_update_running: mean must be a 1-D per-channel vector, got shape ",
-              mean_in.sizes());
-  const int64_t C = mean_in.size(0);
-  check_vec(mean_in, op, "mean", C, mean_in, "mean");
+  const int64_t C = stats_channels(mean_in, op);
   check_vec(var_in, op, "var", C, mean_in, "mean");
   TORCH_CHECK(count > 1, "fused_resnet_cuda::bn_update_running: count (values per channel in the batch) must be "
               "> 1 for the unbiased variance, got ", count);

@@ -338,32 +338,45 @@ def bn_update_running_kernel(
 
 
 @triton.jit
-def batch_stats_bwd_kernel(
-    x_ptr, dmean_ptr, dvar_ptr, mean_ptr, dx_ptr, R, L, C, M,
-    CHANNEL_ON_COLS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
-):
-    """dx = (dmean[c] + 2 dvar[c] (x - mean[c])) / M on an [R, L] view (layouts as bn_act_kernel)."""
+def _channel_tile(R, L, C, CHANNEL_ON_COLS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
+    """This program's tile of an [R, L] row-major view of an NHWC (channel = column) or NCHW
+    (channel = row % C) tensor: element offsets, their mask, and the channel of each column
+    (NHWC) or row (NCHW) with its mask."""
     offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
     r_ok = offs_r < R
     l_ok = offs_l < L
-    mask = r_ok[:, None] & l_ok[None, :]
-    off = offs_r[:, None] * L + offs_l[None, :]
-    x = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
     if CHANNEL_ON_COLS:
         ch = offs_l
         ch_ok = l_ok
     else:
         ch = offs_r % C
         ch_ok = r_ok
-    dm = tl.load(dmean_ptr + ch, mask=ch_ok, other=0.0)
-    dv = tl.load(dvar_ptr + ch, mask=ch_ok, other=0.0)
-    mu = tl.load(mean_ptr + ch, mask=ch_ok, other=0.0)
+    return offs_r[:, None] * L + offs_l[None, :], r_ok[:, None] & l_ok[None, :], ch, ch_ok
+
+
+@triton.jit
+def _per_channel(v, CHANNEL_ON_COLS: tl.constexpr):
+    """A vector over _channel_tile's channels, broadcastable against its tile."""
     if CHANNEL_ON_COLS:
-        dx = dm[None, :] + 2.0 * dv[None, :] * (x - mu[None, :])
+        return v[None, :]
     else:
-        dx = dm[:, None] + 2.0 * dv[:, None] * (x - mu[:, None])
-    tl.store(dx_ptr + off, (dx / M).to(dx_ptr.dtype.element_ty), mask=mask)
+        return v[:, None]
+
+
+@triton.jit
+def batch_stats_bwd_kernel(
+    x_ptr, dmean_ptr, dvar_ptr, mean_ptr, dx_ptr, R, L, C, M,
+    CHANNEL_ON_COLS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """dx = (dmean[c] + 2 dvar[c] (x - mean[c])) / M on an [R, L] view (layouts as bn_act_kernel)."""
+    off, mask, ch, ch_ok = _channel_tile(R, L, C, CHANNEL_ON_COLS, BLOCK_R, BLOCK_L)
+    x = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+    dm = _per_channel(tl.load(dmean_ptr + ch, mask=ch_ok, other=0.0), CHANNEL_ON_COLS)
+    dv = _per_channel(tl.load(dvar_ptr + ch, mask=ch_ok, other=0.0), CHANNEL_ON_COLS)
+    mu = _per_channel(tl.load(mean_ptr + ch, mask=ch_ok, other=0.0), CHANNEL_ON_COLS)
+    dx = (dm + 2.0 * dv * (x - mu)) / M
+    tl.store(dx_ptr + off, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------- BN-apply
@@ -380,34 +393,17 @@ def bn_act_kernel(
     NHWC: R = N*H*W, L = C, channel = column. NCHW: R = N*C, L = H*W, channel = row % C.
     r = residual*res_scale + res_shift (HAS_RSCALE) or residual (HAS_RES).
     """
-    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    offs_l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-    r_ok = offs_r < R
-    l_ok = offs_l < L
-    mask = r_ok[:, None] & l_ok[None, :]
-    off = offs_r[:, None] * L + offs_l[None, :]
+    off, mask, ch, ch_ok = _channel_tile(R, L, C, CHANNEL_ON_COLS, BLOCK_R, BLOCK_L)
     v = tl.load(y_ptr + off, mask=mask, other=0.0).to(tl.float32)
-    if CHANNEL_ON_COLS:
-        ch = offs_l
-        ch_ok = l_ok
-    else:
-        ch = offs_r % C
-        ch_ok = r_ok
-    sc = tl.load(scale_ptr + ch, mask=ch_ok, other=0.0)
-    sf = tl.load(shift_ptr + ch, mask=ch_ok, other=0.0)
-    if CHANNEL_ON_COLS:
-        z = v * sc[None, :] + sf[None, :]
-    else:
-        z = v * sc[:, None] + sf[:, None]
+    sc = _per_channel(tl.load(scale_ptr + ch, mask=ch_ok, other=0.0), CHANNEL_ON_COLS)
+    sf = _per_channel(tl.load(shift_ptr + ch, mask=ch_ok, other=0.0), CHANNEL_ON_COLS)
+    z = v * sc + sf
     if HAS_RES:
         r = tl.load(res_ptr + off, mask=mask, other=0.0).to(tl.float32)
         if HAS_RSCALE:
-            rs = tl.load(rscale_ptr + ch, mask=ch_ok, other=0.0)
-            rt = tl.load(rshift_ptr + ch, mask=ch_ok, other=0.0)
-            if CHANNEL_ON_COLS:
-                r = r * rs[None, :] + rt[None, :]
-            else:
-                r = r * rs[:, None] + rt[:, None]
+            rs = _per_channel(tl.load(rscale_ptr + ch, mask=ch_ok, other=0.0), CHANNEL_ON_COLS)
+            rt = _per_channel(tl.load(rshift_ptr + ch, mask=ch_ok, other=0.0), CHANNEL_ON_COLS)
+            r = r * rs + rt
         z += r
     if RELU:
         z = tl.maximum(z, 0.0)

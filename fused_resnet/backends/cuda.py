@@ -177,7 +177,7 @@ class CudaBackend(Backend):
                 groups, relu, stats, output_mask,
             )
         need_x, need_w, need_bias, need_scale, need_shift, need_res = output_mask
-        g = self._output_grad(dy, dmean, dvar, y, mean, stats)
+        g = self._output_grad(dy, dmean, dvar, y, mean, stats, need_res)
         dbias = g.float().sum((0, 2, 3)) if need_bias else empty_vec(x)
         dres = g if need_res else empty_vec(x)
         if in_scale is None:
@@ -208,11 +208,15 @@ class CudaBackend(Backend):
         dx = dx.contiguous(memory_format=output_format(x)) if need_dx else empty_vec(x)
         return dx, (dw.contiguous() if need_w else empty_vec(x))
 
-    def _output_grad(self, dy, dmean, dvar, y, mean, stats):
+    def _output_grad(self, dy, dmean, dvar, y, mean, stats, returned):
         """g = dy + dmean/M + 2 dvar (y - mean)/M in y's dtype and layout: one bn_act pass
-        (y*gb + (ga - gb*mean) + dy with ga = dmean/M, gb = 2 dvar/M)."""
+        (y*gb + (ga - gb*mean) + dy with ga = dmean/M, gb = 2 dvar/M). Without stats g is
+        dy, copied only when it is ``returned`` (as dresidual: an op's output must not alias
+        its input)."""
         if not stats:
-            return dy.clone(memory_format=output_format(y))  # a copy: g may be returned as dresidual
+            if returned:
+                return dy.clone(memory_format=output_format(y))
+            return dy.contiguous(memory_format=output_format(y))
         m = y.numel() // y.shape[1]
         ga, gb = dmean.float() / m, dvar.float() * (2.0 / m)
         return ops().bn_act(y, gb, ga - gb * mean.float(), dy, None, None, False)
