@@ -61,3 +61,19 @@ def test_host_overhead_counts_the_kernels_of_a_step(tmp_path):
             assert r["triton_launches_per_step"] > 0, r
             assert r["aten_kernels_per_step"] <= 16, r
             assert not {"mul", "rsqrt", "pow", "div"} & set(r["aten_kernels"]), r
+
+
+def test_kernel_resources_reads_a_compiled_kernel(tmp_path):
+    """kernel_resources.py compiles a specialisation for sm_90 (no GPU needed) and reports its
+    registers, stack and shared memory."""
+    import json
+
+    out_json = tmp_path / "res.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "kernel_resources.py"), "--filter", "sum_partials,bn_finalize_11",
+           "--json", str(out_json)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(ROOT))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = {r["name"]: r for r in json.loads(out_json.read_text())["rows"]}
+    assert set(rows) == {"sum_partials", "bn_finalize_11"}, rows
+    for r in rows.values():
+        assert 0 < r["regs"] <= 255 and r["stack"] >= 0 and r["shared"] >= 0, r

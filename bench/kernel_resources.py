@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""Registers, stack (spills) and shared memory of the Triton kernels, compiled for a GPU target
+without a GPU.
+
+Every specialisation the triton backend can launch (the lists the sm_90 compile check
+uses, ``kernels/conv.py`` and ``kernels/conv_backward.py``) is compiled to a cubin and
+read with the ``cuobjdump`` that ships with Triton. A kernel at the 255-register cap
+with a stack frame spills to local memory; one with many registers per thread fits
+few programs per SM. Both are facts of compilation, not timings: they point at
+candidates to look at in a GPU profile.
+
+    python bench/kernel_resources.py --filter conv_bf16,dgrad_bf16,wgrad_bf16 --json res.json
+    python bench/kernel_resources.py --arch 80
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU target, not the interpreter
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import triton  # noqa: E402
+
+from fused_resnet.backends.triton import backward_kernels, kernels  # noqa: E402
+
+_USAGE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
+
+
+def cuobjdump() -> str:
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(path):
+        raise SystemExit(f"cuobjdump not found at {path} (it ships with Triton's NVIDIA backend)")
+    return path
+
+
+def resources(spec, arch: int, tool: str) -> dict:
+    """Registers per thread, stack bytes per thread and shared memory bytes of one specialisation."""
+    compiled = kernels()._common.compile_specialization(spec, arch)
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(compiled.asm["cubin"])
+    try:
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(f.name)
+    m = _USAGE.search(out)
+    if m is None:
+        raise RuntimeError(f"no resource usage in cuobjdump's output for {spec[0]}: {out[-500:]}")
+    regs, stack, _, local = (int(v) for v in m.groups())
+    return {"name": spec[0], "regs": regs, "stack": stack, "local": local, "shared": compiled.metadata.shared,
+            "num_warps": spec[4].get("num_warps")}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--filter", default="", help="comma-separated name prefixes (default: every specialisation)")
+    p.add_argument("--arch", type=int, default=90)
+    p.add_argument("--json", help="write the rows and the versions here")
+    args = p.parse_args(argv)
+    prefixes = tuple(f for f in args.filter.split(",") if f)
+    specs = [s for s in kernels().all_specializations() + backward_kernels().all_specializations()
+             if not prefixes or s[0].startswith(prefixes)]
+    tool = cuobjdump()
+    rows = []
+    print(f"triton {triton.__version__}, sm_{args.arch}, {len(specs)} specialisations")
+    print(f"{'specialisation':<72} {'regs':>4} {'stack':>5} {'shared':>7}")
+    for spec in specs:
+        r = resources(spec, args.arch, tool)
+        rows.append(r)
+        flag = "  spills" if r["stack"] or r["local"] else ""
+        print(f"{r['name']:<72} {r['regs']:>4} {r['stack']:>5} {r['shared']:>7}{flag}", flush=True)
+    spilling = [r["name"] for r in rows if r["stack"] or r["local"]]
+    print(f"{len(spilling)} of {len(rows)} specialisations use a stack frame (spills)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"command": " ".join(["kernel_resources.py"] + (argv if argv is not None else sys.argv[1:])),
+                       "triton": triton.__version__, "arch": args.arch, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
