@@ -620,6 +620,7 @@ def batch_stats_backward(dmean: Tensor, dvar: Tensor, x: Tensor, mean: Tensor) -
     c = x.shape[1]
     for name, t in (("dmean", dmean), ("dvar", dvar), ("mean", mean)):
         _check_vec(name, t, c, device)
+    dmean, dvar, mean = _dense(dmean, dvar, mean)
     fmt = output_format(x)
     dx = torch.empty(x.shape, dtype=x.dtype, device=device, memory_format=fmt)
     if x.numel() == 0:
@@ -627,7 +628,7 @@ def batch_stats_backward(dmean: Tensor, dvar: Tensor, x: Tensor, mean: Tensor) -
     on_cols, r_, l_, grid, br, bl = _elementwise_plan(x, fmt)
     with torch.cuda.device(device) if device.type == "cuda" else _nullcontext():
         kernels().batch_stats_bwd_kernel[grid](
-            x.contiguous(memory_format=fmt), dmean.contiguous(), dvar.contiguous(), mean.contiguous(), dx,
+            x.contiguous(memory_format=fmt), dmean, dvar, mean, dx,
             r_, l_, c, x.numel() // c, CHANNEL_ON_COLS=on_cols, BLOCK_R=br, BLOCK_L=bl, num_warps=4,
         )
     return dx
@@ -648,20 +649,21 @@ def _check_channel_vec(op: str, name: str, t: Optional[Tensor], n: int, device: 
         raise ValueError(f"triton {op}: {name} must be contiguous (it is updated in place)")
 
 
-def _stats_vecs(op: str, mean: Tensor, var: Tensor) -> int:
+def _stats_vecs(op: str, mean: Tensor, var: Tensor) -> tuple[int, Tensor, Tensor]:
+    """(channels, mean, var) of a statistics op: checked fp32 vectors, made dense (_dense)."""
     if not isinstance(mean, Tensor) or mean.dim() != 1:
         raise ValueError(f"triton {op}: mean must be a 1-D per-channel vector, got "
                          f"{list(mean.shape) if isinstance(mean, Tensor) else type(mean).__name__}")
     c = mean.shape[0]
     _check_vec("mean", mean, c, mean.device)
     _check_vec("var", var, c, mean.device)
-    return c
+    return (c,) + _dense(mean, var)
 
 
 def bn_finalize(mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                 eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """(scale, shift, invstd) of a batch-statistics BatchNorm in one launch (contract: reference.bn_finalize)."""
-    c = _stats_vecs("bn_finalize", mean, var)
+    c, mean, var = _stats_vecs("bn_finalize", mean, var)
     device = mean.device
     _check_channel_vec("bn_finalize", "weight", weight, c, device)
     _check_channel_vec("bn_finalize", "bias", bias, c, device)
@@ -672,7 +674,7 @@ def bn_finalize(mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optio
     block = 64 if _interpreting() else 1024
     with torch.cuda.device(device) if device.type == "cuda" else _nullcontext():
         kernels().bn_finalize_kernel[(triton_cdiv(c, block),)](
-            mean.contiguous(), var.contiguous(), weight if weight is not None else mean,
+            mean, var, weight if weight is not None else mean,
             bias if bias is not None else mean, scale, shift, invstd, c, float(eps),
             HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, BLOCK_C=block, num_warps=4,
         )
@@ -683,7 +685,7 @@ def bn_update_running(mean: Tensor, var: Tensor, count: int, running_mean: Tenso
                       num_batches_tracked: Optional[Tensor], momentum: Optional[float]) -> None:
     """nn.BatchNorm2d's running-statistics update in one launch (contract: reference.bn_update_running)."""
     op = "bn_update_running"
-    c = _stats_vecs(op, mean, var)
+    c, mean, var = _stats_vecs(op, mean, var)
     device = mean.device
     if count <= 1:
         raise ValueError(f"triton {op}: count (values per channel in the batch) must be > 1, got {count}")
@@ -699,7 +701,7 @@ def bn_update_running(mean: Tensor, var: Tensor, count: int, running_mean: Tenso
     block = 64 if _interpreting() else 1024
     with torch.cuda.device(device) if device.type == "cuda" else _nullcontext():
         kernels().bn_update_running_kernel[(1,)](
-            mean.contiguous(), var.contiguous(), running_mean, running_var, nbt, c, count / (count - 1),
+            mean, var, running_mean, running_var, nbt, c, count / (count - 1),
             float(momentum) if momentum is not None else 0.0,
             MOMENTUM_MODE=mode, HAS_NBT=num_batches_tracked is not None, BLOCK_C=block, num_warps=4,
         )
@@ -709,12 +711,12 @@ def bn_finalize_backward(dscale: Tensor, dshift: Tensor, dinvstd: Optional[Tenso
                          weight: Optional[Tensor], scale: Tensor, invstd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``fused_resnet::bn_finalize_backward`` in one launch (contract: reference.bn_finalize_backward)."""
     op = "bn_finalize_backward"
-    c = _stats_vecs(op, mean, invstd)
+    c, mean, invstd = _stats_vecs(op, mean, invstd)
     device = mean.device
     for name, t in (("dscale", dscale), ("dshift", dshift), ("dinvstd", dinvstd), ("scale", scale)):
         _check_vec(name, t, c, device)
     _check_channel_vec(op, "weight", weight, c, device)
-    dscale, dshift, dinvstd, mean, weight, scale, invstd = _dense(dscale, dshift, dinvstd, mean, weight, scale, invstd)
+    dscale, dshift, dinvstd, weight, scale = _dense(dscale, dshift, dinvstd, weight, scale)
     dmean, dvar = torch.empty_like(mean), torch.empty_like(mean)
     dweight = torch.empty(c, dtype=torch.float32, device=device) if weight is not None else empty_vec(mean)
     if c == 0:
