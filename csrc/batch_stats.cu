@@ -99,25 +99,34 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Pass 2: block (32, 8), channel = blockIdx.x*32 + tx; thread ty merges chunks
-// ty, ty+8, ... in order, then a fixed tree merges the 8 rows. fp64 throughout.
+// Pass 2 (and the merge of a convolution epilogue's slab statistics): block
+// (32, 8), channel = blockIdx.x*32 + tx, group g = blockIdx.y of chunks
+// [g*per_group, (g+1)*per_group) of a [2, nchunks, C] partials buffer (means, then
+// M2s). Thread ty merges the group's chunks ty, ty+8, ... in order, then a fixed
+// tree merges the 8 rows; fp64 throughout. Chunk j holds the values of units
+// [j*upc, (j+1)*upc) (clipped to `units`), unit_elems values each. Output: the
+// group's (mean, M2) into group_out ([2, gridDim.y, C]), or, when group_out is null
+// (one group), the mean (+ shift[c] when shift is given) and the biased variance.
 constexpr int kFx = 32, kFy = 8;
 
+struct MergeShape {
+  int64_t C, nchunks, per_group, units, upc, unit_elems;
+};
+
 __global__ void __launch_bounds__(kFx* kFy)
-    stats_merge_kernel(const float* __restrict__ partial, int64_t C, int64_t nchunks, int64_t units,
-                       int64_t units_per_chunk, int64_t unit_elems, const float* __restrict__ shift,
-                       float* __restrict__ mean_out,
-                       float* __restrict__ var_out) {
+    stats_merge_kernel(const float* __restrict__ partial, MergeShape m, const float* __restrict__ shift,
+                       float* __restrict__ group_out, float* __restrict__ mean_out, float* __restrict__ var_out) {
   __shared__ double smem[kFx * kFy * 3];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t c = (int64_t)blockIdx.x * kFx + tx;
+  const int64_t j0 = (int64_t)blockIdx.y * m.per_group, j1 = min64(m.nchunks, j0 + m.per_group);
   double n = 0.0, mean = 0.0, m2 = 0.0;
-  if (c < C) {
-    for (int64_t j = ty; j < nchunks; j += kFy) {
-      const int64_t u0 = j * units_per_chunk;
-      const int64_t u1 = min64(units, u0 + units_per_chunk);
-      const double nb = (double)((u1 - u0) * unit_elems);
-      chan_merge<double>(n, mean, m2, nb, (double)partial[j * C + c], (double)partial[(nchunks + j) * C + c]);
+  if (c < m.C) {
+    for (int64_t j = j0 + ty; j < j1; j += kFy) {
+      const int64_t u0 = j * m.upc;
+      const int64_t u1 = min64(m.units, u0 + m.upc);
+      const double nb = u1 > u0 ? (double)((u1 - u0) * m.unit_elems) : 0.0;
+      chan_merge<double>(n, mean, m2, nb, (double)partial[j * m.C + c], (double)partial[(m.nchunks + j) * m.C + c]);
     }
   }
   double* mine = smem + (ty * kFx + tx) * 3;
@@ -135,12 +144,21 @@ __global__ void __launch_bounds__(kFx* kFy)
     }
     __syncthreads();
   }
-  if (ty == 0 && c < C) {
-    mean_out[c] = (float)((double)shift[c] + mean);
+  if (ty != 0 || c >= m.C) return;
+  if (group_out != nullptr) {
+    group_out[(int64_t)blockIdx.y * m.C + c] = (float)mean;
+    group_out[((int64_t)gridDim.y + blockIdx.y) * m.C + c] = (float)m2;
+  } else {
+    mean_out[c] = (float)((shift != nullptr ? (double)shift[c] : 0.0) + mean);
     var_out[c] = (float)(m2 / n);
   }
 }
 
+void launch_merge(const float* partial, const MergeShape& m, const float* shift, float* group_out, float* mean,
+                  float* var, cudaStream_t stream) {
+  const dim3 grid((unsigned)ceil_div64(m.C, kFx), (unsigned)ceil_div64(m.nchunks, m.per_group));
+  stats_merge_kernel<<<grid, dim3(kFx, kFy), 0, stream>>>(partial, m, shift, group_out, mean, var);
+}
 
 template <typename T>
 void launch_typed(const StatsArgs& a, cudaStream_t stream) {
@@ -164,14 +182,27 @@ void launch_typed(const StatsArgs& a, cudaStream_t stream) {
     }
   }
   if (cudaPeekAtLastError() != cudaSuccess) return;
-  stats_merge_kernel<<<(unsigned)ceil_div64(a.C, kFx), dim3(kFx, kFy), 0, stream>>>(
-      a.partial, a.C, p.nchunks, p.units, p.upc, p.unit_elems, a.shift, a.mean, a.var);
+  const MergeShape m{a.C, p.nchunks, p.nchunks, p.units, p.upc, p.unit_elems};
+  launch_merge(a.partial, m, a.shift, nullptr, a.mean, a.var, stream);
 }
 
 }  // namespace
 
 cudaError_t launch_batch_stats(const StatsArgs& a, cudaStream_t stream) {
   return dispatch_act(a.dtype, [&](auto tag) { launch_typed<decltype(tag)>(a, stream); });
+}
+
+cudaError_t launch_stats_merge(const SlabStatsArgs& a, cudaStream_t stream) {
+  const MergeShape slabs{a.C, a.slabs, kMergeChunksPerGroup, a.rows, a.slab_rows, 1};
+  if (a.slabs <= kMergeChunksPerGroup) {
+    launch_merge(a.partial, slabs, nullptr, nullptr, a.mean, a.var, stream);
+    return cudaPeekAtLastError();
+  }
+  const int64_t groups = ceil_div64(a.slabs, kMergeChunksPerGroup);
+  launch_merge(a.partial, slabs, nullptr, a.groups, nullptr, nullptr, stream);
+  const MergeShape merged{a.C, groups, groups, a.rows, a.slab_rows * kMergeChunksPerGroup, 1};
+  launch_merge(a.groups, merged, nullptr, nullptr, a.mean, a.var, stream);
+  return cudaPeekAtLastError();
 }
 
 }  // namespace fused_resnet

@@ -116,7 +116,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("relu"), py::arg("output_mask"));
   m.def("conv_gap", &fused_resnet::conv_gap, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("in_scale"),
         py::arg("residual"), py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("groups"),
-        py::arg("relu"),
+        py::arg("relu"), py::arg("stats"),
         "Why fused_resnet_cuda::conv cannot take these inputs, in words ('' when it can).");
   m.def("conv", &fused_resnet::conv, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("in_scale"),
         py::arg("in_shift"), py::arg("residual"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),

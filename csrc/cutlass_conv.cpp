@@ -9,18 +9,21 @@ extern const CutlassConvKernel kFpropPrologueF16Wide, kFpropPrologueF16Narrow, k
 extern const CutlassConvKernel kFpropBiasReluF16Wide, kFpropBiasReluF16Narrow, kFpropBiasReluBF16Wide,
     kFpropBiasReluBF16Narrow;
 extern const CutlassConvKernel kWgradPrologueF16Wide, kWgradPrologueBF16Wide;
+extern const CutlassConvKernel kFpropStatsF16Wide, kFpropStatsF16Narrow, kFpropStatsBF16Wide, kFpropStatsBF16Narrow;
 
 // [kind][element][tile]; wgrad has one tile, listed twice.
-const CutlassConvKernel* const kTable[3][2][2] = {
+const CutlassConvKernel* const kTable[4][2][2] = {
     {{&kFpropPrologueF16Wide, &kFpropPrologueF16Narrow}, {&kFpropPrologueBF16Wide, &kFpropPrologueBF16Narrow}},
     {{&kFpropBiasReluF16Wide, &kFpropBiasReluF16Narrow}, {&kFpropBiasReluBF16Wide, &kFpropBiasReluBF16Narrow}},
     {{&kWgradPrologueF16Wide, &kWgradPrologueF16Wide}, {&kWgradPrologueBF16Wide, &kWgradPrologueBF16Wide}},
+    {{&kFpropStatsF16Wide, &kFpropStatsF16Narrow}, {&kFpropStatsBF16Wide, &kFpropStatsBF16Narrow}},
 };
 
 const CutlassConvKernel* const kAll[] = {
     &kFpropPrologueF16Wide,  &kFpropPrologueF16Narrow,  &kFpropPrologueBF16Wide,  &kFpropPrologueBF16Narrow,
     &kFpropBiasReluF16Wide,  &kFpropBiasReluF16Narrow,  &kFpropBiasReluBF16Wide,  &kFpropBiasReluBF16Narrow,
     &kWgradPrologueF16Wide,  &kWgradPrologueBF16Wide,
+    &kFpropStatsF16Wide,     &kFpropStatsF16Narrow,     &kFpropStatsBF16Wide,     &kFpropStatsBF16Narrow,
 };
 }  // namespace cutlass_conv
 

@@ -2,7 +2,7 @@
 // convolutions of csrc/cutlass/. Plain pointers and cudaStream_t only, like
 // launch.h: the CUTLASS translation units include no torch header.
 //
-// Three kernel families, NHWC activations, [K, R, S, C] filters, fp32 accumulation:
+// Four kernel families, NHWC activations, [K, R, S, C] filters, fp32 accumulation:
 //   fprop_prologue: y = conv(relu(x * scale + shift), w) (+ residual). BatchNorm-apply
 //                   + ReLU of the input runs in the mainloop, per input channel, as
 //                   the activation is loaded; padding and out-of-range taps give 0
@@ -11,9 +11,14 @@
 //   fprop_bias_relu: y = relu(conv(x, w) + bias (+ residual)), bias fp32 per output
 //                   channel (the folded BatchNorm of an eval-mode block), all in the
 //                   epilogue.
+//   fprop_stats:    y = conv(x, w).
 //   wgrad_prologue: dw[k,r,s,c] = sum_{n,p,q} dy[n,p,q,k] * relu(x*scale+shift)[n, ..., c],
 //                   the activation transformed in the mainloop as for fprop; dw fp32.
-// y is stored in x's dtype.
+// y is stored in x's dtype. fprop_prologue (without a residual) and fprop_stats
+// also take y's per-channel batch statistics in the epilogue when given a
+// partials buffer: every warp writes the (mean, M2) of its slab of
+// stats_slab_rows rows of M = N*P*Q into [2, slabs, K], slabs = ceil(M / stats_slab_rows);
+// launch_stats_merge (launch.h) merges them.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -34,6 +39,7 @@ struct CutlassConvArgs {
   const void* dy;        // wgrad: the output gradient [N, P, Q, K]
   void* out;             // fprop: y [N, P, Q, K]; wgrad: dw [K, R, S, C] (fp32)
   int split_k;           // wgrad: serial split-K slices over N*P*Q (1 for fprop)
+  float* partial;        // fprop: the statistics' [2, slabs, K] partials, or nullptr (none taken)
   void* workspace;       // workspace_bytes() bytes, or nullptr when that is 0
 };
 
@@ -41,12 +47,13 @@ struct CutlassConvArgs {
 // can_run and run return nullptr on success, else CUTLASS's status in words.
 struct CutlassConvKernel {
   const char* name;
+  int stats_slab_rows;  // rows of M per statistics slab; 0: the kernel takes no statistics
   size_t (*workspace_bytes)(const CutlassConvArgs&);
   const char* (*can_run)(const CutlassConvArgs&);
   const char* (*run)(const CutlassConvArgs&, cudaStream_t);
 };
 
-enum class ConvKind : int { kFpropPrologue = 0, kFpropBiasRelu = 1, kWgradPrologue = 2 };
+enum class ConvKind : int { kFpropPrologue = 0, kFpropBiasRelu = 1, kWgradPrologue = 2, kFpropStats = 3 };
 enum class ConvElement : int { kFloat16 = 0, kBFloat16 = 1 };
 // fprop tiles: kWide 128x128 (output channels > 64), kNarrow 128x64; wgrad has one (128x128).
 enum class ConvTile : int { kWide = 0, kNarrow = 1 };

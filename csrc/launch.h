@@ -44,6 +44,20 @@ struct StatsArgs {
 };
 cudaError_t launch_batch_stats(const StatsArgs& a, cudaStream_t stream);
 
+// The merge of per-slab statistics written by a convolution's epilogue
+// (cutlass_conv.h): partial is [2, slabs, C] (slab means, slab M2s), slab j holding
+// rows [j*slab_rows, (j+1)*slab_rows) of `rows`. More than kMergeChunksPerGroup slabs
+// are merged in two levels, through groups ([2, ceil(slabs / kMergeChunksPerGroup), C]).
+// Fixed order: deterministic.
+constexpr int64_t kMergeChunksPerGroup = 64;
+struct SlabStatsArgs {
+  const float* partial;
+  int64_t C, slabs, slab_rows, rows;
+  float* groups;  // scratch, used when slabs > kMergeChunksPerGroup
+  float *mean, *var;
+};
+cudaError_t launch_stats_merge(const SlabStatsArgs& a, cudaStream_t stream);
+
 struct FinalizeArgs {
   const float *mean, *var, *weight, *bias;  // weight, bias may be null
   float eps;

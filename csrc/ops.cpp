@@ -531,19 +531,23 @@ struct FpropChoice {
 FpropChoice choose_fprop(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                          const std::optional<at::Tensor>& in_scale, const std::optional<at::Tensor>& residual,
                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                         bool relu) {
+                         bool relu, bool stats) {
   ConvKind kind;
   if (in_scale.has_value()) {
     if (bias.has_value()) return {nullptr, "a bias is not fused into the epilogue of a prologue convolution"};
     if (relu) return {nullptr, "a ReLU is not fused into the epilogue of a prologue convolution"};
     kind = ConvKind::kFpropPrologue;
-  } else {
-    if (!bias.has_value()) return {nullptr, "neither a prologue nor a bias to fuse: plain convolutions run on cuDNN"};
+  } else if (bias.has_value()) {
     if (!relu) return {nullptr, "a bias without ReLU is not instantiated"};
     if (bias->scalar_type() != at::kFloat || bias->dim() != 1 || bias->size(0) != weight.size(0) ||
         !bias->is_contiguous())
       return {nullptr, "the bias is not a contiguous float32 vector of the output channels"};
     kind = ConvKind::kFpropBiasRelu;
+  } else {
+    if (!stats) return {nullptr, "no prologue, bias or statistics to fuse: plain convolutions run on cuDNN"};
+    if (relu) return {nullptr, "a ReLU without a bias is not instantiated"};
+    if (residual.has_value()) return {nullptr, "a residual without a bias is not instantiated"};
+    kind = ConvKind::kFpropStats;
   }
   if (residual.has_value() && (residual->scalar_type() != x.scalar_type() ||
                                output_format(*residual) != at::MemoryFormat::ChannelsLast ||
@@ -578,6 +582,22 @@ void run_kernel(const CutlassConvKernel& k, CutlassConvArgs& a, const at::Tensor
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// The statistics of a convolution's output taken by its epilogue, in slabs of
+// slab_rows rows of M = N*P*Q (pointers set by the caller).
+SlabStatsArgs slab_stats_args(const ConvGeometry& g, int slab_rows) {
+  SlabStatsArgs s{};
+  s.C = g.K;
+  s.rows = (int64_t)g.N * g.P * g.Q;
+  s.slab_rows = slab_rows;
+  s.slabs = ceil_div(s.rows, (int64_t)slab_rows);
+  return s;
+}
+
+// Floats of scratch: the slab partials, then the groups of the two-level merge.
+int64_t stats_scratch_floats(const SlabStatsArgs& s) {
+  return 2 * s.C * (s.slabs + ceil_div(s.slabs, kMergeChunksPerGroup));
+}
+
 // Serial split-K over N*P*Q for wgrad: enough slices for about two waves of its
 // 128x128 tiles, each slice at least 1024 rows (a K loop long enough to pipeline).
 int wgrad_split(const ConvGeometry& g) {
@@ -592,8 +612,8 @@ int wgrad_split(const ConvGeometry& g) {
 std::string conv_gap(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                      const std::optional<at::Tensor>& in_scale, const std::optional<at::Tensor>& residual,
                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                     bool relu) {
-  return choose_fprop(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu).gap;
+                     bool relu, bool stats) {
+  return choose_fprop(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu, stats).gap;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv(const at::Tensor& x, const at::Tensor& weight,
@@ -609,7 +629,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv(const at::Tensor& x, const a
   TORCH_CHECK(in_scale.has_value() == in_shift.has_value(), "fused_resnet_cuda::conv: in_scale and in_shift must be "
               "given together, got in_scale ", in_scale.has_value() ? "given" : "None", " and in_shift ",
               in_shift.has_value() ? "given" : "None");
-  const FpropChoice choice = choose_fprop(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu);
+  const FpropChoice choice =
+      choose_fprop(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu, stats);
   TORCH_CHECK(choice.kernel != nullptr, "fused_resnet_cuda::conv: these inputs are not served: ", choice.gap);
   const c10::cuda::CUDAGuard guard(x.device());
   const ConvGeometry g = geometry(x, weight, stride, padding, dilation, op);
@@ -631,9 +652,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv(const at::Tensor& x, const a
   a.w = w.const_data_ptr();
   a.residual = residual.has_value() ? residual->const_data_ptr() : nullptr;
   a.out = y.mutable_data_ptr();
+  // The epilogue takes the statistics where the kernel can (not of y + residual:
+  // it reduces the accumulators); otherwise they are read back from y.
+  const int slab_rows = residual.has_value() ? 0 : choice.kernel->stats_slab_rows;
+  if (!stats || slab_rows == 0) {
+    run_kernel(*choice.kernel, a, x, op);
+    if (!stats) return {y, empty_vec(x), empty_vec(x)};
+    auto [mean, var] = batch_stats(y);
+    return {y, mean, var};
+  }
+  SlabStatsArgs s = slab_stats_args(g, slab_rows);
+  const at::Tensor scratch = at::empty({stats_scratch_floats(s)}, x.options().dtype(at::kFloat));
+  at::Tensor mean = at::empty({g.K}, scratch.options()), var = at::empty({g.K}, scratch.options());
+  s.partial = a.partial = scratch.mutable_data_ptr<float>();
+  s.groups = a.partial + 2 * s.slabs * s.C;
+  s.mean = mean.mutable_data_ptr<float>();
+  s.var = var.mutable_data_ptr<float>();
   run_kernel(*choice.kernel, a, x, op);
-  if (!stats) return {y, empty_vec(x), empty_vec(x)};
-  auto [mean, var] = batch_stats(y);
+  check_launch(launch_stats_merge(s, c10::cuda::getCurrentCUDAStream()), op);
   return {y, mean, var};
 }
 

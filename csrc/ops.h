@@ -40,7 +40,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 // fused_resnet::conv on CUTLASS (csrc/cutlass/) for the inputs conv_gap accepts:
 // with in_scale/in_shift, the BN + ReLU prologue in the mainloop (no bias, no
-// ReLU after it); without, bias + ReLU in the epilogue; a residual either way.
+// ReLU after it); without, bias + ReLU in the epilogue; a residual either way;
+// or neither, with the statistics (no ReLU, no residual). The statistics are
+// taken in the epilogue when there is no bias and no residual, else read back
+// from y by the batch_stats kernels.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv(const at::Tensor& x, const at::Tensor& weight,
                                                     const std::optional<at::Tensor>& bias,
                                                     const std::optional<at::Tensor>& in_scale,
@@ -53,7 +56,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv(const at::Tensor& x, const a
 std::string conv_gap(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                      const std::optional<at::Tensor>& in_scale, const std::optional<at::Tensor>& residual,
                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                     bool relu);
+                     bool relu, bool stats);
 
 // The weight gradient of conv_backward for a prologue convolution: g (the
 // gradient of the convolution's output, x's dtype) against relu(x*in_scale +

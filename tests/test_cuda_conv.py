@@ -43,16 +43,19 @@ GOOD = dict(n=2, c=64, h=8, w=8, k=64, dtype=torch.bfloat16)
 
 
 def _gap(C, *, n=2, c=64, h=8, w=8, k=64, r=3, dtype=torch.bfloat16, wdtype=None, cl=True, groups=1,
-         bias=False, prologue=True, residual=None, relu=False):
+         bias=False, prologue=True, residual=None, relu=False, stats=False):
     x = torch.zeros(n, c, h, w, dtype=dtype)
     x = _cl(x) if cl else x
     weight = torch.zeros(k, c // groups, r, r, dtype=wdtype or dtype)
     return C.conv_gap(x, weight, torch.zeros(k) if bias else None, torch.ones(c) if prologue else None, residual,
-                      [1, 1], [1, 1], [1, 1], groups, relu)
+                      [1, 1], [1, 1], [1, 1], groups, relu, stats)
 
 
 GAPS = [
-    (dict(prologue=False), "neither a prologue nor a bias to fuse"),
+    (dict(prologue=False), "no prologue, bias or statistics to fuse"),
+    (dict(prologue=False, stats=True, relu=True), "a ReLU without a bias is not instantiated"),
+    (dict(prologue=False, stats=True, residual=_cl(torch.zeros(2, 64, 8, 8, dtype=torch.bfloat16))),
+     "a residual without a bias is not instantiated"),
     (dict(prologue=False, bias=True), "a bias without ReLU is not instantiated"),
     (dict(bias=True), "a bias is not fused into the epilogue of a prologue convolution"),
     (dict(relu=True), "a ReLU is not fused into the epilogue of a prologue convolution"),
@@ -65,6 +68,8 @@ GAPS = [
     (dict(residual=torch.zeros(2, 64, 8, 8, dtype=torch.bfloat16)), "the residual is not a 16-byte aligned channels_last"),
     (dict(), "x is on cpu, not a CUDA device"),
     (dict(prologue=False, bias=True, relu=True), "x is on cpu, not a CUDA device"),
+    (dict(prologue=False, stats=True), "x is on cpu, not a CUDA device"),
+    (dict(stats=True), "x is on cpu, not a CUDA device"),
     (dict(dtype=torch.float16, residual=_cl(torch.zeros(2, 64, 8, 8, dtype=torch.float16))), "x is on cpu"),
 ]
 
@@ -77,18 +82,19 @@ def test_conv_gap_reasons(C, kwargs, reason):
 
 def test_cutlass_kernels_compiled(C):
     names = C.built_with()["cutlass_kernels"]
-    for op in ("fprop_prologue", "fprop_bias_relu", "wgrad_prologue"):
+    for op in ("fprop_prologue", "fprop_bias_relu", "wgrad_prologue", "fprop_stats"):
         for dt in ("f16", "bf16"):
             assert any(n.startswith(f"{op}_{dt}_") for n in names), (op, dt, names)
-    assert len(set(names)) == len(names) == 10, names
+    assert len(set(names)) == len(names) == 14, names
 
 
 def test_backend_falls_back_with_reason_on_cpu(C):
     """The backend asks conv_gap before every convolution; on CPU tensors the answer is never ''."""
     x = _cl(torch.zeros(2, 64, 8, 8, dtype=torch.bfloat16))
     w = torch.zeros(64, 64, 3, 3, dtype=torch.bfloat16)
-    assert cuda_backend.conv_gap(x, w, None, torch.ones(64), None, (1, 1), (1, 1), (1, 1), 1, False) == (
-        "x is on cpu, not a CUDA device")
+    for stats in (False, True):
+        assert cuda_backend.conv_gap(x, w, None, torch.ones(64), None, (1, 1), (1, 1), (1, 1), 1, False,
+                                     stats) == "x is on cpu, not a CUDA device"
 
 
 def test_statistics_never_follow_a_16bit_prologue(C, monkeypatch):
@@ -99,11 +105,46 @@ def test_statistics_never_follow_a_16bit_prologue(C, monkeypatch):
     geometry = ((1, 1), (1, 1), (1, 1), 1)
     asked = []
     monkeypatch.setattr(cuda_backend, "conv_gap", lambda *a: asked.append(a) or "")
-    assert not cuda_backend._mainloop_serves(x, w, None, torch.ones(64), None, *geometry, False, True)
+    assert not cuda_backend._mainloop_serves(x, w, torch.ones(64), *geometry, True)
+    assert not cuda_backend._mainloop_serves(x, w, None, *geometry, False)
     assert asked == []
-    assert cuda_backend._mainloop_serves(x, w, None, torch.ones(64), None, *geometry, False, False)
-    assert cuda_backend._mainloop_serves(x, w, torch.ones(64), None, None, *geometry, True, True)
-    assert len(asked) == 2
+    assert cuda_backend._mainloop_serves(x, w, torch.ones(64), *geometry, False)
+    assert len(asked) == 1
+
+
+class _Recorder:
+    """Stands in for torch.ops.fused_resnet_cuda: records the calls, answers with zeros."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        def op(*args):
+            self.calls.append((name, args))
+            x = args[0]
+            if name == "bn_act":
+                return torch.zeros_like(x)
+            k = args[1].shape[0]
+            return torch.zeros(x.shape[0], k, *x.shape[2:], dtype=x.dtype), torch.zeros(k), torch.zeros(k)
+        return op
+
+
+def test_statistics_convolution_reaches_the_epilogue_kernel(C, monkeypatch):
+    """With statistics and a prologue, the prologue is one fp32 bn_act pass and the convolution
+    of its output, statistics included, one CUTLASS call (statistics in the epilogue), not
+    cuDNN plus a batch-statistics pass."""
+    x = _cl(torch.ones(2, 64, 8, 8, dtype=torch.bfloat16))
+    w = torch.zeros(64, 64, 3, 3, dtype=torch.bfloat16)
+    rec = _Recorder()
+    monkeypatch.setattr(cuda_backend, "ops", lambda: rec)
+    gaps = []
+    monkeypatch.setattr(cuda_backend, "conv_gap", lambda *a: gaps.append(a) or "")
+    backend = cuda_backend.CudaBackend()
+    backend.conv(x, w, None, torch.ones(64), torch.zeros(64), None, (1, 1), (1, 1), (1, 1), 1, False, True)
+    assert [name for name, _ in rec.calls] == ["bn_act", "conv"]
+    conv_args = rec.calls[1][1]
+    assert conv_args[3] is None and conv_args[4] is None and conv_args[-1] is True  # no prologue; stats
+    assert gaps[0][3] is None and gaps[0][-1] is True
 
 
 # ====================================================================== GPU
@@ -153,7 +194,7 @@ def _ref_conv(x, weight, scale, shift, residual, stride, pad, dil):
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_conv_prologue(C, case, dtype, residual):
     x, weight, scale, shift, stride, pad, dil = _inputs(case, dtype)
-    assert C.conv_gap(x, weight, None, scale, None, stride, pad, dil, 1, False) == ""
+    assert C.conv_gap(x, weight, None, scale, None, stride, pad, dil, 1, False, True) == ""
     res = _residual(x, weight, stride, pad, dil) if residual else None
     plain = _ref_conv(x, weight, scale, shift, res, stride, pad, dil)
     y, mean, var = cuda_backend.ops().conv(x, weight, None, scale, shift, res, stride, pad, dil, 1, False, True)
@@ -173,7 +214,7 @@ def test_conv_prologue(C, case, dtype, residual):
 def test_conv_bias_relu(C, case, dtype, residual):
     x, weight, _, _, stride, pad, dil = _inputs(case, dtype)
     bias = (torch.randn(weight.shape[0], generator=torch.Generator().manual_seed(5)) * 0.5).to(DEV)
-    assert C.conv_gap(x, weight, bias, None, None, stride, pad, dil, 1, True) == ""
+    assert C.conv_gap(x, weight, bias, None, None, stride, pad, dil, 1, True, False) == ""
 
     def run(x_, w_, b_, res_):
         return reference.conv(x_, w_, b_, None, None, res_, stride, pad, dil, 1, True, False)[0]
@@ -185,6 +226,40 @@ def test_conv_bias_relu(C, case, dtype, residual):
     assert y.is_contiguous(memory_format=torch.channels_last) and y.shape == plain.shape
     assert (y >= 0).all()
     assert_within_2x(y, plain, ref64, "y")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+@pytest.mark.parametrize("offset", [0.0, 40.0], ids=["centred", "offset"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_conv_statistics_in_epilogue(C, case, offset, dtype):
+    """A plain convolution with statistics (fprop_stats): y within the 2x rule, and the
+    statistics taken in the epilogue equal those of the stored y, also when the mean is
+    far larger than the spread (each slab's M2 is taken about its own mean). Cases with
+    more than 64 slabs of rows go through the two-level merge."""
+    x, weight, _, _, stride, pad, dil = _inputs(case, dtype)
+    x = (x.float().relu() + offset).to(dtype)  # offset: every output channel's mean moves far from 0
+    weight = (weight.float().abs() * 0.2 + weight.float() if offset else weight.float()).to(dtype)
+    assert C.conv_gap(x, weight, None, None, None, stride, pad, dil, 1, False, True) == ""
+    y, mean, var = cuda_backend.ops().conv(x, weight, None, None, None, None, stride, pad, dil, 1, False, True)
+    plain = _ref_conv(x, weight, None, None, None, stride, pad, dil)
+    ref64 = _ref_conv(x.double(), weight.double(), None, None, None, stride, pad, dil)
+    assert y.is_contiguous(memory_format=torch.channels_last) and y.shape == plain.shape
+    assert_within_2x(y, plain, ref64, "y")
+    var64, mean64 = torch.var_mean(y.double(), dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(mean.double(), mean64, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(var.double(), var64, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_epilogue_statistics_are_bitwise_repeatable(C):
+    """The slab statistics are merged in a fixed order (no atomics): no run-to-run variation."""
+    x, weight, _, _, stride, pad, dil = _inputs((8, 64, 28, 28, 256, 1, 1, 0, 1), torch.bfloat16)
+    ns = cuda_backend.ops()
+    first = ns.conv(x, weight, None, None, None, None, stride, pad, dil, 1, False, True)
+    for _ in range(3):
+        again = ns.conv(x, weight, None, None, None, None, stride, pad, dil, 1, False, True)
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 
 @pytest.mark.gpu
@@ -321,7 +396,7 @@ def test_backend_cudnn_path(C, what, dtype):
     relu = "relu" in what
     if not pro:
         scale = shift = None
-    assert C.conv_gap(x, weight, bias, scale, res, stride, pad, dil, groups, relu) != ""
+    assert C.conv_gap(x, weight, bias, scale, res, stride, pad, dil, groups, relu, True) != ""
 
     def run(fn, cast):
         t = [None if v is None else cast(v) for v in (x, weight, bias, scale, shift, res)]
@@ -375,7 +450,7 @@ def test_unserved_inputs_raise(C):
         ns.conv(x.float(), weight.float(), None, scale, shift, None, stride, pad, dil, 1, False, False)
     with pytest.raises(RuntimeError, match="not served: x is not a 16-byte aligned channels_last"):
         ns.conv(x.contiguous(), weight, None, scale, shift, None, stride, pad, dil, 1, False, False)
-    with pytest.raises(RuntimeError, match="not served: neither a prologue nor a bias to fuse"):
+    with pytest.raises(RuntimeError, match="not served: no prologue, bias or statistics to fuse"):
         ns.conv(x, weight, None, None, None, None, stride, pad, dil, 1, False, False)
     with pytest.raises(RuntimeError, match=r"in_scale must have shape \[64\]"):
         ns.conv(x, weight, None, scale[:8], shift, None, stride, pad, dil, 1, False, False)

@@ -1,15 +1,19 @@
 // The CUTLASS implicit-GEMM convolutions of csrc/cutlass_conv.h as templates
 // (Sm80 tensor-core kernels, which Sm90 runs too): the mainloop-fusion kernels
-// for the BatchNorm-apply + ReLU prologue (fprop, wgrad) and the fprop with a
-// broadcast epilogue for bias + residual + ReLU. The small .cu files beside this
+// for the BatchNorm-apply + ReLU prologue (fprop, wgrad), the fprop with a
+// broadcast epilogue for bias + residual + ReLU, and the plain fprop; both fprops
+// without a bias take the output's batch statistics in the epilogue
+// (stats_epilogue.cuh). The small .cu files beside this
 // one instantiate them, one element type and one tile shape each, so the build
 // compiles them in parallel.
 #pragma once
 
 #include "../cutlass_conv.h"
 #include "bf16_relu_transform.cuh"
+#include "stats_epilogue.cuh"
 #include "cutlass/cutlass.h"
 // The kernel headers define the problem-size helpers the device header uses.
+#include "cutlass/conv/kernel/default_conv2d_fprop.h"
 #include "cutlass/conv/kernel/default_conv2d_fprop_fusion.h"
 #include "cutlass/conv/kernel/default_conv2d_wgrad_fusion.h"
 #include "cutlass/conv/kernel/default_conv2d_fprop_with_broadcast.h"
@@ -42,6 +46,14 @@ cutlass::TensorRef<T, VectorLayout> vec(const void* p, int c) {
   return {static_cast<T*>(const_cast<void*>(p)), VectorLayout::packed({1, c})};
 }
 
+// The epilogue's statistics destination for a kernel whose warps own slabs of
+// SlabRows rows (nothing when a.partial is null).
+template <int SlabRows>
+StatsDestination stats_destination(const CutlassConvArgs& a) {
+  const int rows = a.N * a.P * a.Q;
+  return {a.partial, rows, a.K, (rows + SlabRows - 1) / SlabRows};
+}
+
 inline const char* status_text(cutlass::Status s) {
   return s == cutlass::Status::kSuccess ? nullptr : cutlass::cutlassGetStatusString(s);
 }
@@ -51,15 +63,20 @@ inline const char* status_text(cutlass::Status s) {
 template <typename T, typename Transform>
 constexpr bool TransformFits = !std::is_same_v<T, cutlass::bfloat16_t> || IsOwnBf16Transform<Transform>::value;
 
-// fprop: y = conv(relu(x*scale+shift), w) (+ residual), stored in T.
+// fprop: y = conv(relu(x*scale+shift), w) (+ residual), stored in T; the batch
+// statistics of y in the epilogue when a.partial is given (never with a residual).
 template <typename T, typename TileShape, typename WarpShape, int Stages>
 struct FpropPrologue {
   static constexpr int kVec = 128 / cutlass::sizeof_bits<T>::value;
-  using Epilogue = cutlass::epilogue::thread::LinearCombination<T, kVec, float, float>;
-  using Kernel = typename cutlass::conv::kernel::DefaultConv2dFpropFusion<
+  static constexpr int kStatsSlabRows = WarpShape::kM;
+  using Output = LinearCombinationStats<T, kVec>;
+  using Stock = typename cutlass::conv::kernel::DefaultConv2dFpropFusion<
       T, Layout, T, Layout, T, VectorLayout, T, Layout, float, cutlass::arch::OpClassTensorOp,
-      cutlass::arch::Sm80, TileShape, WarpShape, Mma16816, Epilogue, Swizzle, Stages,
+      cutlass::arch::Sm80, TileShape, WarpShape, Mma16816, Output, Swizzle, Stages,
       cutlass::arch::OpMultiplyAdd, cutlass::conv::IteratorAlgorithm::kOptimized>::Kernel;
+  using Kernel = cutlass::conv::kernel::ImplicitGemmConvolutionFusion<
+      typename Stock::Mma, StatsEpilogue<typename Stock::Epilogue, Mma16816, Swizzle>, Swizzle,
+      cutlass::conv::Operator::kFprop>;
   using Op = cutlass::conv::device::ImplicitGemmConvolutionFusion<Kernel>;
   using Mma = typename Kernel::Mma;
   static_assert(TransformFits<T, cutlass::conv::warp::FpropScaleBiasReluTransform<
@@ -78,7 +95,33 @@ struct FpropPrologue {
             vec<T>(a.shift, a.C),
             c,
             y,
-            {1.0f, a.residual ? 1.0f : 0.0f}};
+            {1.0f, a.residual ? 1.0f : 0.0f, stats_destination<kStatsSlabRows>(a)}};
+  }
+};
+
+// fprop: y = conv(x, w), stored in T, with the batch statistics of y in the epilogue.
+template <typename T, typename TileShape, typename WarpShape, int Stages>
+struct FpropStats {
+  static constexpr int kVec = 128 / cutlass::sizeof_bits<T>::value;
+  static constexpr int kStatsSlabRows = WarpShape::kM;
+  using Output = LinearCombinationStats<T, kVec>;
+  using Stock = typename cutlass::conv::kernel::DefaultConv2dFprop<
+      T, Layout, T, Layout, T, Layout, float, cutlass::arch::OpClassTensorOp, cutlass::arch::Sm80, TileShape,
+      WarpShape, Mma16816, Output, Swizzle, Stages, cutlass::arch::OpMultiplyAdd,
+      cutlass::conv::IteratorAlgorithm::kOptimized>::Kernel;
+  using Kernel = cutlass::conv::kernel::ImplicitGemmConvolution<
+      typename Stock::Mma, StatsEpilogue<typename Stock::Epilogue, Mma16816, Swizzle>, Swizzle,
+      cutlass::conv::Operator::kFprop>;
+  using Op = cutlass::conv::device::ImplicitGemmConvolution<Kernel>;
+
+  static typename Op::Arguments arguments(const CutlassConvArgs& a) {
+    auto y = nhwc<T>(a.out, a.N, a.P, a.Q, a.K);
+    return {problem_size(a),
+            nhwc<T>(a.x, a.N, a.H, a.W, a.C),
+            nhwc<T>(a.w, a.K, a.R, a.S, a.C),
+            y,
+            y,
+            {1.0f, 0.0f, stats_destination<kStatsSlabRows>(a)}};
   }
 };
 
@@ -159,8 +202,17 @@ const char* run(const CutlassConvArgs& a, cudaStream_t stream) {
 }
 
 template <typename Conv>
+constexpr int stats_slab_rows() {
+  if constexpr (requires { Conv::kStatsSlabRows; }) {
+    return Conv::kStatsSlabRows;
+  } else {
+    return 0;
+  }
+}
+
+template <typename Conv>
 constexpr CutlassConvKernel make_kernel(const char* name) {
-  return {name, &workspace_bytes<Conv>, &can_run<Conv>, &run<Conv>};
+  return {name, stats_slab_rows<Conv>(), &workspace_bytes<Conv>, &can_run<Conv>, &run<Conv>};
 }
 
 }  // namespace fused_resnet::cutlass_conv

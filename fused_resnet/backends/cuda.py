@@ -9,10 +9,12 @@ Convolutions run on CUTLASS implicit GEMMs where they fuse something
 in the mainloop as the operand is loaded (the normalised activation is never
 stored; ``conv_wgrad`` recomputes it the same way for the weight gradient);
 without one, bias + residual + ReLU in the epilogue (eval-mode blocks, BN
-folded). What those kernels cannot take (``_C.conv_gap`` says why: fp32,
-groups, channel counts not multiples of 8, NCHW tensors, nothing to fuse, ...)
-runs on cuDNN between bn_act passes (``_cudnn_conv``), statistics from the
-batch-statistics kernel. ``conv_backward`` takes a few passes the same way.
+folded); and the batch statistics of the output in the epilogue (training),
+merged in a fixed order, so they are deterministic. What those kernels cannot
+take (``_C.conv_gap`` says why: fp32, groups, channel counts not multiples of 8,
+NCHW tensors, nothing to fuse, ...) runs on cuDNN between bn_act passes
+(``_cudnn_conv``), statistics from the batch-statistics kernel.
+``conv_backward`` takes a few passes the same way.
 
 The CUTLASS mainloop fusion reads the prologue's scale and shift in the
 activation's 16-bit type. That per-channel rounding is the same for every
@@ -86,19 +88,20 @@ def _conv_wgrad_fake(g, x, weight, in_scale, in_shift, stride, padding, dilation
     return torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 
-def conv_gap(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu) -> str:
+def conv_gap(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu, stats) -> str:
     """Why ``fused_resnet_cuda::conv`` cannot take these inputs ('' when it can)."""
     return _ext.load().conv_gap(
-        x, weight, bias, in_scale, residual, list(stride), list(padding), list(dilation), int(groups), bool(relu)
+        x, weight, bias, in_scale, residual, list(stride), list(padding), list(dilation), int(groups), bool(relu),
+        bool(stats),
     )
 
 
-def _mainloop_serves(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu, stats) -> bool:
-    """Whether the CUTLASS convolution takes these inputs: it can (conv_gap), and no 16-bit
-    prologue scale feeds batch statistics (see the module docstring)."""
-    if in_scale is not None and stats:
+def _mainloop_serves(x, weight, in_scale, stride, padding, dilation, groups, stats) -> bool:
+    """Whether the forward applied this prologue in the CUTLASS mainloop: it can (conv_gap), and
+    no 16-bit prologue scale feeds batch statistics (see the module docstring)."""
+    if in_scale is None or stats:
         return False
-    return not conv_gap(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu)
+    return not conv_gap(x, weight, None, in_scale, None, stride, padding, dilation, groups, False, False)
 
 
 class CudaBackend(Backend):
@@ -120,7 +123,10 @@ class CudaBackend(Backend):
         return True, ""
 
     def conv(self, x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu, stats):
-        if not _mainloop_serves(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu, stats):
+        if in_scale is not None and stats:  # the prologue in fp32 arithmetic (module docstring)
+            x = ops().bn_act(x, in_scale, in_shift, None, None, None, True)
+            in_scale = in_shift = None
+        if conv_gap(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu, stats):
             y = self._cudnn_conv(x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups,
                                  relu)
             return (y, *self.batch_stats(y)) if stats else (y, empty_vec(x), empty_vec(x))
@@ -146,7 +152,7 @@ class CudaBackend(Backend):
 
     def conv_shortcut(self, x, weight, bias, in_scale, in_shift, sc_x, sc_weight, sc_in_scale, sc_in_shift,
                       sc_stride, stride, padding, dilation, groups, relu):
-        if conv_gap(x, weight, bias, in_scale, None, stride, padding, dilation, groups, relu):
+        if conv_gap(x, weight, bias, in_scale, None, stride, padding, dilation, groups, relu, False):
             return reference.conv_shortcut(x, weight, bias, in_scale, in_shift, sc_x, sc_weight, sc_in_scale,
                                            sc_in_shift, sc_stride, stride, padding, dilation, groups, relu)
         # The shortcut branch (a 1x1 convolution on cuDNN, or option A) is stored once,
@@ -183,7 +189,7 @@ class CudaBackend(Backend):
         if in_scale is None:
             dx, dw = self._cudnn_backward(g, x, weight, stride, padding, dilation, groups, need_x, need_w)
             return dx, dw, dbias, empty_vec(x), empty_vec(x), dres
-        mainloop = _mainloop_serves(x, weight, None, in_scale, None, stride, padding, dilation, groups, False, stats)
+        mainloop = _mainloop_serves(x, weight, in_scale, stride, padding, dilation, groups, stats)
         need_da = need_x or need_scale or need_shift
         cudnn_w = need_w and not mainloop  # cuDNN's dW reads the activation; its data gradient reads no values
         a = ops().bn_act(x, in_scale, in_shift, None, None, None, True) if need_da or cudnn_w else None
