@@ -192,6 +192,49 @@ cudaError_t launch_batch_stats(const StatsArgs& a, cudaStream_t stream) {
   return dispatch_act(a.dtype, [&](auto tag) { launch_typed<decltype(tag)>(a, stream); });
 }
 
+// Fixed-order sums of slab partials: block (32, 8), channel = blockIdx.x*32 + tx,
+// quantity q = blockIdx.z of the [2, nchunks, C] partials, group g = blockIdx.y of
+// chunks [g*per_group, (g+1)*per_group). Thread ty adds the group's chunks ty, ty+8,
+// ... in fp64, a fixed tree adds the 8 rows, and the group's sum goes to
+// out[q][g*C + c].
+__global__ void __launch_bounds__(kFx* kFy)
+    slab_sum_kernel(const float* __restrict__ partial, int64_t C, int64_t nchunks, int64_t per_group,
+                    float* __restrict__ out0, float* __restrict__ out1) {
+  __shared__ double smem[kFx * kFy];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t c = (int64_t)blockIdx.x * kFx + tx;
+  const int64_t j0 = (int64_t)blockIdx.y * per_group, j1 = min64(nchunks, j0 + per_group);
+  const float* src = partial + (int64_t)blockIdx.z * nchunks * C;
+  double sum = 0.0;
+  if (c < C) {
+    for (int64_t j = j0 + ty; j < j1; j += kFy) sum += (double)src[j * C + c];
+  }
+  smem[ty * kFx + tx] = sum;
+  __syncthreads();
+  for (int s = kFy / 2; s > 0; s >>= 1) {
+    if (ty < s) smem[ty * kFx + tx] += smem[(ty + s) * kFx + tx];
+    __syncthreads();
+  }
+  if (ty == 0 && c < C) (blockIdx.z == 0 ? out0 : out1)[(int64_t)blockIdx.y * C + c] = (float)smem[tx];
+}
+
+void launch_sum(const float* partial, int64_t C, int64_t nchunks, int64_t per_group, float* out0, float* out1,
+                cudaStream_t stream) {
+  const dim3 grid((unsigned)ceil_div64(C, kFx), (unsigned)ceil_div64(nchunks, per_group), 2);
+  slab_sum_kernel<<<grid, dim3(kFx, kFy), 0, stream>>>(partial, C, nchunks, per_group, out0, out1);
+}
+
+cudaError_t launch_slab_sums(const SlabSumArgs& a, cudaStream_t stream) {
+  if (a.slabs <= kMergeChunksPerGroup) {
+    launch_sum(a.partial, a.C, a.slabs, a.slabs, a.sum0, a.sum1, stream);
+    return cudaPeekAtLastError();
+  }
+  const int64_t groups = ceil_div64(a.slabs, kMergeChunksPerGroup);
+  launch_sum(a.partial, a.C, a.slabs, kMergeChunksPerGroup, a.groups, a.groups + groups * a.C, stream);
+  launch_sum(a.groups, a.C, groups, groups, a.sum0, a.sum1, stream);
+  return cudaPeekAtLastError();
+}
+
 cudaError_t launch_stats_merge(const SlabStatsArgs& a, cudaStream_t stream) {
   const MergeShape slabs{a.C, a.slabs, kMergeChunksPerGroup, a.rows, a.slab_rows, 1};
   if (a.slabs <= kMergeChunksPerGroup) {

@@ -5,8 +5,8 @@
 // their CUDA kernels are registered below, and their fake (meta) implementations
 // in Python, in fused_resnet/backends/cuda.py (set_python_module), which this
 // module's initialisation imports so they exist whenever the ops do.
-// PYBIND11_MODULE(_C) exposes built_with(), conv_gap() (why the CUTLASS
-// convolution cannot take given inputs) and the kernels as plain functions.
+// PYBIND11_MODULE(_C) exposes built_with(), conv_gap() and conv_dgrad_gap() (why
+// the CUTLASS convolutions cannot take given inputs) and the kernels as plain functions.
 #include <torch/extension.h>
 #include <torch/library.h>
 #include <torch/version.h>
@@ -43,6 +43,9 @@ TORCH_LIBRARY(fused_resnet_cuda, m) {
   m.def(
       "conv_wgrad(Tensor g, Tensor x, Tensor weight, Tensor in_scale, Tensor in_shift, SymInt[] stride, "
       "SymInt[] padding, SymInt[] dilation) -> Tensor");
+  m.def(
+      "conv_dgrad(Tensor g, Tensor x, Tensor weight, Tensor in_scale, Tensor in_shift, SymInt[] stride, "
+      "SymInt[] padding, SymInt[] dilation) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(fused_resnet_cuda, CUDA, m) {
@@ -54,6 +57,7 @@ TORCH_LIBRARY_IMPL(fused_resnet_cuda, CUDA, m) {
   m.impl("bn_act_backward", &fused_resnet::bn_act_backward);
   m.impl("conv", &fused_resnet::conv);
   m.impl("conv_wgrad", &fused_resnet::conv_wgrad);
+  m.impl("conv_dgrad", &fused_resnet::conv_dgrad);
 }
 
 namespace {
@@ -70,7 +74,8 @@ py::dict built_with() {
   d["torch_version"] = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
                        std::to_string(TORCH_VERSION_PATCH);
   d["ops"] = std::vector<std::string>{"batch_stats", "bn_finalize", "bn_finalize_backward", "bn_update_running",
-                                      "bn_act", "bn_act_backward", "conv", "conv_wgrad"};
+                                      "bn_act", "bn_act_backward", "conv", "conv_wgrad",
+                                      "conv_dgrad"};
   int count = 0;
   const fused_resnet::CutlassConvKernel* const* all = fused_resnet::cutlass_conv_kernels(&count);
   std::vector<std::string> kernels;
@@ -123,6 +128,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("groups"), py::arg("relu"), py::arg("stats"));
   m.def("conv_wgrad", &fused_resnet::conv_wgrad, py::arg("g"), py::arg("x"), py::arg("weight"), py::arg("in_scale"),
         py::arg("in_shift"), py::arg("stride"), py::arg("padding"), py::arg("dilation"));
+  m.def("conv_dgrad", &fused_resnet::conv_dgrad, py::arg("g"), py::arg("x"), py::arg("weight"), py::arg("in_scale"),
+        py::arg("in_shift"), py::arg("stride"), py::arg("padding"), py::arg("dilation"));
+  m.def("conv_dgrad_gap", &fused_resnet::conv_dgrad_gap, py::arg("x"), py::arg("weight"), py::arg("stride"),
+        py::arg("padding"), py::arg("dilation"), py::arg("groups"),
+        "Why fused_resnet_cuda::conv_dgrad cannot take these inputs, in words ('' when it can).");
   // The fake (meta) implementations live in Python; registering them here makes
   // them exist whenever the ops do, however _C was imported.
   py::module_::import("fused_resnet.backends.cuda").attr("_register_fakes")();

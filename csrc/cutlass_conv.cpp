@@ -10,13 +10,16 @@ extern const CutlassConvKernel kFpropBiasReluF16Wide, kFpropBiasReluF16Narrow, k
     kFpropBiasReluBF16Narrow;
 extern const CutlassConvKernel kWgradPrologueF16Wide, kWgradPrologueBF16Wide;
 extern const CutlassConvKernel kFpropStatsF16Wide, kFpropStatsF16Narrow, kFpropStatsBF16Wide, kFpropStatsBF16Narrow;
+extern const CutlassConvKernel kDgradBnReluF16Wide, kDgradBnReluF16Narrow, kDgradBnReluBF16Wide,
+    kDgradBnReluBF16Narrow;
 
 // [kind][element][tile]; wgrad has one tile, listed twice.
-const CutlassConvKernel* const kTable[4][2][2] = {
+const CutlassConvKernel* const kTable[5][2][2] = {
     {{&kFpropPrologueF16Wide, &kFpropPrologueF16Narrow}, {&kFpropPrologueBF16Wide, &kFpropPrologueBF16Narrow}},
     {{&kFpropBiasReluF16Wide, &kFpropBiasReluF16Narrow}, {&kFpropBiasReluBF16Wide, &kFpropBiasReluBF16Narrow}},
     {{&kWgradPrologueF16Wide, &kWgradPrologueF16Wide}, {&kWgradPrologueBF16Wide, &kWgradPrologueBF16Wide}},
     {{&kFpropStatsF16Wide, &kFpropStatsF16Narrow}, {&kFpropStatsBF16Wide, &kFpropStatsBF16Narrow}},
+    {{&kDgradBnReluF16Wide, &kDgradBnReluF16Narrow}, {&kDgradBnReluBF16Wide, &kDgradBnReluBF16Narrow}},
 };
 
 const CutlassConvKernel* const kAll[] = {
@@ -24,6 +27,7 @@ const CutlassConvKernel* const kAll[] = {
     &kFpropBiasReluF16Wide,  &kFpropBiasReluF16Narrow,  &kFpropBiasReluBF16Wide,  &kFpropBiasReluBF16Narrow,
     &kWgradPrologueF16Wide,  &kWgradPrologueBF16Wide,
     &kFpropStatsF16Wide,     &kFpropStatsF16Narrow,     &kFpropStatsBF16Wide,     &kFpropStatsBF16Narrow,
+    &kDgradBnReluF16Wide,    &kDgradBnReluF16Narrow,    &kDgradBnReluBF16Wide,    &kDgradBnReluBF16Narrow,
 };
 }  // namespace cutlass_conv
 

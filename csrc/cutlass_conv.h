@@ -2,7 +2,7 @@
 // convolutions of csrc/cutlass/. Plain pointers and cudaStream_t only, like
 // launch.h: the CUTLASS translation units include no torch header.
 //
-// Four kernel families, NHWC activations, [K, R, S, C] filters, fp32 accumulation:
+// Five kernel families, NHWC activations, [K, R, S, C] filters, fp32 accumulation:
 //   fprop_prologue: y = conv(relu(x * scale + shift), w) (+ residual). BatchNorm-apply
 //                   + ReLU of the input runs in the mainloop, per input channel, as
 //                   the activation is loaded; padding and out-of-range taps give 0
@@ -12,13 +12,20 @@
 //                   channel (the folded BatchNorm of an eval-mode block), all in the
 //                   epilogue.
 //   fprop_stats:    y = conv(x, w).
+//   dgrad_bn_relu:  the data gradient of conv(relu(x * scale + shift), w), unit stride:
+//                   da = dy (*) w^T in the mainloop, then in the epilogue
+//                   dx = da * scale where x * scale + shift > 0 (else 0), stored in x's
+//                   dtype, and the slab sums of da*x and da over the same mask (the
+//                   gradients of scale and shift) into partial ([2, slabs, C]); scale and
+//                   shift fp32.
 //   wgrad_prologue: dw[k,r,s,c] = sum_{n,p,q} dy[n,p,q,k] * relu(x*scale+shift)[n, ..., c],
 //                   the activation transformed in the mainloop as for fprop; dw fp32.
 // y is stored in x's dtype. fprop_prologue (without a residual) and fprop_stats
 // also take y's per-channel batch statistics in the epilogue when given a
 // partials buffer: every warp writes the (mean, M2) of its slab of
 // stats_slab_rows rows of M = N*P*Q into [2, slabs, K], slabs = ceil(M / stats_slab_rows);
-// launch_stats_merge (launch.h) merges them.
+// launch_stats_merge (launch.h) merges them. dgrad_bn_relu's slabs are of rows of
+// N*H*W, summed by launch_slab_sums.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -30,16 +37,17 @@ namespace fused_resnet {
 struct CutlassConvArgs {
   int N, H, W, C, K, R, S, P, Q;
   int pad_h, pad_w, stride_h, stride_w, dil_h, dil_w;
-  const void* x;         // [N, H, W, C]
-  const void* scale;     // prologue: [C], the activation's dtype
-  const void* shift;     // prologue: [C], the activation's dtype
+  const void* x;         // [N, H, W, C] (dgrad: read for the prologue's ReLU mask)
+  const void* scale;     // prologue: [C], the activation's dtype (fprop, wgrad) or fp32 (dgrad)
+  const void* shift;     // prologue: [C], the activation's dtype (fprop, wgrad) or fp32 (dgrad)
   const float* bias;     // fprop_bias_relu: [K]
   const void* w;         // fprop: the filter [K, R, S, C]
   const void* residual;  // fprop: [N, P, Q, K] added in the epilogue, or nullptr
-  const void* dy;        // wgrad: the output gradient [N, P, Q, K]
-  void* out;             // fprop: y [N, P, Q, K]; wgrad: dw [K, R, S, C] (fp32)
+  const void* dy;        // wgrad, dgrad: the output gradient [N, P, Q, K]
+  void* out;             // fprop: y [N, P, Q, K]; wgrad: dw [K, R, S, C] (fp32); dgrad: dx [N, H, W, C]
   int split_k;           // wgrad: serial split-K slices over N*P*Q (1 for fprop)
-  float* partial;        // fprop: the statistics' [2, slabs, K] partials, or nullptr (none taken)
+  float* partial;        // fprop: the statistics' [2, slabs, K] partials, or nullptr (none taken);
+                         // dgrad: the [2, slabs, C] sums (required)
   void* workspace;       // workspace_bytes() bytes, or nullptr when that is 0
 };
 
@@ -47,15 +55,22 @@ struct CutlassConvArgs {
 // can_run and run return nullptr on success, else CUTLASS's status in words.
 struct CutlassConvKernel {
   const char* name;
-  int stats_slab_rows;  // rows of M per statistics slab; 0: the kernel takes no statistics
+  int stats_slab_rows;  // rows of M per statistics slab; 0: the kernel reduces nothing
   size_t (*workspace_bytes)(const CutlassConvArgs&);
   const char* (*can_run)(const CutlassConvArgs&);
   const char* (*run)(const CutlassConvArgs&, cudaStream_t);
 };
 
-enum class ConvKind : int { kFpropPrologue = 0, kFpropBiasRelu = 1, kWgradPrologue = 2, kFpropStats = 3 };
+enum class ConvKind : int {
+  kFpropPrologue = 0,
+  kFpropBiasRelu = 1,
+  kWgradPrologue = 2,
+  kFpropStats = 3,
+  kDgradBnRelu = 4
+};
 enum class ConvElement : int { kFloat16 = 0, kBFloat16 = 1 };
-// fprop tiles: kWide 128x128 (output channels > 64), kNarrow 128x64; wgrad has one (128x128).
+// fprop tiles: kWide 128x128 (output channels > 64), kNarrow 128x64; dgrad the same by
+// input channels; wgrad has one (128x128).
 enum class ConvTile : int { kWide = 0, kNarrow = 1 };
 
 const CutlassConvKernel& cutlass_conv_kernel(ConvKind kind, ConvElement element, ConvTile tile);

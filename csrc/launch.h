@@ -58,6 +58,18 @@ struct SlabStatsArgs {
 };
 cudaError_t launch_stats_merge(const SlabStatsArgs& a, cudaStream_t stream);
 
+// Fixed-order fp64 sums over the slabs of two per-slab quantities written by a
+// convolution's epilogue (partial: [2, slabs, C]), into sum0 and sum1 ([C] each);
+// more than kMergeChunksPerGroup slabs go through groups ([2, ceil(slabs /
+// kMergeChunksPerGroup), C] scratch) first.
+struct SlabSumArgs {
+  const float* partial;
+  int64_t C, slabs;
+  float* groups;
+  float *sum0, *sum1;
+};
+cudaError_t launch_slab_sums(const SlabSumArgs& a, cudaStream_t stream);
+
 struct FinalizeArgs {
   const float *mean, *var, *weight, *bias;  // weight, bias may be null
   float eps;

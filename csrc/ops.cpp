@@ -457,7 +457,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 }  // namespace fused_resnet
 
-// ------------------------------------------------------------------ conv, conv_wgrad (CUTLASS)
+// ------------------------------------------------------------------ conv, conv_wgrad, conv_dgrad (CUTLASS)
 
 namespace fused_resnet {
 namespace {
@@ -522,13 +522,13 @@ CutlassConvArgs conv_args(const ConvGeometry& g) {
   return a;
 }
 
-// The fprop kernel for these inputs, or why there is none (kernel == nullptr).
-struct FpropChoice {
+// The kernel for these inputs, or why there is none (kernel == nullptr).
+struct KernelChoice {
   const CutlassConvKernel* kernel = nullptr;
   std::string gap;
 };
 
-FpropChoice choose_fprop(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+KernelChoice choose_fprop(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                          const std::optional<at::Tensor>& in_scale, const std::optional<at::Tensor>& residual,
                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                          bool relu, bool stats) {
@@ -559,6 +559,28 @@ FpropChoice choose_fprop(const at::Tensor& x, const at::Tensor& weight, const st
       cutlass_conv_kernel(kind, element_of(x.scalar_type()), g.K > 64 ? ConvTile::kWide : ConvTile::kNarrow);
   if (const char* why = kernel.can_run(conv_args(g))) return {nullptr, words(kernel.name, " cannot run it: ", why)};
   return {&kernel, ""};
+}
+
+KernelChoice choose_dgrad(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                          at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  if (std::string gap = operand_gap(x, weight, groups); !gap.empty()) return {nullptr, gap};
+  const ConvGeometry g = geometry(x, weight, stride, padding, dilation, "conv_dgrad");
+  if (g.sh != 1 || g.sw != 1)
+    return {nullptr, words("stride ", stride, ": only unit-stride data gradients are instantiated")};
+  const auto& kernel =
+      cutlass_conv_kernel(ConvKind::kDgradBnRelu, element_of(x.scalar_type()), g.C > 64 ? ConvTile::kWide : ConvTile::kNarrow);
+  if (const char* why = kernel.can_run(conv_args(g))) return {nullptr, words(kernel.name, " cannot run it: ", why)};
+  return {&kernel, ""};
+}
+
+// The output gradient g of a convolution with geometry geo, checked, channels_last.
+at::Tensor output_grad(const at::Tensor& g, const at::Tensor& x, const ConvGeometry& geo, const char* op) {
+  check_act(g, op, "g");
+  TORCH_CHECK(g.scalar_type() == x.scalar_type(), "fused_resnet_cuda::", op, ": g must have dtype ", x.scalar_type(),
+              " (the dtype of x), got ", g.scalar_type());
+  TORCH_CHECK(g.sizes() == at::IntArrayRef({geo.N, geo.K, geo.P, geo.Q}), "fused_resnet_cuda::", op, ": g must have "
+              "the output's shape [", geo.N, ", ", geo.K, ", ", geo.P, ", ", geo.Q, "], got ", g.sizes());
+  return g.contiguous(at::MemoryFormat::ChannelsLast);
 }
 
 // The filter as [K, R, S, C] (free for a channels_last weight).
@@ -629,7 +651,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv(const at::Tensor& x, const a
   TORCH_CHECK(in_scale.has_value() == in_shift.has_value(), "fused_resnet_cuda::conv: in_scale and in_shift must be "
               "given together, got in_scale ", in_scale.has_value() ? "given" : "None", " and in_shift ",
               in_shift.has_value() ? "given" : "None");
-  const FpropChoice choice =
+  const KernelChoice choice =
       choose_fprop(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu, stats);
   TORCH_CHECK(choice.kernel != nullptr, "fused_resnet_cuda::conv: these inputs are not served: ", choice.gap);
   const c10::cuda::CUDAGuard guard(x.device());
@@ -678,17 +700,12 @@ at::Tensor conv_wgrad(const at::Tensor& g_in, const at::Tensor& x, const at::Ten
                       at::IntArrayRef padding, at::IntArrayRef dilation) {
   constexpr const char* op = "conv_wgrad";
   check_act(x, op, "x");
-  check_act(g_in, op, "g");
   check_same_device(weight, op, "weight", x, "x");
   const std::string gap = operand_gap(x, weight, 1);
   TORCH_CHECK(gap.empty(), "fused_resnet_cuda::conv_wgrad: these inputs are not served: ", gap);
   const c10::cuda::CUDAGuard guard(x.device());
   const ConvGeometry geo = geometry(x, weight, stride, padding, dilation, op);
-  TORCH_CHECK(g_in.scalar_type() == x.scalar_type(), "fused_resnet_cuda::conv_wgrad: g must have dtype ",
-              x.scalar_type(), " (the dtype of x), got ", g_in.scalar_type());
-  TORCH_CHECK(g_in.sizes() == at::IntArrayRef({geo.N, geo.K, geo.P, geo.Q}), "fused_resnet_cuda::conv_wgrad: g must "
-              "have the output's shape [", geo.N, ", ", geo.K, ", ", geo.P, ", ", geo.Q, "], got ", g_in.sizes());
-  const at::Tensor g = g_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor g = output_grad(g_in, x, geo, op);
   const at::Tensor scale = vec_as(in_scale, x, op, "in_scale"), shift = vec_as(in_shift, x, op, "in_shift");
   at::Tensor dw = at::empty({geo.K, geo.R, geo.S, geo.C}, x.options().dtype(at::kFloat));
   CutlassConvArgs a = conv_args(geo);
@@ -704,6 +721,49 @@ at::Tensor conv_wgrad(const at::Tensor& g_in, const at::Tensor& x, const at::Ten
   run_kernel(kernel, a, x, op);
   // [K, R, S, C] fp32 -> the weight's dtype and (contiguous) layout.
   return dw.permute({0, 3, 1, 2}).to(weight.scalar_type()).contiguous();
+}
+
+std::string conv_dgrad_gap(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                           at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  return choose_dgrad(x, weight, stride, padding, dilation, groups).gap;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_dgrad(const at::Tensor& g_in, const at::Tensor& x,
+                                                          const at::Tensor& weight, const at::Tensor& in_scale,
+                                                          const at::Tensor& in_shift, at::IntArrayRef stride,
+                                                          at::IntArrayRef padding, at::IntArrayRef dilation) {
+  constexpr const char* op = "conv_dgrad";
+  check_act(x, op, "x");
+  check_same_device(weight, op, "weight", x, "x");
+  const KernelChoice choice = choose_dgrad(x, weight, stride, padding, dilation, 1);
+  TORCH_CHECK(choice.kernel != nullptr, "fused_resnet_cuda::conv_dgrad: these inputs are not served: ", choice.gap);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const ConvGeometry geo = geometry(x, weight, stride, padding, dilation, op);
+  const at::Tensor g = output_grad(g_in, x, geo, op);
+  check_vec(in_scale, op, "in_scale", geo.C, x, "x");
+  check_vec(in_shift, op, "in_shift", geo.C, x, "x");
+  const at::Tensor scale = in_scale.contiguous(), shift = in_shift.contiguous(), w = krsc(weight);
+  const auto vec_opts = x.options().dtype(at::kFloat);
+  at::Tensor dx = at::empty({geo.N, geo.C, geo.H, geo.W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor dscale = at::empty({geo.C}, vec_opts), dshift = at::empty({geo.C}, vec_opts);
+  SlabSumArgs s{};
+  s.C = geo.C;
+  s.slabs = ceil_div((int64_t)geo.N * geo.H * geo.W, (int64_t)choice.kernel->stats_slab_rows);
+  const at::Tensor scratch = at::empty({2 * s.C * (s.slabs + ceil_div(s.slabs, kMergeChunksPerGroup))}, vec_opts);
+  CutlassConvArgs a = conv_args(geo);
+  a.x = x.const_data_ptr();
+  a.dy = g.const_data_ptr();
+  a.w = w.const_data_ptr();
+  a.scale = scale.const_data_ptr<float>();
+  a.shift = shift.const_data_ptr<float>();
+  a.out = dx.mutable_data_ptr();
+  s.partial = a.partial = scratch.mutable_data_ptr<float>();
+  s.groups = a.partial + 2 * s.slabs * s.C;
+  s.sum0 = dscale.mutable_data_ptr<float>();
+  s.sum1 = dshift.mutable_data_ptr<float>();
+  run_kernel(*choice.kernel, a, x, op);
+  check_launch(launch_slab_sums(s, c10::cuda::getCurrentCUDAStream()), op);
+  return {dx, dscale, dshift};
 }
 
 }  // namespace fused_resnet

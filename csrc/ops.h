@@ -65,4 +65,16 @@ at::Tensor conv_wgrad(const at::Tensor& g, const at::Tensor& x, const at::Tensor
                       const at::Tensor& in_shift, at::IntArrayRef stride, at::IntArrayRef padding,
                       at::IntArrayRef dilation);
 
+// The data gradient of conv(relu(x*in_scale + in_shift), weight) for the output
+// gradient g on CUTLASS (unit stride): dx and the gradients of in_scale and in_shift
+// (ReLU mask and scale applied in the dgrad epilogue; fp32 in_scale/in_shift).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_dgrad(const at::Tensor& g, const at::Tensor& x,
+                                                          const at::Tensor& weight, const at::Tensor& in_scale,
+                                                          const at::Tensor& in_shift, at::IntArrayRef stride,
+                                                          at::IntArrayRef padding, at::IntArrayRef dilation);
+
+// Why conv_dgrad cannot take these inputs, in words; "" when it can.
+std::string conv_dgrad_gap(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                           at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+
 }  // namespace fused_resnet

@@ -1,7 +1,9 @@
 """The CUTLASS convolutions of the cuda backend: BatchNorm-apply + ReLU fused into
 the mainloop of fprop (fused_resnet_cuda::conv with in_scale/in_shift) and wgrad
-(::conv_wgrad), and bias + residual + ReLU fused into the fprop epilogue
-(::conv with a bias: eval-mode blocks with BatchNorm folded).
+(::conv_wgrad), bias + residual + ReLU fused into the fprop epilogue (::conv with
+a bias: eval-mode blocks with BatchNorm folded), batch statistics in the fprop
+epilogue (::conv with stats), and the prologue's gradient (ReLU mask, scale,
+dscale/dshift sums) in the epilogue of a unit-stride dgrad (::conv_dgrad).
 
 CPU part: which inputs the kernels take and, for the others, the reason given
 (``_C.conv_gap``), and the bf16 instantiations compiled in beside the f16 ones.
@@ -82,10 +84,28 @@ def test_conv_gap_reasons(C, kwargs, reason):
 
 def test_cutlass_kernels_compiled(C):
     names = C.built_with()["cutlass_kernels"]
-    for op in ("fprop_prologue", "fprop_bias_relu", "wgrad_prologue", "fprop_stats"):
+    for op in ("fprop_prologue", "fprop_bias_relu", "wgrad_prologue", "fprop_stats", "dgrad_bn_relu"):
         for dt in ("f16", "bf16"):
             assert any(n.startswith(f"{op}_{dt}_") for n in names), (op, dt, names)
-    assert len(set(names)) == len(names) == 14, names
+    assert len(set(names)) == len(names) == 18, names
+
+
+DGRAD_GAPS = [
+    (dict(dtype=torch.float32), "x has dtype Float; the CUTLASS kernels run float16/bfloat16"),
+    (dict(groups=2), "groups=2: grouped convolutions are not instantiated"),
+    (dict(c=60), "channels in=60, out=64: both must be multiples of 8"),
+    (dict(cl=False), "x is not a 16-byte aligned channels_last"),
+    (dict(), "x is on cpu, not a CUDA device"),
+]
+
+
+@pytest.mark.parametrize("kwargs,reason", DGRAD_GAPS, ids=[g[1][:40] for g in DGRAD_GAPS])
+def test_conv_dgrad_gap_reasons(C, kwargs, reason):
+    n, c, k, groups = 2, kwargs.get("c", 64), 64, kwargs.get("groups", 1)
+    x = torch.zeros(n, c, 8, 8, dtype=kwargs.get("dtype", torch.bfloat16))
+    x = _cl(x) if kwargs.get("cl", True) else x
+    weight = torch.zeros(k, c // groups, 3, 3, dtype=x.dtype)
+    assert reason in cuda_backend.conv_dgrad_gap(x, weight, (1, 1), (1, 1), (1, 1), groups)
 
 
 def test_backend_falls_back_with_reason_on_cpu(C):
@@ -118,15 +138,56 @@ class _Recorder:
     def __init__(self):
         self.calls = []
 
+    _ANSWERS = {
+        "bn_act": lambda x, *_: torch.zeros_like(x),
+        "conv_wgrad": lambda g, x, w, *_: torch.zeros_like(w),
+        "conv_dgrad": lambda g, x, *_: (torch.zeros_like(x), torch.zeros(x.shape[1]), torch.zeros(x.shape[1])),
+        "conv": lambda x, w, *_: (torch.zeros(x.shape[0], w.shape[0], *x.shape[2:], dtype=x.dtype),
+                                  torch.zeros(w.shape[0]), torch.zeros(w.shape[0])),
+    }
+
     def __getattr__(self, name):
         def op(*args):
             self.calls.append((name, args))
-            x = args[0]
-            if name == "bn_act":
-                return torch.zeros_like(x)
-            k = args[1].shape[0]
-            return torch.zeros(x.shape[0], k, *x.shape[2:], dtype=x.dtype), torch.zeros(k), torch.zeros(k)
+            return self._ANSWERS[name](*args)
         return op
+
+
+@pytest.mark.parametrize("need_w,mainloop", [(True, False), (True, True), (False, False)],
+                         ids=["cudnn-dw", "cutlass-dw", "no-dw"])
+def test_prologue_backward_takes_the_fused_dgrad(C, monkeypatch, need_w, mainloop):
+    """Where conv_dgrad serves, the prologue's backward is that one call: no bn_act_backward, and
+    the activation is recomputed (bn_act) only for a cuDNN weight gradient."""
+    x = _cl(torch.ones(2, 64, 8, 8, dtype=torch.bfloat16))
+    w = torch.zeros(64, 64, 3, 3, dtype=torch.bfloat16)
+    g = _cl(torch.ones(2, 64, 8, 8, dtype=torch.bfloat16))
+    rec = _Recorder()
+    monkeypatch.setattr(cuda_backend, "ops", lambda: rec)
+    monkeypatch.setattr(cuda_backend, "conv_dgrad_gap", lambda *a: "")
+    monkeypatch.setattr(cuda_backend, "_mainloop_serves", lambda *a: mainloop)
+    backend = cuda_backend.CudaBackend()
+    mask = [True, need_w, False, True, True, False]
+    dx, dw, dscale, dshift = backend._prologue_backward(g, x, w, torch.ones(64), torch.zeros(64),
+                                                        ((1, 1), (1, 1), (1, 1), 1), False, mask)
+    names = [name for name, _ in rec.calls]
+    want = {(True, False): ["bn_act", "conv_dgrad"], (True, True): ["conv_wgrad", "conv_dgrad"],
+            (False, False): ["conv_dgrad"]}[(need_w, mainloop)]
+    assert names == want
+    assert dx.shape == x.shape and dscale.shape == dshift.shape == (64,)
+    assert (dw.shape == w.shape) if need_w else dw.numel() == 0
+
+
+@pytest.mark.parametrize("dtype", LOWP + (torch.float32,), ids=str)
+def test_output_grad_through_relu(dtype):
+    """An eval-mode block that trains (conv + bias + ReLU): the gradient at the convolution's sum
+    is dy where y > 0, exactly as the reference gives it (a mask multiplies exactly), and a new
+    tensor (it is returned as dresidual)."""
+    y = _cl(randn(2, 16, 5, 5, seed=1).relu().to(dtype))
+    dy = _cl(randn(2, 16, 5, 5, seed=2).to(dtype))
+    g = cuda_backend.CudaBackend()._output_grad(dy, None, None, y, None, False, True, True)
+    want = reference.conv_output_grad(dy, None, None, y, None, True, False).to(dtype)
+    assert torch.equal(g, want) and g.is_contiguous(memory_format=torch.channels_last)
+    assert g.data_ptr() != dy.data_ptr()
 
 
 def test_statistics_convolution_reaches_the_epilogue_kernel(C, monkeypatch):
@@ -282,6 +343,45 @@ def test_conv_wgrad_prologue(C, case, dtype):
     assert_within_2x(dw, plain.contiguous(), ref64, "dw")
 
 
+DGRAD_CASES = [c for c in CASES if c[6] == 1] + [(4, 256, 14, 14, 64, 1, 1, 0, 1)]  # + wide: 256 input channels
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+@pytest.mark.parametrize("case", DGRAD_CASES, ids=str)
+def test_conv_dgrad_bn_relu(C, case, dtype):
+    """dx, dscale, dshift of conv(relu(x*s + t), W) from the fused dgrad against an fp64
+    reference, the 2x rule (dscale/dshift: max error, as for the other vectors)."""
+    x, weight, scale, shift, stride, pad, dil = _inputs(case, dtype)
+    assert cuda_backend.conv_dgrad_gap(x, weight, stride, pad, dil, 1) == ""
+    y = _ref_conv(x, weight, scale, shift, None, stride, pad, dil)
+    g = _cl(randn(*y.shape, device=DEV, seed=7).to(dtype))
+    mask = [True, False, False, True, True, False]
+
+    def grads(cast):
+        return reference.conv_backward_from_output_grad(cast(g), cast(x), cast(weight), cast(scale), cast(shift),
+                                                        stride, pad, dil, 1, mask)
+
+    plain, ref64 = grads(lambda t: t), grads(torch.Tensor.double)
+    dx, dscale, dshift = cuda_backend.ops().conv_dgrad(g, x, weight, scale, shift, stride, pad, dil)
+    assert dx.shape == x.shape and dx.dtype == x.dtype and dx.is_contiguous(memory_format=torch.channels_last)
+    assert_within_2x(dx, plain[0], ref64[0], "dx")
+    for name, got, i in (("dscale", dscale, 3), ("dshift", dshift, 4)):
+        err = (got.double() - ref64[i]).abs().max().item()
+        assert err <= 2 * (plain[i].double() - ref64[i]).abs().max().item() + 1e-3 * ref64[i].abs().max().item(), name
+
+
+@pytest.mark.gpu
+def test_dgrad_is_bitwise_repeatable(C):
+    """The dscale/dshift slab sums are added in a fixed order: no run-to-run variation."""
+    x, weight, scale, shift, stride, pad, dil = _inputs((8, 64, 28, 28, 64, 3, 1, 1, 1), torch.bfloat16)
+    g = _cl(randn(8, 64, 28, 28, device=DEV, seed=3).to(torch.bfloat16))
+    first = cuda_backend.ops().conv_dgrad(g, x, weight, scale, shift, stride, pad, dil)
+    for _ in range(3):
+        again = cuda_backend.ops().conv_dgrad(g, x, weight, scale, shift, stride, pad, dil)
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
 @pytest.mark.gpu
 def test_wgrad_is_bitwise_repeatable(C):
     """Serial split-K adds the slices in a fixed order: no run-to-run variation."""
@@ -294,25 +394,29 @@ def test_wgrad_is_bitwise_repeatable(C):
 
 @pytest.mark.gpu
 def test_cuda_graph_capture(C):
-    """No host synchronisation and PyTorch-allocated workspaces: both kernels replay in a graph."""
+    """No host synchronisation and PyTorch-allocated workspaces: the kernels replay in a graph."""
     x, weight, scale, shift, stride, pad, dil = _inputs((4, 64, 14, 14, 64, 3, 1, 1, 1), torch.float16)
     g = _cl(randn(4, 64, 14, 14, device=DEV, seed=3).half())
     ns = cuda_backend.ops()
     expect_y = ns.conv(x, weight, None, scale, shift, None, stride, pad, dil, 1, False, True)[0]
     expect_dw = ns.conv_wgrad(g, x, weight, scale, shift, stride, pad, dil)
+    expect_dx = ns.conv_dgrad(g, x, weight, scale, shift, stride, pad, dil)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up outside the capture, as CUDA graphs require
         ns.conv(x, weight, None, scale, shift, None, stride, pad, dil, 1, False, True)
         ns.conv_wgrad(g, x, weight, scale, shift, stride, pad, dil)
+        ns.conv_dgrad(g, x, weight, scale, shift, stride, pad, dil)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         y = ns.conv(x, weight, None, scale, shift, None, stride, pad, dil, 1, False, True)[0]
         dw = ns.conv_wgrad(g, x, weight, scale, shift, stride, pad, dil)
+        dx = ns.conv_dgrad(g, x, weight, scale, shift, stride, pad, dil)
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(y, expect_y) and torch.equal(dw, expect_dw)
+    assert all(torch.equal(a, b) for a, b in zip(dx, expect_dx))
 
 
 @pytest.mark.gpu
@@ -348,6 +452,32 @@ def test_backend_conv_and_backward(C, case, stats, pro, dtype):
         scale_ = ref64[i].abs().max().item()
         assert (got[i].double() - ref64[i]).abs().max().item() <= (
             2 * (plain[i].double() - ref64[i]).abs().max().item() + 1e-3 * scale_), name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+@pytest.mark.parametrize("case", [CASES[2], CASES[3]], ids=str)
+def test_backend_conv_backward_through_relu(C, case, dtype):
+    """The backward of a conv + bias + ReLU (eval-mode block, parameters training) on the backend's
+    own path: dx, dW, dbias, dresidual within the 2x rule."""
+    x, weight, _, _, stride, pad, dil = _inputs(case, dtype)
+    bias = (torch.randn(weight.shape[0], generator=torch.Generator().manual_seed(5)) * 0.5).to(DEV)
+    backend = cuda_backend.CudaBackend()
+    y, mean, _ = backend.conv(x, weight, bias, None, None, None, stride, pad, dil, 1, True, False)
+    dy = _cl(randn(*y.shape, device=DEV, seed=4).to(dtype))
+    mask = [True, True, True, False, False, True]
+
+    def grads(fn, cast):
+        t = [None if v is None else cast(v) for v in (dy, None, None, x, weight, y, None, None, None)]
+        return fn(*t, stride, pad, dil, 1, True, False, mask)
+
+    got = grads(backend.conv_backward, lambda t: t)
+    plain = grads(reference.conv_backward, lambda t: t)
+    ref64 = grads(reference.conv_backward, torch.Tensor.double)
+    for name, i in (("dx", 0), ("dw", 1), ("dres", 5)):
+        assert_within_2x(got[i], plain[i].contiguous(), ref64[i], name)
+    err = (got[2].double() - ref64[2]).abs().max().item()
+    assert err <= 2 * (plain[2].double() - ref64[2]).abs().max().item() + 1e-3 * ref64[2].abs().max().item()
 
 
 @pytest.mark.gpu
@@ -450,6 +580,9 @@ def test_unserved_inputs_raise(C):
         ns.conv(x.float(), weight.float(), None, scale, shift, None, stride, pad, dil, 1, False, False)
     with pytest.raises(RuntimeError, match="not served: x is not a 16-byte aligned channels_last"):
         ns.conv(x.contiguous(), weight, None, scale, shift, None, stride, pad, dil, 1, False, False)
+    with pytest.raises(RuntimeError, match="not served: stride \\[2, 2\\]: only unit-stride data gradients"):
+        ns.conv_dgrad(x[:, :, ::2, ::2].contiguous(memory_format=torch.channels_last), x, weight, scale, shift,
+                      [2, 2], pad, dil)
     with pytest.raises(RuntimeError, match="not served: no prologue, bias or statistics to fuse"):
         ns.conv(x, weight, None, None, None, None, stride, pad, dil, 1, False, False)
     with pytest.raises(RuntimeError, match=r"in_scale must have shape \[64\]"):

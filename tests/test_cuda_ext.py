@@ -194,10 +194,16 @@ def _sample_inputs(device="meta", make=None):
     return out
 
 
-def _wgrad_inputs(make):
+def _conv_grad_inputs(make):
+    """The two pieces of conv_backward the cuda backend composes: wgrad (stride 2), dgrad (unit stride)."""
     x = make(2, 16, 9, 7, dtype=torch.bfloat16, cl=True)
-    return [("conv_wgrad", (make(2, 24, 5, 4, dtype=torch.bfloat16, cl=True), x,
-                            make(24, 16, 3, 3, dtype=torch.bfloat16), make(16), make(16), [2, 2], [1, 1], [1, 1]))]
+    w = make(24, 16, 3, 3, dtype=torch.bfloat16, cl=True)
+    return [
+        ("conv_wgrad", (make(2, 24, 5, 4, dtype=torch.bfloat16, cl=True), x, w, make(16), make(16), [2, 2], [1, 1],
+                        [1, 1])),
+        ("conv_dgrad", (make(2, 24, 9, 7, dtype=torch.bfloat16, cl=True), x, w, make(16), make(16), [1, 1], [1, 1],
+                        [1, 1])),
+    ]
 
 
 def _running_inputs(make_vec, make_long):
@@ -211,7 +217,7 @@ def _running_inputs(make_vec, make_long):
 def test_opcheck_meta(ns):
     """Schema, fake-tensor and dynamic-shape checks of every op on meta tensors."""
     cases = _sample_inputs() + _running_inputs(lambda n: _meta(n), lambda: _meta((), dtype=torch.long))
-    cases += _wgrad_inputs(lambda *s, dtype=torch.float32, cl=False: _meta(*s, dtype=dtype, cl=cl))
+    cases += _conv_grad_inputs(lambda *s, dtype=torch.float32, cl=False: _meta(*s, dtype=dtype, cl=cl))
     for name, args in cases:
         result = torch.library.opcheck(
             getattr(ns, name).default, args,
@@ -546,7 +552,7 @@ def test_opcheck_cuda(ns):
             return t.abs() + 0.1
         return t.contiguous(memory_format=torch.channels_last) if cl else t
 
-    cases = _sample_inputs(make=make) + _wgrad_inputs(make) + _running_inputs(
+    cases = _sample_inputs(make=make) + _conv_grad_inputs(make) + _running_inputs(
         lambda n: torch.rand(n, device=DEV) + 0.1, lambda: torch.tensor(3, device=DEV)
     )
     for name, args in cases:

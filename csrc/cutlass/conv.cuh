@@ -2,17 +2,19 @@
 // (Sm80 tensor-core kernels, which Sm90 runs too): the mainloop-fusion kernels
 // for the BatchNorm-apply + ReLU prologue (fprop, wgrad), the fprop with a
 // broadcast epilogue for bias + residual + ReLU, and the plain fprop; both fprops
-// without a bias take the output's batch statistics in the epilogue
-// (stats_epilogue.cuh). The small .cu files beside this
+// without a bias take the output's batch statistics in the epilogue; the unit-stride
+// dgrad applies the gradient of a BatchNorm-apply + ReLU prologue in its epilogue
+// (fused_epilogues.cuh). The small .cu files beside this
 // one instantiate them, one element type and one tile shape each, so the build
 // compiles them in parallel.
 #pragma once
 
 #include "../cutlass_conv.h"
 #include "bf16_relu_transform.cuh"
-#include "stats_epilogue.cuh"
+#include "fused_epilogues.cuh"
 #include "cutlass/cutlass.h"
 // The kernel headers define the problem-size helpers the device header uses.
+#include "cutlass/conv/kernel/default_conv2d_dgrad.h"
 #include "cutlass/conv/kernel/default_conv2d_fprop.h"
 #include "cutlass/conv/kernel/default_conv2d_fprop_fusion.h"
 #include "cutlass/conv/kernel/default_conv2d_wgrad_fusion.h"
@@ -69,7 +71,7 @@ template <typename T, typename TileShape, typename WarpShape, int Stages>
 struct FpropPrologue {
   static constexpr int kVec = 128 / cutlass::sizeof_bits<T>::value;
   static constexpr int kStatsSlabRows = WarpShape::kM;
-  using Output = LinearCombinationStats<T, kVec>;
+  using Output = LinearCombinationWith<T, kVec, StatsDestination>;
   using Stock = typename cutlass::conv::kernel::DefaultConv2dFpropFusion<
       T, Layout, T, Layout, T, VectorLayout, T, Layout, float, cutlass::arch::OpClassTensorOp,
       cutlass::arch::Sm80, TileShape, WarpShape, Mma16816, Output, Swizzle, Stages,
@@ -104,7 +106,7 @@ template <typename T, typename TileShape, typename WarpShape, int Stages>
 struct FpropStats {
   static constexpr int kVec = 128 / cutlass::sizeof_bits<T>::value;
   static constexpr int kStatsSlabRows = WarpShape::kM;
-  using Output = LinearCombinationStats<T, kVec>;
+  using Output = LinearCombinationWith<T, kVec, StatsDestination>;
   using Stock = typename cutlass::conv::kernel::DefaultConv2dFprop<
       T, Layout, T, Layout, T, Layout, float, cutlass::arch::OpClassTensorOp, cutlass::arch::Sm80, TileShape,
       WarpShape, Mma16816, Output, Swizzle, Stages, cutlass::arch::OpMultiplyAdd,
@@ -180,6 +182,37 @@ struct FpropBiasRelu {
             cutlass::conv::SplitKMode::kSerial,
             const_cast<float*>(a.bias),  // ldr = 0: every row of output tiles reads the same K values
             nullptr};
+  }
+};
+
+// dgrad of conv(relu(x*scale+shift), w), unit stride: dx = (dy (*) w^T) * scale where
+// x*scale+shift > 0, else 0, stored in T; the slab sums of g_u * x and g_u (the
+// gradients of scale and shift) into a.partial. scale/shift are fp32 here.
+template <typename T, typename TileShape, typename WarpShape, int Stages>
+struct DgradBnRelu {
+  static constexpr int kVec = 128 / cutlass::sizeof_bits<T>::value;
+  static constexpr int kStatsSlabRows = WarpShape::kM;
+  using Output = LinearCombinationWith<T, kVec, DgradPrologue>;
+  using Stock = typename cutlass::conv::kernel::DefaultConv2dDgrad<
+      T, Layout, T, Layout, T, Layout, float, cutlass::arch::OpClassTensorOp, cutlass::arch::Sm80, TileShape,
+      WarpShape, Mma16816, Output, Swizzle, Stages, cutlass::arch::OpMultiplyAdd,
+      cutlass::conv::IteratorAlgorithm::kOptimized, cutlass::conv::StrideSupport::kUnity>::Kernel;
+  using Kernel = cutlass::conv::kernel::ImplicitGemmConvolution<
+      typename Stock::Mma, DgradBnReluEpilogue<typename Stock::Epilogue, Mma16816, Swizzle>, Swizzle,
+      cutlass::conv::Operator::kDgrad>;
+  using Op = cutlass::conv::device::ImplicitGemmConvolution<Kernel>;
+
+  static typename Op::Arguments arguments(const CutlassConvArgs& a) {
+    auto dx = nhwc<T>(a.out, a.N, a.H, a.W, a.C);
+    const int rows = a.N * a.H * a.W;
+    const DgradPrologue prologue{a.x, static_cast<const float*>(a.scale), static_cast<const float*>(a.shift),
+                                 a.partial, rows, a.C, (rows + kStatsSlabRows - 1) / kStatsSlabRows};
+    return {problem_size(a),
+            nhwc<T>(a.dy, a.N, a.P, a.Q, a.K),
+            nhwc<T>(a.w, a.K, a.R, a.S, a.C),
+            dx,
+            dx,
+            {1.0f, 0.0f, prologue}};
   }
 };
 

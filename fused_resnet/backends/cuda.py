@@ -10,7 +10,9 @@ in the mainloop as the operand is loaded (the normalised activation is never
 stored; ``conv_wgrad`` recomputes it the same way for the weight gradient);
 without one, bias + residual + ReLU in the epilogue (eval-mode blocks, BN
 folded); and the batch statistics of the output in the epilogue (training),
-merged in a fixed order, so they are deterministic. What those kernels cannot
+merged in a fixed order, so they are deterministic. The unit-stride data
+gradient of a prologue convolution applies the prologue's ReLU mask and scale
+in its epilogue (``conv_dgrad``). What those kernels cannot
 take (``_C.conv_gap`` says why: fp32, groups, channel counts not multiples of 8,
 NCHW tensors, nothing to fuse, ...) runs on cuDNN between bn_act passes
 (``_cudnn_conv``), statistics from the batch-statistics kernel.
@@ -43,8 +45,8 @@ LIB = "fused_resnet_cuda"
 # The ops that mirror a fused_resnet:: op (same name and schema, minus backend) ...
 OP_NAMES = ("batch_stats", "bn_finalize", "bn_finalize_backward", "bn_update_running", "bn_act", "bn_act_backward",
             "conv")
-# ... and the one piece of conv_backward that the backend composes itself.
-EXTRA_OP_NAMES = ("conv_wgrad",)
+# ... and the pieces of conv_backward that the backend composes itself.
+EXTRA_OP_NAMES = ("conv_wgrad", "conv_dgrad")
 
 _ops_ns = None
 _fakes_registered = False
@@ -82,10 +84,16 @@ def _register_fakes() -> None:
     for name in OP_NAMES:
         torch.library.register_fake(f"{LIB}::{name}")(_without_backend(FAKES[name]))
     torch.library.register_fake(f"{LIB}::conv_wgrad")(_conv_wgrad_fake)
+    torch.library.register_fake(f"{LIB}::conv_dgrad")(_conv_dgrad_fake)
 
 
 def _conv_wgrad_fake(g, x, weight, in_scale, in_shift, stride, padding, dilation):
     return torch.empty_like(weight, memory_format=torch.contiguous_format)
+
+
+def _conv_dgrad_fake(g, x, weight, in_scale, in_shift, stride, padding, dilation):
+    vec = x.new_empty((x.shape[1],), dtype=torch.float32)
+    return torch.empty_like(x, memory_format=torch.channels_last), vec, torch.empty_like(vec)
 
 
 def conv_gap(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu, stats) -> str:
@@ -94,6 +102,11 @@ def conv_gap(x, weight, bias, in_scale, residual, stride, padding, dilation, gro
         x, weight, bias, in_scale, residual, list(stride), list(padding), list(dilation), int(groups), bool(relu),
         bool(stats),
     )
+
+
+def conv_dgrad_gap(x, weight, stride, padding, dilation, groups) -> str:
+    """Why ``fused_resnet_cuda::conv_dgrad`` cannot take these inputs ('' when it can)."""
+    return _ext.load().conv_dgrad_gap(x, weight, list(stride), list(padding), list(dilation), int(groups))
 
 
 def _mainloop_serves(x, weight, in_scale, stride, padding, dilation, groups, stats) -> bool:
@@ -167,42 +180,64 @@ class CudaBackend(Backend):
         """The gradients in a few passes (reference.conv_backward derives them).
 
         g (the gradient at the convolution's output, BN-statistics terms included)
-        is one bn_act pass. Without a prologue, cuDNN takes g to dx and dW. With
-        one, the activation a = relu(x*s + t) is recomputed as the forward made it:
-        in the CUTLASS mainloop when the forward ran there (the wgrad kernel
-        recomputes it for dW, cuDNN takes g to da), else as one bn_act pass that
-        cuDNN then takes to da and dW together. The prologue backward (ReLU mask,
-        dx = da*s where a > 0, dscale, dshift) is one bn_act_backward pass. The
-        ReLU mask is taken from a rounded to x's dtype, as eager PyTorch's ReLU
-        after a BatchNorm does (the reference tests the fp32 value: the two differ
-        only where the rounding flushes a tiny positive to zero).
+        is one bn_act pass. Without a prologue, cuDNN takes g to dx and dW; with
+        one, ``_prologue_backward``.
         """
-        if relu or dy.dtype != x.dtype:
+        if (relu and stats) or dy.dtype != x.dtype:
             return reference.conv_backward(
                 dy, dmean, dvar, x, weight, y, mean, in_scale, in_shift, stride, padding, dilation,
                 groups, relu, stats, output_mask,
             )
         need_x, need_w, need_bias, need_scale, need_shift, need_res = output_mask
-        g = self._output_grad(dy, dmean, dvar, y, mean, stats, need_res)
+        g = self._output_grad(dy, dmean, dvar, y, mean, stats, relu, need_res)
         dbias = g.float().sum((0, 2, 3)) if need_bias else empty_vec(x)
         dres = g if need_res else empty_vec(x)
         if in_scale is None:
             dx, dw = self._cudnn_backward(g, x, weight, stride, padding, dilation, groups, need_x, need_w)
             return dx, dw, dbias, empty_vec(x), empty_vec(x), dres
-        mainloop = _mainloop_serves(x, weight, in_scale, stride, padding, dilation, groups, stats)
+        geometry = (stride, padding, dilation, groups)
+        dx, dw, dscale, dshift = self._prologue_backward(g, x, weight, in_scale, in_shift, geometry, stats,
+                                                         output_mask)
+        return dx, dw, dbias, dscale, dshift, dres
+
+    def _prologue_backward(self, g, x, weight, in_scale, in_shift, geometry, stats, output_mask):
+        """dx, dW, dscale, dshift of conv(a, W), a = relu(x*s + t), for the output gradient g.
+
+        dW: the activation is recomputed as the forward made it: in the CUTLASS
+        mainloop when the forward ran there (the wgrad kernel), else as one bn_act
+        pass that cuDNN reads.
+
+        dx, dscale, dshift: where the CUTLASS dgrad takes the convolution (unit
+        stride, conv_dgrad_gap), its epilogue applies the ReLU mask (u = x*s + t > 0
+        in fp32, as the reference) and the scale to da in registers and sums the
+        gradients of s and t: da is never stored. Elsewhere cuDNN writes da and one
+        bn_act_backward pass reads it, the mask taken from a rounded to x's dtype,
+        as eager PyTorch's ReLU after a BatchNorm does (the two differ only where
+        the rounding flushes a tiny positive to zero).
+        """
+        need_x, need_w, _, need_scale, need_shift, _ = output_mask
+        stride, padding, dilation, groups = geometry
         need_da = need_x or need_scale or need_shift
+        fused_da = need_da and not conv_dgrad_gap(x, weight, stride, padding, dilation, groups)
+        mainloop = _mainloop_serves(x, weight, in_scale, stride, padding, dilation, groups, stats)
         cudnn_w = need_w and not mainloop  # cuDNN's dW reads the activation; its data gradient reads no values
-        a = ops().bn_act(x, in_scale, in_shift, None, None, None, True) if need_da or cudnn_w else None
-        da, dw = self._cudnn_backward(g, a if cudnn_w else x, weight, stride, padding, dilation, groups, need_da,
+        cudnn_da = need_da and not fused_da
+        a = ops().bn_act(x, in_scale, in_shift, None, None, None, True) if cudnn_da or cudnn_w else None
+        da, dw = self._cudnn_backward(g, a if cudnn_w else x, weight, stride, padding, dilation, groups, cudnn_da,
                                       cudnn_w)
         if need_w and mainloop:
             dw = ops().conv_wgrad(g, x, weight, in_scale, in_shift, list(stride), list(padding), list(dilation))
+        if fused_da:
+            dx, dscale, dshift = ops().conv_dgrad(g, x, weight, in_scale, in_shift, list(stride), list(padding),
+                                                  list(dilation))
+            return tuple(t if need else empty_vec(x) for t, need in
+                         ((dx, need_x), (dw, need_w), (dscale, need_scale), (dshift, need_shift)))
         dx = dscale = dshift = empty_vec(x)
         if need_da:
             dx, dscale, dshift = ops().bn_act_backward(
                 da, a, x, in_scale, None, None, True, [need_x, need_scale, need_shift, False, False, False]
             )[:3]
-        return dx, dw, dbias, dscale, dshift, dres
+        return dx, dw, dscale, dshift
 
     @staticmethod
     def _cudnn_backward(g, x, weight, stride, padding, dilation, groups, need_dx, need_w):
@@ -214,11 +249,15 @@ class CudaBackend(Backend):
         dx = dx.contiguous(memory_format=output_format(x)) if need_dx else empty_vec(x)
         return dx, (dw.contiguous() if need_w else empty_vec(x))
 
-    def _output_grad(self, dy, dmean, dvar, y, mean, stats, returned):
-        """g = dy + dmean/M + 2 dvar (y - mean)/M in y's dtype and layout: one bn_act pass
-        (y*gb + (ga - gb*mean) + dy with ga = dmean/M, gb = 2 dvar/M). Without stats g is
-        dy, copied only when it is ``returned`` (as dresidual: an op's output must not alias
-        its input)."""
+    def _output_grad(self, dy, dmean, dvar, y, mean, stats, relu, returned):
+        """g, the gradient at the convolution's sum, in y's dtype and layout (never both stats and relu).
+
+        stats: g = dy + dmean/M + 2 dvar (y - mean)/M, one bn_act pass (y*gb + (ga - gb*mean)
+        + dy with ga = dmean/M, gb = 2 dvar/M). relu (y = relu(z), an eval-mode block whose
+        parameters train): g = dy where y > 0, else 0. Neither: g is dy, copied only when it is
+        ``returned`` (as dresidual: an op's output must not alias its input)."""
+        if relu:
+            return torch.where(y > 0, dy, 0).contiguous(memory_format=output_format(y))
         if not stats:
             if returned:
                 return dy.clone(memory_format=output_format(y))

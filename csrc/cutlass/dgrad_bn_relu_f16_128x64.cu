@@ -1,0 +1,8 @@
+// unit-stride dgrad with the BN + ReLU prologue's gradient in the epilogue: float16, 128x64x32 tiles
+// (narrow: input channels <= 64).
+#include "conv.cuh"
+
+namespace fused_resnet::cutlass_conv {
+extern const CutlassConvKernel kDgradBnReluF16Narrow = make_kernel<
+    DgradBnRelu<cutlass::half_t, cutlass::gemm::GemmShape<128, 64, 32>, cutlass::gemm::GemmShape<64, 32, 32>, 4>>("dgrad_bn_relu_f16_128x64x32");
+}

@@ -1,0 +1,254 @@
+// Epilogues that work on the accumulators while they are still in registers,
+// before the stock CUTLASS epilogue stores them:
+//
+//   StatsEpilogue (fprop): the per-channel batch statistics of the output, so the
+//     output is never read back for them.
+//   DgradBnReluEpilogue (dgrad of a convolution with a BatchNorm-apply + ReLU
+//     prologue): turns da, the gradient of the activation a = relu(x*s + t), into
+//     dx and reduces the gradients of s and t, so da is never stored.
+//
+// Both reduce over the GEMM's rows (M = N*H*W pixels) per column (channel). The
+// rows fall into slabs of WarpShape::kM rows, one per warp row of a threadblock
+// tile (slab = tile_m * warps_m + warp_m covers rows [slab * kWarpM, +kWarpM), so
+// the slabs tile M in order). Every warp reduces its slab per column and writes
+// the result to a [2, slabs, cols] partials buffer; batch_stats.cu merges the
+// slabs in a fixed order in fp64. No atomics: the results are deterministic.
+#pragma once
+
+#include "cutlass/array.h"
+#include "cutlass/cutlass.h"
+#include "cutlass/epilogue/thread/linear_combination.h"
+#include "cutlass/gemm/gemm.h"
+#include "cutlass/numeric_conversion.h"
+
+namespace fused_resnet::cutlass_conv {
+
+// Where the fprop statistics go. partial == nullptr: none are taken.
+struct StatsDestination {
+  float* partial = nullptr;  // [2, slabs, cols]: slab means, then slab M2s
+  int rows = 0;              // M = N * P * Q
+  int cols = 0;              // K, the output channels
+  int slabs = 0;             // ceil(rows / WarpShape::kM)
+};
+
+// The forward prologue a = relu(x * scale + shift) whose gradient a dgrad epilogue applies.
+struct DgradPrologue {
+  const void* x = nullptr;        // [rows, cols]: the forward's input, NHWC
+  const float* scale = nullptr;   // [cols]
+  const float* shift = nullptr;   // [cols]
+  float* partial = nullptr;       // [2, slabs, cols]: slab sums of g_u * x, then of g_u
+  int rows = 0, cols = 0, slabs = 0;
+};
+
+// y = alpha * acc + beta * C (LinearCombination), its parameters carrying what a
+// fused epilogue needs (Extra) to it.
+template <typename T, int kVec, typename Extra>
+class LinearCombinationWith : public cutlass::epilogue::thread::LinearCombination<T, kVec, float, float> {
+  using Linear = cutlass::epilogue::thread::LinearCombination<T, kVec, float, float>;
+
+ public:
+  struct Params : Linear::Params {
+    Extra extra;
+    CUTLASS_HOST_DEVICE Params() {}
+    CUTLASS_HOST_DEVICE Params(float alpha, float beta, Extra extra = {}) : Linear::Params(alpha, beta), extra(extra) {}
+  };
+
+  CUTLASS_HOST_DEVICE explicit LinearCombinationWith(Params const& params) : Linear(params), extra_(params.extra) {}
+
+  CUTLASS_HOST_DEVICE Extra const& extra() const { return extra_; }
+
+ private:
+  Extra extra_;
+};
+
+// Where a lane's accumulators sit in the problem.
+//
+// Layout (Sm80 tensor-op, RowMajor accumulators, 16x8 instructions, unit OpDelta):
+// element (mma_n * kMmaM + mma_m) * 4 + r * 2 + c of a lane sits at warp-tile row
+// mma_m * 16 + r * 8 + lane / 4 and column mma_n * 8 + (lane % 4) * 2 + c. A lane
+// thus holds kRows rows (i = mma_m * 2 + r) of kCols columns (j = mma_n * 2 + c); a
+// column's rows are spread over the 8 lanes of equal lane % 4 (lane bits 2-4),
+// which three xor-shuffles sum, leaving lanes 0-3 with every column once.
+template <typename Stock, typename InstructionShape, typename Swizzle>
+struct AccumulatorMap {
+  using Shape = typename Stock::Shape;
+  using WarpCount = typename Stock::WarpCount;
+  static constexpr int kWarpM = Shape::kM / WarpCount::kM;
+  static constexpr int kWarpN = Shape::kN / WarpCount::kN;
+  static constexpr int kMmaM = kWarpM / InstructionShape::kM;
+  static constexpr int kMmaN = kWarpN / InstructionShape::kN;
+  static constexpr int kRows = kMmaM * 2;
+  static constexpr int kCols = kMmaN * 2;
+  static_assert(InstructionShape::kM == 16 && InstructionShape::kN == 8, "the layout above is that of 16x8 MMAs");
+  static_assert(WarpCount::kK == 1, "warps split over K hold partial sums, not the output");
+  static_assert(Stock::AccumulatorTile::kElements == kRows * kCols, "unexpected accumulator tile");
+
+  int slab;  // this warp's slab of rows
+  int row0;  // the problem row of this lane's row i = 0
+  int col0;  // the problem column of this lane's column j = 0
+
+  CUTLASS_DEVICE AccumulatorMap(int warp_idx, int lane_idx) {
+    // An N = 1 identity swizzle maps block (x, y) to tile (m, n) = (x, y) at log-tile 0.
+    const cutlass::gemm::GemmCoord tile = Swizzle::get_tile_offset(0);
+    const int warp_mn = warp_idx % (WarpCount::kM * WarpCount::kN);
+    const int warp_m = warp_mn % WarpCount::kM, warp_n = warp_mn / WarpCount::kM;
+    slab = tile.m() * WarpCount::kM + warp_m;
+    row0 = slab * kWarpM + lane_idx / 4;
+    col0 = tile.n() * Shape::kN + warp_n * kWarpN + (lane_idx % 4) * 2;
+  }
+
+  CUTLASS_DEVICE static int index(int i, int j) { return ((j / 2) * kMmaM + i / 2) * 4 + (i % 2) * 2 + j % 2; }
+  CUTLASS_DEVICE int row(int i) const { return row0 + (i / 2) * 16 + (i % 2) * 8; }
+  CUTLASS_DEVICE int col(int j) const { return col0 + (j / 2) * 8 + j % 2; }
+  // Rows of this warp's slab inside the problem (0 for a slab past the last row).
+  CUTLASS_DEVICE int slab_count(int rows) const { return min(max(rows - slab * kWarpM, 0), kWarpM); }
+
+  CUTLASS_DEVICE static float column_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 4);
+    v += __shfl_xor_sync(0xffffffffu, v, 8);
+    v += __shfl_xor_sync(0xffffffffu, v, 16);
+    return v;
+  }
+};
+
+// The stock epilogue preceded by the slab statistics of the values it stores
+// (every accumulator rounded to the output's type, as a read-back would see it):
+// per column, the slab's mean and M2 about that mean (two passes over the
+// registers), so a large mean costs no digits.
+template <typename Stock, typename InstructionShape, typename Swizzle>
+class StatsEpilogue : public Stock {
+  using Map = AccumulatorMap<Stock, InstructionShape, Swizzle>;
+  using Element = typename Stock::OutputTileIterator::Element;
+
+ public:
+  using OutputOp = typename Stock::OutputOp;
+  using OutputTileIterator = typename Stock::OutputTileIterator;
+  using AccumulatorTile = typename Stock::AccumulatorTile;
+  static constexpr int kSlabRows = Map::kWarpM;
+
+  CUTLASS_DEVICE StatsEpilogue(typename Stock::SharedStorage& storage, int thread_idx, int warp_idx, int lane_idx)
+      : Stock(storage, thread_idx, warp_idx, lane_idx), map_(warp_idx, lane_idx), lane_idx_(lane_idx) {}
+
+  CUTLASS_DEVICE void operator()(OutputOp const& output_op, OutputTileIterator destination,
+                                 AccumulatorTile const& accumulators, OutputTileIterator source) {
+    if (output_op.extra().partial != nullptr) write_slab_stats(output_op.extra(), accumulators);
+    Stock::operator()(output_op, destination, accumulators, source);
+  }
+
+ private:
+  Map map_;
+  int lane_idx_;
+
+  // The value stored for this lane's row i, column j (0 past the last row). Taken
+  // again in the second pass rather than kept: the accumulators already fill the registers.
+  CUTLASS_DEVICE float stored(AccumulatorTile const& acc, int i, int j, int rows) const {
+    cutlass::NumericConverter<Element, float> round;
+    return map_.row(i) < rows ? static_cast<float>(round(acc[Map::index(i, j)])) : 0.f;
+  }
+
+  CUTLASS_DEVICE void write_slab_stats(StatsDestination const& dst, AccumulatorTile const& acc) const {
+    const int count = map_.slab_count(dst.rows);
+    if (count == 0) return;  // uniform over the warp
+    float mean[Map::kCols], m2[Map::kCols];
+    CUTLASS_PRAGMA_UNROLL
+    for (int j = 0; j < Map::kCols; ++j) {
+      float sum = 0.f;
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < Map::kRows; ++i) sum += stored(acc, i, j, dst.rows);
+      mean[j] = Map::column_sum(sum) / static_cast<float>(count);
+      float sq = 0.f;
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < Map::kRows; ++i) {
+        const float d = stored(acc, i, j, dst.rows) - mean[j];
+        sq += map_.row(i) < dst.rows ? d * d : 0.f;
+      }
+      m2[j] = Map::column_sum(sq);
+    }
+    if (lane_idx_ >= 4) return;
+    CUTLASS_PRAGMA_UNROLL
+    for (int j = 0; j < Map::kCols; ++j) {
+      if (map_.col(j) < dst.cols) {
+        dst.partial[(int64_t)map_.slab * dst.cols + map_.col(j)] = mean[j];
+        dst.partial[((int64_t)dst.slabs + map_.slab) * dst.cols + map_.col(j)] = m2[j];
+      }
+    }
+  }
+};
+
+// dgrad of conv(relu(x*s + t), W): the accumulators are da. With u = x*s + t:
+//   g_u = da * (u > 0),   dx = g_u * s,   ds = sum(g_u * x),   dt = sum(g_u)
+// (u in fp32, as the reference computes it). The accumulators are replaced by dx,
+// which the stock epilogue stores; ds and dt leave as slab sums.
+template <typename Stock, typename InstructionShape, typename Swizzle>
+class DgradBnReluEpilogue : public Stock {
+  using Map = AccumulatorMap<Stock, InstructionShape, Swizzle>;
+  using Element = typename Stock::OutputTileIterator::Element;
+
+ public:
+  using OutputOp = typename Stock::OutputOp;
+  using OutputTileIterator = typename Stock::OutputTileIterator;
+  using AccumulatorTile = typename Stock::AccumulatorTile;
+  static constexpr int kSlabRows = Map::kWarpM;
+
+  CUTLASS_DEVICE DgradBnReluEpilogue(typename Stock::SharedStorage& storage, int thread_idx, int warp_idx,
+                                     int lane_idx)
+      : Stock(storage, thread_idx, warp_idx, lane_idx), map_(warp_idx, lane_idx), lane_idx_(lane_idx) {}
+
+  // The kernel's accumulators are its own local, not used after the epilogue: they
+  // are transformed in place.
+  CUTLASS_DEVICE void operator()(OutputOp const& output_op, OutputTileIterator destination,
+                                 AccumulatorTile& accumulators, OutputTileIterator source) {
+    apply_prologue_gradient(output_op.extra(), accumulators);
+    Stock::operator()(output_op, destination, accumulators, source);
+  }
+
+ private:
+  Map map_;
+  int lane_idx_;
+
+  CUTLASS_DEVICE void apply_prologue_gradient(DgradPrologue const& p, AccumulatorTile& acc) const {
+    const Element* x = static_cast<const Element*>(p.x);
+    float gx[Map::kCols], g[Map::kCols];
+    CUTLASS_PRAGMA_UNROLL
+    for (int j = 0; j < Map::kCols; j += 2) {
+      // Columns j and j + 1 are adjacent channels (col(j) even; cols a multiple of 8).
+      const int c = map_.col(j);
+      const bool col_ok = c < p.cols;
+      const float s0 = col_ok ? p.scale[c] : 0.f, s1 = col_ok ? p.scale[c + 1] : 0.f;
+      const float t0 = col_ok ? p.shift[c] : 0.f, t1 = col_ok ? p.shift[c + 1] : 0.f;
+      gx[j] = gx[j + 1] = g[j] = g[j + 1] = 0.f;
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < Map::kRows; ++i) {
+        cutlass::Array<Element, 2> xv;
+        xv.clear();
+        const bool ok = col_ok && map_.row(i) < p.rows;
+        if (ok) xv = *reinterpret_cast<const cutlass::Array<Element, 2>*>(x + (int64_t)map_.row(i) * p.cols + c);
+        const float x0 = static_cast<float>(xv[0]), x1 = static_cast<float>(xv[1]);
+        const float g0 = ok && x0 * s0 + t0 > 0.f ? acc[Map::index(i, j)] : 0.f;
+        const float g1 = ok && x1 * s1 + t1 > 0.f ? acc[Map::index(i, j + 1)] : 0.f;
+        acc[Map::index(i, j)] = g0 * s0;
+        acc[Map::index(i, j + 1)] = g1 * s1;
+        gx[j] += g0 * x0;
+        gx[j + 1] += g1 * x1;
+        g[j] += g0;
+        g[j + 1] += g1;
+      }
+    }
+    if (map_.slab_count(p.rows) == 0) return;  // uniform over the warp
+    CUTLASS_PRAGMA_UNROLL
+    for (int j = 0; j < Map::kCols; ++j) {
+      gx[j] = Map::column_sum(gx[j]);
+      g[j] = Map::column_sum(g[j]);
+    }
+    if (lane_idx_ >= 4) return;
+    CUTLASS_PRAGMA_UNROLL
+    for (int j = 0; j < Map::kCols; ++j) {
+      if (map_.col(j) < p.cols) {
+        p.partial[(int64_t)map_.slab * p.cols + map_.col(j)] = gx[j];
+        p.partial[((int64_t)p.slabs + map_.slab) * p.cols + map_.col(j)] = g[j];
+      }
+    }
+  }
+};
+
+}  // namespace fused_resnet::cutlass_conv
