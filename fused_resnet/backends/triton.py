@@ -109,9 +109,11 @@ def _check_device(name: str, t: Tensor, device: torch.device) -> None:
         raise ValueError(f"triton conv: {name} is on {t.device}, but x is on {device}")
 
 
-def _check_vec(name: str, t: Optional[Tensor], n: int, device: torch.device) -> None:
+def _check_vec(name: str, t: Optional[Tensor], n: int, device: torch.device) -> Optional[Tensor]:
+    """A per-channel fp32 vector of length n (or None), checked and returned as the kernels read
+    it: contiguous (autograd hands over expanded, stride-0 gradients, e.g. of a sum)."""
     if t is None:
-        return
+        return None
     if not isinstance(t, Tensor):
         raise TypeError(f"triton backend: {name} must be a tensor, got {type(t).__name__}")
     _check_device(name, t, device)
@@ -119,6 +121,7 @@ def _check_vec(name: str, t: Optional[Tensor], n: int, device: torch.device) -> 
         raise TypeError(f"triton backend: {name} must be float32 (per-channel vectors are fp32), got {t.dtype}")
     if t.dim() != 1 or t.shape[0] != n:
         raise ValueError(f"triton backend: {name} must have shape [{n}], got {list(t.shape)}")
+    return t.contiguous()
 
 
 def _check_activation(name: str, t: Tensor) -> None:
@@ -314,19 +317,13 @@ def _conv_problem(
     return groups, n, cin, h, w, cout, cin_g, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo
 
 
-def _dense(*ts: Optional[Tensor]) -> tuple:
-    """Per-channel vectors as the kernels read them: contiguous (autograd hands over expanded,
-    stride-0 gradients, e.g. of a sum)."""
-    return tuple(t.contiguous() if t is not None else None for t in ts)
-
-
 def _check_pair(op: str, names: tuple[str, str], scale: Optional[Tensor], shift: Optional[Tensor],
-                n: int, device: torch.device) -> None:
-    """A (scale, shift) pair of per-channel vectors: both or neither, each fp32 of length n."""
+                n: int, device: torch.device) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """A (scale, shift) pair of per-channel vectors: both or neither, each fp32 of length n;
+    returned as _check_vec returns them."""
     if (scale is None) != (shift is None):
         raise ValueError(f"triton {op}: {names[0]} and {names[1]} must be given together")
-    _check_vec(names[0], scale, n, device)
-    _check_vec(names[1], shift, n, device)
+    return _check_vec(names[0], scale, n, device), _check_vec(names[1], shift, n, device)
 
 
 def conv(
@@ -339,9 +336,8 @@ def conv(
     device, dtype = x.device, x.dtype
     groups, n, cin, h, w, cout, cin_g, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = _conv_problem(
         "conv", x, weight, stride, padding, dilation, groups)
-    _check_vec("bias", bias, cout, device)
-    _check_pair("conv", ("in_scale", "in_shift"), in_scale, in_shift, cin, device)
-    bias, in_scale, in_shift = _dense(bias, in_scale, in_shift)
+    bias = _check_vec("bias", bias, cout, device)
+    in_scale, in_shift = _check_pair("conv", ("in_scale", "in_shift"), in_scale, in_shift, cin, device)
     if residual is not None:
         _check_activation("residual", residual)
         _check_device("residual", residual, device)
@@ -426,9 +422,8 @@ def conv_shortcut(
     device, dtype = x.device, x.dtype
     groups, n, cin, h, w, cout, cin_g, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = _conv_problem(
         "conv_shortcut", x, weight, stride, padding, dilation, groups)
-    _check_vec("bias", bias, cout, device)
-    _check_pair("conv_shortcut", ("in_scale", "in_shift"), in_scale, in_shift, cin, device)
-    bias, in_scale, in_shift = _dense(bias, in_scale, in_shift)
+    bias = _check_vec("bias", bias, cout, device)
+    in_scale, in_shift = _check_pair("conv_shortcut", ("in_scale", "in_shift"), in_scale, in_shift, cin, device)
     # ---- the shortcut's operands
     _check_activation("sc_x", sc_x)
     _check_device("sc_x", sc_x, device)
@@ -457,8 +452,8 @@ def conv_shortcut(
     elif csc > cout:
         raise ValueError(f"triton conv_shortcut: option A (no sc_weight) pads sc_x's {csc} channels up to Cout={cout}, "
                          f"so sc_x must not have more channels than the output")
-    _check_pair("conv_shortcut", ("sc_in_scale", "sc_in_shift"), sc_in_scale, sc_in_shift, csc, device)
-    sc_in_scale, sc_in_shift = _dense(sc_in_scale, sc_in_shift)
+    sc_in_scale, sc_in_shift = _check_pair("conv_shortcut", ("sc_in_scale", "sc_in_shift"), sc_in_scale, sc_in_shift,
+                                           csc, device)
     if n * cout * ho * wo >= _INT32_LIMIT:
         raise ValueError("triton conv_shortcut: the output has 2**31 elements or more; the kernels index with int32")
 
@@ -565,12 +560,10 @@ def bn_act(
     _check_activation("y", y)
     device = y.device
     c = y.shape[1]
-    _check_vec("scale", scale, c, device)
-    _check_vec("shift", shift, c, device)
+    scale, shift = _check_vec("scale", scale, c, device), _check_vec("shift", shift, c, device)
     if scale is None or shift is None:
         raise ValueError("triton bn_act: scale and shift are required")
-    _check_pair("bn_act", ("res_scale", "res_shift"), res_scale, res_shift, c, device)
-    scale, shift, res_scale, res_shift = _dense(scale, shift, res_scale, res_shift)
+    res_scale, res_shift = _check_pair("bn_act", ("res_scale", "res_shift"), res_scale, res_shift, c, device)
     if res_scale is not None and residual is None:
         raise ValueError("triton bn_act: res_scale/res_shift given without a residual")
     fmt = output_format(y)
@@ -618,9 +611,8 @@ def batch_stats_backward(dmean: Tensor, dvar: Tensor, x: Tensor, mean: Tensor) -
     _check_activation("x", x)
     device = x.device
     c = x.shape[1]
-    for name, t in (("dmean", dmean), ("dvar", dvar), ("mean", mean)):
-        _check_vec(name, t, c, device)
-    dmean, dvar, mean = _dense(dmean, dvar, mean)
+    dmean, dvar, mean = (_check_vec(name, t, c, device) for name, t in (("dmean", dmean), ("dvar", dvar),
+                                                                         ("mean", mean)))
     fmt = output_format(x)
     dx = torch.empty(x.shape, dtype=x.dtype, device=device, memory_format=fmt)
     if x.numel() == 0:
@@ -635,10 +627,11 @@ def batch_stats_backward(dmean: Tensor, dvar: Tensor, x: Tensor, mean: Tensor) -
 
 
 def _check_channel_vec(op: str, name: str, t: Optional[Tensor], n: int, device: torch.device,
-                       writable: bool = False) -> None:
-    """A per-channel vector of any float dtype (BatchNorm parameters and buffers keep the model's)."""
+                       writable: bool = False) -> Optional[Tensor]:
+    """A per-channel vector of any float dtype (BatchNorm parameters and buffers keep the model's),
+    returned contiguous (a writable one must be so already: it is updated in place)."""
     if t is None:
-        return
+        return None
     if not isinstance(t, Tensor) or t.dim() != 1 or t.shape[0] != n:
         raise ValueError(f"triton {op}: {name} must be a vector of shape [{n}], got "
                          f"{list(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
@@ -647,17 +640,16 @@ def _check_channel_vec(op: str, name: str, t: Optional[Tensor], n: int, device: 
         raise TypeError(f"triton {op}: {name} has dtype {t.dtype}, not a floating-point type")
     if writable and not t.is_contiguous():
         raise ValueError(f"triton {op}: {name} must be contiguous (it is updated in place)")
+    return t.contiguous()
 
 
 def _stats_vecs(op: str, mean: Tensor, var: Tensor) -> tuple[int, Tensor, Tensor]:
-    """(channels, mean, var) of a statistics op: checked fp32 vectors, made dense (_dense)."""
+    """(channels, mean, var) of a statistics op: checked fp32 vectors, as _check_vec returns them."""
     if not isinstance(mean, Tensor) or mean.dim() != 1:
         raise ValueError(f"triton {op}: mean must be a 1-D per-channel vector, got "
                          f"{list(mean.shape) if isinstance(mean, Tensor) else type(mean).__name__}")
     c = mean.shape[0]
-    _check_vec("mean", mean, c, mean.device)
-    _check_vec("var", var, c, mean.device)
-    return (c,) + _dense(mean, var)
+    return c, _check_vec("mean", mean, c, mean.device), _check_vec("var", var, c, mean.device)
 
 
 def bn_finalize(mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
@@ -665,9 +657,8 @@ def bn_finalize(mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optio
     """(scale, shift, invstd) of a batch-statistics BatchNorm in one launch (contract: reference.bn_finalize)."""
     c, mean, var = _stats_vecs("bn_finalize", mean, var)
     device = mean.device
-    _check_channel_vec("bn_finalize", "weight", weight, c, device)
-    _check_channel_vec("bn_finalize", "bias", bias, c, device)
-    weight, bias = _dense(weight, bias)
+    weight = _check_channel_vec("bn_finalize", "weight", weight, c, device)
+    bias = _check_channel_vec("bn_finalize", "bias", bias, c, device)
     scale, shift, invstd = (torch.empty(c, dtype=torch.float32, device=device) for _ in range(3))
     if c == 0:
         return scale, shift, invstd
@@ -713,10 +704,9 @@ def bn_finalize_backward(dscale: Tensor, dshift: Tensor, dinvstd: Optional[Tenso
     op = "bn_finalize_backward"
     c, mean, invstd = _stats_vecs(op, mean, invstd)
     device = mean.device
-    for name, t in (("dscale", dscale), ("dshift", dshift), ("dinvstd", dinvstd), ("scale", scale)):
-        _check_vec(name, t, c, device)
-    _check_channel_vec(op, "weight", weight, c, device)
-    dscale, dshift, dinvstd, weight, scale = _dense(dscale, dshift, dinvstd, weight, scale)
+    dscale, dshift, dinvstd, scale = (_check_vec(name, t, c, device) for name, t in (
+        ("dscale", dscale), ("dshift", dshift), ("dinvstd", dinvstd), ("scale", scale)))
+    weight = _check_channel_vec(op, "weight", weight, c, device)
     dmean, dvar = torch.empty_like(mean), torch.empty_like(mean)
     dweight = torch.empty(c, dtype=torch.float32, device=device) if weight is not None else empty_vec(mean)
     if c == 0:
@@ -801,8 +791,7 @@ def conv_backward(
         raise ValueError(f"triton conv_backward: dy and y must have the output's shape {[n, cout, ho, wo]}, "
                          f"got {list(dy.shape)} and {list(y.shape)}")
     has_pro = in_scale is not None
-    _check_pair("conv_backward", ("in_scale", "in_shift"), in_scale, in_shift, cin, device)
-    in_scale, in_shift = _dense(in_scale, in_shift)
+    in_scale, in_shift = _check_pair("conv_backward", ("in_scale", "in_shift"), in_scale, in_shift, cin, device)
     if (need_scale or need_shift) and not has_pro:
         raise ValueError("triton conv_backward: in_scale/in_shift gradients asked for without a prologue")
     if n * cout * ho * wo >= _INT32_LIMIT or n * cin * h * w >= _INT32_LIMIT:
@@ -947,9 +936,7 @@ def bn_act_backward(
         if t.dtype != dtype or t.shape != y.shape:
             raise ValueError(f"triton bn_act_backward: {name} must match y ({dtype}, {list(y.shape)}), got "
                              f"{t.dtype}, {list(t.shape)}")
-    _check_vec("scale", scale, c, device)
-    _check_vec("res_scale", res_scale, c, device)
-    scale, res_scale = _dense(scale, res_scale)
+    scale, res_scale = _check_vec("scale", scale, c, device), _check_vec("res_scale", res_scale, c, device)
     need_y, need_scale, need_shift, need_res, need_rscale, need_rshift = (bool(b) for b in output_mask)
     if (need_res or need_rscale or need_rshift) and residual is None:
         raise ValueError("triton bn_act_backward: residual gradients asked for without a residual")
