@@ -5,9 +5,10 @@
 // Five kernel families, NHWC activations, [K, R, S, C] filters, fp32 accumulation:
 //   fprop_prologue: y = conv(relu(x * scale + shift), w) (+ residual). BatchNorm-apply
 //                   + ReLU of the input runs in the mainloop, per input channel, as
-//                   the activation is loaded; padding and out-of-range taps give 0
-//                   of the *transformed* activation. The normalised tensor is never
-//                   written to memory.
+//                   the activation is loaded (fp32 scale/shift and arithmetic, rounded
+//                   once: cutlass/scale_bias_fp32.cuh); padding and out-of-range taps
+//                   give 0 of the *transformed* activation. The normalised tensor is
+//                   never written to memory.
 //   fprop_bias_relu: y = relu(conv(x, w) + bias (+ residual)), bias fp32 per output
 //                   channel (the folded BatchNorm of an eval-mode block), all in the
 //                   epilogue.
@@ -38,8 +39,8 @@ struct CutlassConvArgs {
   int N, H, W, C, K, R, S, P, Q;
   int pad_h, pad_w, stride_h, stride_w, dil_h, dil_w;
   const void* x;         // [N, H, W, C] (dgrad: read for the prologue's ReLU mask)
-  const void* scale;     // prologue: [C], the activation's dtype (fprop, wgrad) or fp32 (dgrad)
-  const void* shift;     // prologue: [C], the activation's dtype (fprop, wgrad) or fp32 (dgrad)
+  const float* scale;    // prologue: [C]
+  const float* shift;    // prologue: [C]
   const float* bias;     // fprop_bias_relu: [K]
   const void* w;         // fprop: the filter [K, R, S, C]
   const void* residual;  // fprop: [N, P, Q, K] added in the epilogue, or nullptr

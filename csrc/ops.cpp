@@ -586,10 +586,10 @@ at::Tensor output_grad(const at::Tensor& g, const at::Tensor& x, const ConvGeome
 // The filter as [K, R, S, C] (free for a channels_last weight).
 at::Tensor krsc(const at::Tensor& weight) { return weight.permute({0, 2, 3, 1}).contiguous(); }
 
-// The prologue's fp32 scale/shift in the activation dtype, as the mainloop reads them.
-at::Tensor vec_as(const at::Tensor& v, const at::Tensor& x, const char* op, const char* name) {
+// A prologue's fp32 scale/shift, checked, as the kernels read them (contiguous).
+at::Tensor mainloop_vec(const at::Tensor& v, const at::Tensor& x, const char* op, const char* name) {
   check_vec(v, op, name, x.size(1), x, "x");
-  return v.to(x.scalar_type()).contiguous();
+  return v.contiguous();
 }
 
 void run_kernel(const CutlassConvKernel& k, CutlassConvArgs& a, const at::Tensor& ref, const char* op) {
@@ -662,10 +662,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv(const at::Tensor& x, const a
   at::Tensor scale, shift;
   CutlassConvArgs a = conv_args(g);
   if (in_scale.has_value()) {
-    scale = vec_as(*in_scale, x, op, "in_scale");
-    shift = vec_as(*in_shift, x, op, "in_shift");
-    a.scale = scale.const_data_ptr();
-    a.shift = shift.const_data_ptr();
+    scale = mainloop_vec(*in_scale, x, op, "in_scale");
+    shift = mainloop_vec(*in_shift, x, op, "in_shift");
+    a.scale = scale.const_data_ptr<float>();
+    a.shift = shift.const_data_ptr<float>();
   } else {
     check_vec(*bias, op, "bias", g.K, x, "x");
     a.bias = bias->const_data_ptr<float>();
@@ -706,13 +706,14 @@ at::Tensor conv_wgrad(const at::Tensor& g_in, const at::Tensor& x, const at::Ten
   const c10::cuda::CUDAGuard guard(x.device());
   const ConvGeometry geo = geometry(x, weight, stride, padding, dilation, op);
   const at::Tensor g = output_grad(g_in, x, geo, op);
-  const at::Tensor scale = vec_as(in_scale, x, op, "in_scale"), shift = vec_as(in_shift, x, op, "in_shift");
+  const at::Tensor scale = mainloop_vec(in_scale, x, op, "in_scale");
+  const at::Tensor shift = mainloop_vec(in_shift, x, op, "in_shift");
   at::Tensor dw = at::empty({geo.K, geo.R, geo.S, geo.C}, x.options().dtype(at::kFloat));
   CutlassConvArgs a = conv_args(geo);
   a.x = x.const_data_ptr();
   a.dy = g.const_data_ptr();
-  a.scale = scale.const_data_ptr();
-  a.shift = shift.const_data_ptr();
+  a.scale = scale.const_data_ptr<float>();
+  a.shift = shift.const_data_ptr<float>();
   a.out = dw.mutable_data_ptr();
   a.split_k = wgrad_split(geo);
   const auto& kernel = cutlass_conv_kernel(ConvKind::kWgradPrologue, element_of(x.scalar_type()), ConvTile::kWide);
@@ -740,9 +741,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_dgrad(const at::Tensor& g_in
   const c10::cuda::CUDAGuard guard(x.device());
   const ConvGeometry geo = geometry(x, weight, stride, padding, dilation, op);
   const at::Tensor g = output_grad(g_in, x, geo, op);
-  check_vec(in_scale, op, "in_scale", geo.C, x, "x");
-  check_vec(in_shift, op, "in_shift", geo.C, x, "x");
-  const at::Tensor scale = in_scale.contiguous(), shift = in_shift.contiguous(), w = krsc(weight);
+  const at::Tensor scale = mainloop_vec(in_scale, x, op, "in_scale");
+  const at::Tensor shift = mainloop_vec(in_shift, x, op, "in_shift");
+  const at::Tensor w = krsc(weight);
   const auto vec_opts = x.options().dtype(at::kFloat);
   at::Tensor dx = at::empty({geo.N, geo.C, geo.H, geo.W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   at::Tensor dscale = at::empty({geo.C}, vec_opts), dshift = at::empty({geo.C}, vec_opts);

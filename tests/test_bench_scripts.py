@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -76,4 +78,32 @@ def test_kernel_resources_reads_a_compiled_kernel(tmp_path):
     rows = {r["name"]: r for r in json.loads(out_json.read_text())["rows"]}
     assert set(rows) == {"sum_partials", "bn_finalize_11"}, rows
     for r in rows.values():
+        assert 0 < r["regs"] <= 255 and r["stack"] >= 0 and r["shared"] >= 0, r
+
+
+def test_kernel_resources_reads_the_cuda_extension(tmp_path):
+    """--cuda-ext reads every kernel of the built _C, each CUTLASS convolution named by family,
+    element type and tile, for every architecture compiled in."""
+    import json
+
+    from fused_resnet import _ext
+
+    ok, reason = _ext.status()
+    if not ok:
+        pytest.skip(f"fused_resnet._C is not built: {reason} (test_cuda_ext says whether it should be)")
+    import fused_resnet._C as C
+
+    out_json = tmp_path / "cuda.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "kernel_resources.py"), "--cuda-ext", "--json", str(out_json)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(ROOT))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = json.loads(out_json.read_text())["rows"]
+    archs = {int(a.replace(".", "")) for a in C.built_with()["arch_list"]}
+    assert {r["arch"] for r in rows} == archs, rows[:3]
+    cutlass = C.built_with()["cutlass_kernels"]
+    for arch in archs:
+        names = [r["name"] for r in rows if r["arch"] == arch]
+        assert sorted(n for n in names if n in cutlass) == sorted(cutlass), (arch, names)
+    for r in rows:
+        assert not r["name"].startswith("_Z"), f"a kernel of _C was not named: {r['name'][:200]}"
         assert 0 < r["regs"] <= 255 and r["stack"] >= 0 and r["shared"] >= 0, r

@@ -117,19 +117,20 @@ def test_backend_falls_back_with_reason_on_cpu(C):
                                      stats) == "x is on cpu, not a CUDA device"
 
 
-def test_statistics_never_follow_a_16bit_prologue(C, monkeypatch):
-    """A prologue convolution whose output feeds batch statistics is not sent to the CUTLASS
-    mainloop (16-bit scale/shift), whatever conv_gap says; without statistics conv_gap decides."""
+def test_mainloop_prologue_is_asked_of_conv_gap(C, monkeypatch):
+    """Whether the mainloop applies a prologue is conv_gap's answer for the prologue convolution
+    (no bias, residual or ReLU), statistics or not; without a prologue there is none to apply."""
     x = _cl(torch.zeros(2, 64, 8, 8, dtype=torch.bfloat16))
     w = torch.zeros(64, 64, 3, 3, dtype=torch.bfloat16)
     geometry = ((1, 1), (1, 1), (1, 1), 1)
     asked = []
     monkeypatch.setattr(cuda_backend, "conv_gap", lambda *a: asked.append(a) or "")
-    assert not cuda_backend._mainloop_serves(x, w, torch.ones(64), *geometry, True)
-    assert not cuda_backend._mainloop_serves(x, w, None, *geometry, False)
+    assert not cuda_backend._mainloop_serves(x, w, None, *geometry)
     assert asked == []
-    assert cuda_backend._mainloop_serves(x, w, torch.ones(64), *geometry, False)
-    assert len(asked) == 1
+    assert cuda_backend._mainloop_serves(x, w, torch.ones(64), *geometry)
+    assert len(asked) == 1 and asked[0][2] is None and asked[0][4] is None and asked[0][-2:] == (False, False)
+    monkeypatch.setattr(cuda_backend, "conv_gap", lambda *a: "x is on cpu")
+    assert not cuda_backend._mainloop_serves(x, w, torch.ones(64), *geometry)
 
 
 class _Recorder:
@@ -168,7 +169,7 @@ def test_prologue_backward_takes_the_fused_dgrad(C, monkeypatch, need_w, mainloo
     backend = cuda_backend.CudaBackend()
     mask = [True, need_w, False, True, True, False]
     dx, dw, dscale, dshift = backend._prologue_backward(g, x, w, torch.ones(64), torch.zeros(64),
-                                                        ((1, 1), (1, 1), (1, 1), 1), False, mask)
+                                                        ((1, 1), (1, 1), (1, 1), 1), mask)
     names = [name for name, _ in rec.calls]
     want = {(True, False): ["bn_act", "conv_dgrad"], (True, True): ["conv_wgrad", "conv_dgrad"],
             (False, False): ["conv_dgrad"]}[(need_w, mainloop)]
@@ -190,22 +191,22 @@ def test_output_grad_through_relu(dtype):
     assert g.data_ptr() != dy.data_ptr()
 
 
-def test_statistics_convolution_reaches_the_epilogue_kernel(C, monkeypatch):
-    """With statistics and a prologue, the prologue is one fp32 bn_act pass and the convolution
-    of its output, statistics included, one CUTLASS call (statistics in the epilogue), not
-    cuDNN plus a batch-statistics pass."""
+def test_statistics_convolution_is_one_cutlass_call(C, monkeypatch):
+    """With statistics and a prologue, the convolution is one CUTLASS call: the prologue in the
+    mainloop (fp32 scale/shift), the statistics in the epilogue; no bn_act pass, no cuDNN, no
+    batch-statistics pass."""
     x = _cl(torch.ones(2, 64, 8, 8, dtype=torch.bfloat16))
     w = torch.zeros(64, 64, 3, 3, dtype=torch.bfloat16)
     rec = _Recorder()
     monkeypatch.setattr(cuda_backend, "ops", lambda: rec)
     gaps = []
     monkeypatch.setattr(cuda_backend, "conv_gap", lambda *a: gaps.append(a) or "")
-    backend = cuda_backend.CudaBackend()
-    backend.conv(x, w, None, torch.ones(64), torch.zeros(64), None, (1, 1), (1, 1), (1, 1), 1, False, True)
-    assert [name for name, _ in rec.calls] == ["bn_act", "conv"]
-    conv_args = rec.calls[1][1]
-    assert conv_args[3] is None and conv_args[4] is None and conv_args[-1] is True  # no prologue; stats
-    assert gaps[0][3] is None and gaps[0][-1] is True
+    scale, shift = torch.ones(64), torch.zeros(64)
+    cuda_backend.CudaBackend().conv(x, w, None, scale, shift, None, (1, 1), (1, 1), (1, 1), 1, False, True)
+    assert [name for name, _ in rec.calls] == ["conv"]
+    conv_args = rec.calls[0][1]
+    assert conv_args[3] is scale and conv_args[4] is shift and conv_args[-1] is True
+    assert gaps[0][3] is scale and gaps[0][-1] is True
 
 
 # ====================================================================== GPU
@@ -287,6 +288,32 @@ def test_conv_bias_relu(C, case, dtype, residual):
     assert y.is_contiguous(memory_format=torch.channels_last) and y.shape == plain.shape
     assert (y >= 0).all()
     assert_within_2x(y, plain, ref64, "y")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+def test_mainloop_prologue_keeps_the_fp32_scale(C, dtype):
+    """The mainloop reads scale and shift in fp32: a scale of 1 + 2^-12 and a shift that 16 bits
+    do not hold leave no per-channel bias in the output. Each channel's mean error against fp64
+    stays within 2x plain PyTorch's (which applies the BatchNorm in fp32); the same scale and
+    shift rounded to 16 bits, as CUTLASS's stock fusion reads them, would miss that bound (checked
+    here too, so the test can tell the two apart)."""
+    x, weight, _, _, stride, pad, dil = _inputs((4, 64, 14, 14, 64, 3, 1, 1, 1), dtype)
+    x = (x.float().abs() + 0.5).to(dtype)
+    weight = (weight.float().abs() / 8).to(dtype)  # positive: the per-channel errors add up
+    scale = torch.full((64,), 1 + 2.0 ** -12, device=DEV)
+    shift = torch.full((64,), 3 * 2.0 ** -12 + 0.1, device=DEV)
+
+    def channel_mean_err(y, ref64):
+        return (y.double() - ref64).mean(dim=(0, 2, 3)).abs().max().item()
+
+    ref64 = _ref_conv(x.double(), weight.double(), scale.double(), shift.double(), None, stride, pad, dil)
+    plain = _ref_conv(x, weight, scale, shift, None, stride, pad, dil)
+    rounded = _ref_conv(x, weight, scale.to(dtype).float(), shift.to(dtype).float(), None, stride, pad, dil)
+    y = cuda_backend.ops().conv(x, weight, None, scale, shift, None, stride, pad, dil, 1, False, False)[0]
+    bound = 2 * channel_mean_err(plain, ref64) + 1e-6
+    assert channel_mean_err(rounded, ref64) > bound, "the case does not separate fp32 from 16-bit scale/shift"
+    assert channel_mean_err(y, ref64) <= bound
 
 
 @pytest.mark.gpu
@@ -425,9 +452,9 @@ def test_cuda_graph_capture(C):
 @pytest.mark.parametrize("stats", [True, False], ids=["stats", "nostats"])
 @pytest.mark.parametrize("case", [CASES[2], CASES[3], CASES[5]], ids=str)
 def test_backend_conv_and_backward(C, case, stats, pro, dtype):
-    """CudaBackend.conv/conv_backward vs fp64, the 2x rule: CUTLASS fprop and wgrad with bn_act
-    passes for 16-bit prologue convolutions without statistics; bn_act + cuDNN for the others
-    (with statistics, fp32)."""
+    """CudaBackend.conv/conv_backward vs fp64, the 2x rule: 16-bit convolutions on CUTLASS (fprop
+    with the prologue in the mainloop and the statistics in the epilogue, mainloop wgrad, the
+    fused dgrad at unit stride), fp32 on cuDNN between bn_act passes."""
     x, weight, scale, shift, stride, pad, dil = _inputs(case, dtype)
     if not pro:
         scale = shift = None

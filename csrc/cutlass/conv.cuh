@@ -1,17 +1,17 @@
 // The CUTLASS implicit-GEMM convolutions of csrc/cutlass_conv.h as templates
 // (Sm80 tensor-core kernels, which Sm90 runs too): the mainloop-fusion kernels
-// for the BatchNorm-apply + ReLU prologue (fprop, wgrad), the fprop with a
-// broadcast epilogue for bias + residual + ReLU, and the plain fprop; both fprops
-// without a bias take the output's batch statistics in the epilogue; the unit-stride
-// dgrad applies the gradient of a BatchNorm-apply + ReLU prologue in its epilogue
-// (fused_epilogues.cuh). The small .cu files beside this
-// one instantiate them, one element type and one tile shape each, so the build
-// compiles them in parallel.
+// for the BatchNorm-apply + ReLU prologue (fprop, wgrad; fp32 scale/shift,
+// scale_bias_fp32.cuh), the fprop with a broadcast epilogue for bias + residual +
+// ReLU, and the plain fprop; both fprops without a bias take the output's batch
+// statistics in the epilogue; the unit-stride dgrad applies the gradient of a
+// BatchNorm-apply + ReLU prologue in its epilogue (fused_epilogues.cuh). The small
+// .cu files beside this one instantiate them, one element type and one tile shape
+// each, so the build compiles them in parallel.
 #pragma once
 
 #include "../cutlass_conv.h"
-#include "bf16_relu_transform.cuh"
 #include "fused_epilogues.cuh"
+#include "scale_bias_fp32.cuh"
 #include "cutlass/cutlass.h"
 // The kernel headers define the problem-size helpers the device header uses.
 #include "cutlass/conv/kernel/default_conv2d_dgrad.h"
@@ -43,6 +43,7 @@ cutlass::TensorRef<T, Layout> nhwc(const void* p, int n, int h, int w, int c) {
   return {static_cast<T*>(const_cast<void*>(p)), Layout::packed({n, h, w, c})};
 }
 
+// The mainloop's scale/shift vectors: [C] fp32 (scale_bias_fp32.cuh).
 template <typename T>
 cutlass::TensorRef<T, VectorLayout> vec(const void* p, int c) {
   return {static_cast<T*>(const_cast<void*>(p)), VectorLayout::packed({1, c})};
@@ -60,10 +61,6 @@ inline const char* status_text(cutlass::Status s) {
   return s == cutlass::Status::kSuccess ? nullptr : cutlass::cutlassGetStatusString(s);
 }
 
-// A bf16 mainloop must have picked up the transform of bf16_relu_transform.cuh
-// (the stock one is float16 PTX and would compute garbage on bf16 bits).
-template <typename T, typename Transform>
-constexpr bool TransformFits = !std::is_same_v<T, cutlass::bfloat16_t> || IsOwnBf16Transform<Transform>::value;
 
 // fprop: y = conv(relu(x*scale+shift), w) (+ residual), stored in T; the batch
 // statistics of y in the epilogue when a.partial is given (never with a residual).
@@ -72,19 +69,26 @@ struct FpropPrologue {
   static constexpr int kVec = 128 / cutlass::sizeof_bits<T>::value;
   static constexpr int kStatsSlabRows = WarpShape::kM;
   using Output = LinearCombinationWith<T, kVec, StatsDestination>;
-  using Stock = typename cutlass::conv::kernel::DefaultConv2dFpropFusion<
-      T, Layout, T, Layout, T, VectorLayout, T, Layout, float, cutlass::arch::OpClassTensorOp,
+  // The stock composition with fp32 scale/shift vectors, its warp-level scale/shift
+  // iterator replaced by the fp32 one.
+  using Stock = cutlass::conv::kernel::DefaultConv2dFpropFusion<
+      T, Layout, T, Layout, float, VectorLayout, T, Layout, float, cutlass::arch::OpClassTensorOp,
       cutlass::arch::Sm80, TileShape, WarpShape, Mma16816, Output, Swizzle, Stages,
-      cutlass::arch::OpMultiplyAdd, cutlass::conv::IteratorAlgorithm::kOptimized>::Kernel;
+      cutlass::arch::OpMultiplyAdd, cutlass::conv::IteratorAlgorithm::kOptimized>;
+  using Mma = cutlass::conv::threadblock::ImplicitGemmFpropFusionMultistage<
+      TileShape, typename Stock::IteratorA, typename Stock::SmemIteratorA, cutlass::arch::CacheOperation::Always,
+      typename Stock::IteratorB, typename Stock::SmemIteratorB, cutlass::arch::CacheOperation::Global,
+      typename Stock::IteratorScaleBias, typename Stock::SmemIteratorScaleBias,
+      cutlass::arch::CacheOperation::Always, typename Stock::MmaPolicy,
+      Fp32ScaleBiasTileIterator<cutlass::MatrixShape<WarpShape::kM, WarpShape::kK>, TileShape::kK,
+                                Stock::MmaCore::WarpCount::kK>,
+      Stages>;
   using Kernel = cutlass::conv::kernel::ImplicitGemmConvolutionFusion<
-      typename Stock::Mma, StatsEpilogue<typename Stock::Epilogue, Mma16816, Swizzle>, Swizzle,
-      cutlass::conv::Operator::kFprop>;
+      Mma, StatsEpilogue<typename Stock::Epilogue, Mma16816, Swizzle>, Swizzle, cutlass::conv::Operator::kFprop>;
   using Op = cutlass::conv::device::ImplicitGemmConvolutionFusion<Kernel>;
-  using Mma = typename Kernel::Mma;
-  static_assert(TransformFits<T, cutlass::conv::warp::FpropScaleBiasReluTransform<
-                                     typename Mma::Operator::TransformedFragmentA,
-                                     typename Mma::WarpIteratorScaleBias::Fragment>>,
-                "the bf16 fprop mainloop must use the bf16 transform");
+  static_assert(IsFp32Transform<cutlass::conv::warp::FpropScaleBiasReluTransform<
+                    typename Mma::Operator::TransformedFragmentA, typename Mma::WarpIteratorScaleBias::Fragment>>::value,
+                "the fprop mainloop must use the fp32 scale/shift transform");
 
   static typename Op::Arguments arguments(const CutlassConvArgs& a) {
     auto y = nhwc<T>(a.out, a.N, a.P, a.Q, a.K);
@@ -93,8 +97,8 @@ struct FpropPrologue {
     return {problem_size(a),
             nhwc<T>(a.x, a.N, a.H, a.W, a.C),
             nhwc<T>(a.w, a.K, a.R, a.S, a.C),
-            vec<T>(a.scale, a.C),
-            vec<T>(a.shift, a.C),
+            vec<float>(a.scale, a.C),
+            vec<float>(a.shift, a.C),
             c,
             y,
             {1.0f, a.residual ? 1.0f : 0.0f, stats_destination<kStatsSlabRows>(a)}};
@@ -132,24 +136,30 @@ struct FpropStats {
 template <typename T, typename TileShape, typename WarpShape, int Stages>
 struct WgradPrologue {
   using Epilogue = cutlass::epilogue::thread::LinearCombination<float, 4, float, float>;
-  using Kernel = typename cutlass::conv::kernel::DefaultConv2dWgradFusion<
-      T, Layout, T, Layout, T, VectorLayout, float, Layout, float, cutlass::arch::OpClassTensorOp,
+  // The stock composition with fp32 scale/shift vectors, its scale/shift iterator
+  // replaced by the fp32 one.
+  using Stock = cutlass::conv::kernel::DefaultConv2dWgradFusion<
+      T, Layout, T, Layout, float, VectorLayout, float, Layout, float, cutlass::arch::OpClassTensorOp,
       cutlass::arch::Sm80, TileShape, WarpShape, Mma16816, Epilogue, Swizzle, Stages,
-      cutlass::arch::OpMultiplyAdd, cutlass::conv::IteratorAlgorithm::kOptimized>::Kernel;
+      cutlass::arch::OpMultiplyAdd, cutlass::conv::IteratorAlgorithm::kOptimized>;
+  using Mma = cutlass::conv::threadblock::ImplicitGemmWgradFusionMultistage<
+      TileShape, typename Stock::IteratorA, typename Stock::SmemIteratorA, cutlass::arch::CacheOperation::Always,
+      typename Stock::IteratorB, typename Stock::SmemIteratorB, cutlass::arch::CacheOperation::Always,
+      Fp32ScaleBiasVectorIterator<cutlass::MatrixShape<1, WarpShape::kN>>, typename Stock::MmaPolicy, Stages>;
+  using Kernel = cutlass::conv::kernel::ImplicitGemmConvolutionFusion<Mma, typename Stock::Epilogue, Swizzle,
+                                                                      cutlass::conv::Operator::kWgrad>;
   using Op = cutlass::conv::device::ImplicitGemmConvolutionFusion<Kernel>;
-  using Mma = typename Kernel::Mma;
-  static_assert(TransformFits<T, cutlass::conv::warp::WgradScaleBiasReluTransform<
-                                     typename Mma::Operator::TransformedFragmentB,
-                                     typename Mma::IteratorScaleBias::Fragment>>,
-                "the bf16 wgrad mainloop must use the bf16 transform");
+  static_assert(IsFp32Transform<cutlass::conv::warp::WgradScaleBiasReluTransform<
+                    typename Mma::Operator::TransformedFragmentB, typename Mma::IteratorScaleBias::Fragment>>::value,
+                "the wgrad mainloop must use the fp32 scale/shift transform");
 
   static typename Op::Arguments arguments(const CutlassConvArgs& a) {
     auto dw = nhwc<float>(a.out, a.K, a.R, a.S, a.C);
     return {problem_size(a),
             nhwc<T>(a.dy, a.N, a.P, a.Q, a.K),
             nhwc<T>(a.x, a.N, a.H, a.W, a.C),
-            vec<T>(a.scale, a.C),
-            vec<T>(a.shift, a.C),
+            vec<float>(a.scale, a.C),
+            vec<float>(a.shift, a.C),
             dw,
             dw,
             {1.0f, 0.0f}};
@@ -205,8 +215,8 @@ struct DgradBnRelu {
   static typename Op::Arguments arguments(const CutlassConvArgs& a) {
     auto dx = nhwc<T>(a.out, a.N, a.H, a.W, a.C);
     const int rows = a.N * a.H * a.W;
-    const DgradPrologue prologue{a.x, static_cast<const float*>(a.scale), static_cast<const float*>(a.shift),
-                                 a.partial, rows, a.C, (rows + kStatsSlabRows - 1) / kStatsSlabRows};
+    const DgradPrologue prologue{a.x, a.scale, a.shift, a.partial, rows, a.C,
+                                 (rows + kStatsSlabRows - 1) / kStatsSlabRows};
     return {problem_size(a),
             nhwc<T>(a.dy, a.N, a.P, a.Q, a.K),
             nhwc<T>(a.w, a.K, a.R, a.S, a.C),

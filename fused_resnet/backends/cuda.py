@@ -18,15 +18,12 @@ NCHW tensors, nothing to fuse, ...) runs on cuDNN between bn_act passes
 (``_cudnn_conv``), statistics from the batch-statistics kernel.
 ``conv_backward`` takes a few passes the same way.
 
-The CUTLASS mainloop fusion reads the prologue's scale and shift in the
-activation's 16-bit type. That per-channel rounding is the same for every
-element of a channel, so it does not average out: on an H100 (2026-11-23) it
-put bf16 ResNet-50 and CIFAR ResNet-56 training outside the parity rule (running
-means 2.8x plain PyTorch's error after three steps, a BN-bias gradient 2.1x in
-fp16). A convolution whose output feeds batch statistics (``stats``) therefore
-takes its prologue as a bn_act pass in fp32 arithmetic, rounded once, as eager
-PyTorch does; the mainloop prologue serves the others (pre-activation blocks,
-eval), where it passed the rule.
+The mainloop applies the prologue with fp32 scale and shift in fp32 arithmetic,
+rounded once, as eager PyTorch's BatchNorm does (csrc/cutlass/scale_bias_fp32.cuh).
+CUTLASS's stock fusion reads them in the activation's 16-bit type, a per-channel
+rounding that does not average out: on an H100 (2026-11-23) it put bf16
+ResNet-50 and CIFAR ResNet-56 training outside the parity rule (running means
+2.8x plain PyTorch's error after three steps, a BN-bias gradient 2.1x in fp16).
 
 ``_C`` is loaded lazily, at the first kernel call (``import fused_resnet`` never
 loads it). The fake (meta) implementations of the ``fused_resnet_cuda`` ops are
@@ -109,10 +106,10 @@ def conv_dgrad_gap(x, weight, stride, padding, dilation, groups) -> str:
     return _ext.load().conv_dgrad_gap(x, weight, list(stride), list(padding), list(dilation), int(groups))
 
 
-def _mainloop_serves(x, weight, in_scale, stride, padding, dilation, groups, stats) -> bool:
-    """Whether the forward applied this prologue in the CUTLASS mainloop: it can (conv_gap), and
-    no 16-bit prologue scale feeds batch statistics (see the module docstring)."""
-    if in_scale is None or stats:
+def _mainloop_serves(x, weight, in_scale, stride, padding, dilation, groups) -> bool:
+    """Whether the CUTLASS mainloop applies this prologue (conv_gap; the residual, bias and
+    ReLU of the forward do not change the answer for a prologue convolution)."""
+    if in_scale is None:
         return False
     return not conv_gap(x, weight, None, in_scale, None, stride, padding, dilation, groups, False, False)
 
@@ -136,9 +133,6 @@ class CudaBackend(Backend):
         return True, ""
 
     def conv(self, x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu, stats):
-        if in_scale is not None and stats:  # the prologue in fp32 arithmetic (module docstring)
-            x = ops().bn_act(x, in_scale, in_shift, None, None, None, True)
-            in_scale = in_shift = None
         if conv_gap(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu, stats):
             y = self._cudnn_conv(x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups,
                                  relu)
@@ -196,16 +190,15 @@ class CudaBackend(Backend):
             dx, dw = self._cudnn_backward(g, x, weight, stride, padding, dilation, groups, need_x, need_w)
             return dx, dw, dbias, empty_vec(x), empty_vec(x), dres
         geometry = (stride, padding, dilation, groups)
-        dx, dw, dscale, dshift = self._prologue_backward(g, x, weight, in_scale, in_shift, geometry, stats,
-                                                         output_mask)
+        dx, dw, dscale, dshift = self._prologue_backward(g, x, weight, in_scale, in_shift, geometry, output_mask)
         return dx, dw, dbias, dscale, dshift, dres
 
-    def _prologue_backward(self, g, x, weight, in_scale, in_shift, geometry, stats, output_mask):
+    def _prologue_backward(self, g, x, weight, in_scale, in_shift, geometry, output_mask):
         """dx, dW, dscale, dshift of conv(a, W), a = relu(x*s + t), for the output gradient g.
 
         dW: the activation is recomputed as the forward made it: in the CUTLASS
         mainloop when the forward ran there (the wgrad kernel), else as one bn_act
-        pass that cuDNN reads.
+        pass that cuDNN reads (both in fp32, rounded once).
 
         dx, dscale, dshift: where the CUTLASS dgrad takes the convolution (unit
         stride, conv_dgrad_gap), its epilogue applies the ReLU mask (u = x*s + t > 0
@@ -219,7 +212,7 @@ class CudaBackend(Backend):
         stride, padding, dilation, groups = geometry
         need_da = need_x or need_scale or need_shift
         fused_da = need_da and not conv_dgrad_gap(x, weight, stride, padding, dilation, groups)
-        mainloop = _mainloop_serves(x, weight, in_scale, stride, padding, dilation, groups, stats)
+        mainloop = _mainloop_serves(x, weight, in_scale, stride, padding, dilation, groups)
         cudnn_w = need_w and not mainloop  # cuDNN's dW reads the activation; its data gradient reads no values
         cudnn_da = need_da and not fused_da
         a = ops().bn_act(x, in_scale, in_shift, None, None, None, True) if cudnn_da or cudnn_w else None
