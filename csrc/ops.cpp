@@ -586,10 +586,13 @@ at::Tensor output_grad(const at::Tensor& g, const at::Tensor& x, const ConvGeome
 // The filter as [K, R, S, C] (free for a channels_last weight).
 at::Tensor krsc(const at::Tensor& weight) { return weight.permute({0, 2, 3, 1}).contiguous(); }
 
-// A prologue's fp32 scale/shift, checked, as the kernels read them (contiguous).
+// A prologue's fp32 scale/shift, checked, as the kernels read them: contiguous and
+// 16-byte aligned (the mainloop copies them in 16-byte vectors; a view into a larger
+// tensor may start anywhere).
 at::Tensor mainloop_vec(const at::Tensor& v, const at::Tensor& x, const char* op, const char* name) {
   check_vec(v, op, name, x.size(1), x, "x");
-  return v.contiguous();
+  at::Tensor t = v.contiguous();
+  return aligned16(t.const_data_ptr()) ? t : t.clone();
 }
 
 void run_kernel(const CutlassConvKernel& k, CutlassConvArgs& a, const at::Tensor& ref, const char* op) {
@@ -615,9 +618,14 @@ SlabStatsArgs slab_stats_args(const ConvGeometry& g, int slab_rows) {
   return s;
 }
 
-// Floats of scratch: the slab partials, then the groups of the two-level merge.
-int64_t stats_scratch_floats(const SlabStatsArgs& s) {
-  return 2 * s.C * (s.slabs + ceil_div(s.slabs, kMergeChunksPerGroup));
+// Scratch for an epilogue's [2, slabs, channels] slab partials, then the groups of the
+// two-level merge; *partial and *groups point into it.
+at::Tensor slab_scratch(int64_t channels, int64_t slabs, const at::Tensor& ref, float** partial, float** groups) {
+  at::Tensor t = at::empty({2 * channels * (slabs + ceil_div(slabs, kMergeChunksPerGroup))},
+                           ref.options().dtype(at::kFloat));
+  *partial = t.mutable_data_ptr<float>();
+  *groups = *partial + 2 * slabs * channels;
+  return t;
 }
 
 // Serial split-K over N*P*Q for wgrad: enough slices for about two waves of its
@@ -684,10 +692,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv(const at::Tensor& x, const a
     return {y, mean, var};
   }
   SlabStatsArgs s = slab_stats_args(g, slab_rows);
-  const at::Tensor scratch = at::empty({stats_scratch_floats(s)}, x.options().dtype(at::kFloat));
+  const at::Tensor scratch = slab_scratch(s.C, s.slabs, x, &a.partial, &s.groups);
+  s.partial = a.partial;
   at::Tensor mean = at::empty({g.K}, scratch.options()), var = at::empty({g.K}, scratch.options());
-  s.partial = a.partial = scratch.mutable_data_ptr<float>();
-  s.groups = a.partial + 2 * s.slabs * s.C;
   s.mean = mean.mutable_data_ptr<float>();
   s.var = var.mutable_data_ptr<float>();
   run_kernel(*choice.kernel, a, x, op);
@@ -750,16 +757,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_dgrad(const at::Tensor& g_in
   SlabSumArgs s{};
   s.C = geo.C;
   s.slabs = ceil_div((int64_t)geo.N * geo.H * geo.W, (int64_t)choice.kernel->stats_slab_rows);
-  const at::Tensor scratch = at::empty({2 * s.C * (s.slabs + ceil_div(s.slabs, kMergeChunksPerGroup))}, vec_opts);
   CutlassConvArgs a = conv_args(geo);
+  const at::Tensor scratch = slab_scratch(s.C, s.slabs, x, &a.partial, &s.groups);
   a.x = x.const_data_ptr();
   a.dy = g.const_data_ptr();
   a.w = w.const_data_ptr();
   a.scale = scale.const_data_ptr<float>();
   a.shift = shift.const_data_ptr<float>();
   a.out = dx.mutable_data_ptr();
-  s.partial = a.partial = scratch.mutable_data_ptr<float>();
-  s.groups = a.partial + 2 * s.slabs * s.C;
+  s.partial = a.partial;
   s.sum0 = dscale.mutable_data_ptr<float>();
   s.sum1 = dshift.mutable_data_ptr<float>();
   run_kernel(*choice.kernel, a, x, op);

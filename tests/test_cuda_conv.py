@@ -245,6 +245,31 @@ def _residual(x, weight, stride, pad, dil):
     return _cl(randn(n, k, *out_hw, device=DEV, seed=9).to(x.dtype))
 
 
+def _assert_vector_within_2x(got, plain, ref64, name):
+    """A per-channel gradient (a sum over every row): max error against fp64 within 2x plain
+    PyTorch's, plus 1e-3 of the largest magnitude (sums whose terms cancel)."""
+    err = (got.double() - ref64).abs().max().item()
+    bound = 2 * (plain.double() - ref64).abs().max().item() + 1e-3 * ref64.abs().max().item()
+    assert err <= bound, (name, err, bound)
+
+
+def _backward_three_ways(backend, tensors, *flags):
+    """conv_backward(*tensors, *flags) of the backend, of the reference in the inputs' dtypes
+    (plain PyTorch) and of the reference in fp64."""
+    def run(fn, cast):
+        return fn(*[None if t is None else cast(t) for t in tensors], *flags)
+
+    return (run(backend.conv_backward, lambda t: t), run(reference.conv_backward, lambda t: t),
+            run(reference.conv_backward, torch.Tensor.double))
+
+
+def _assert_stats_of(y, mean, var):
+    """mean and var are the per-channel batch statistics of the stored y (fp64 over its values)."""
+    var64, mean64 = torch.var_mean(y.double(), dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(mean.double(), mean64, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(var.double(), var64, rtol=1e-4, atol=1e-5)
+
+
 def _ref_conv(x, weight, scale, shift, residual, stride, pad, dil):
     y, _, _ = reference.conv(x, weight, None, scale, shift, residual, stride, pad, dil, 1, False, False)
     return y
@@ -264,9 +289,7 @@ def test_conv_prologue(C, case, dtype, residual):
                       None if res is None else res.double(), stride, pad, dil)
     assert y.is_contiguous(memory_format=torch.channels_last) and y.shape == plain.shape
     assert_within_2x(y, plain, ref64, "y")
-    var64, mean64 = torch.var_mean(y.double(), dim=(0, 2, 3), unbiased=False)
-    torch.testing.assert_close(mean.double(), mean64, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(var.double(), var64, rtol=1e-4, atol=1e-5)
+    _assert_stats_of(y, mean, var)
 
 
 @pytest.mark.gpu
@@ -334,9 +357,24 @@ def test_conv_statistics_in_epilogue(C, case, offset, dtype):
     ref64 = _ref_conv(x.double(), weight.double(), None, None, None, stride, pad, dil)
     assert y.is_contiguous(memory_format=torch.channels_last) and y.shape == plain.shape
     assert_within_2x(y, plain, ref64, "y")
-    var64, mean64 = torch.var_mean(y.double(), dim=(0, 2, 3), unbiased=False)
-    torch.testing.assert_close(mean.double(), mean64, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(var.double(), var64, rtol=1e-4, atol=1e-5)
+    _assert_stats_of(y, mean, var)
+
+
+@pytest.mark.gpu
+def test_prologue_vectors_may_be_unaligned_views(C):
+    """Scale/shift that are views starting mid-allocation (not 16-byte aligned) give the same
+    result as aligned copies: the mainloop copies them in 16-byte vectors."""
+    x, weight, scale, shift, stride, pad, dil = _inputs(CASES[2], torch.bfloat16)
+    ns = cuda_backend.ops()
+    packed = torch.cat([torch.zeros(1, device=DEV), scale, shift])
+    views = packed[1:65], packed[65:]
+    assert views[0].data_ptr() % 16 != 0
+    want = ns.conv(x, weight, None, scale, shift, None, stride, pad, dil, 1, False, True)
+    got = ns.conv(x, weight, None, *views, None, stride, pad, dil, 1, False, True)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    g = _cl(randn(*want[0].shape, device=DEV, seed=3).to(torch.bfloat16))
+    assert torch.equal(ns.conv_wgrad(g, x, weight, *views, stride, pad, dil),
+                       ns.conv_wgrad(g, x, weight, scale, shift, stride, pad, dil))
 
 
 @pytest.mark.gpu
@@ -393,9 +431,8 @@ def test_conv_dgrad_bn_relu(C, case, dtype):
     dx, dscale, dshift = cuda_backend.ops().conv_dgrad(g, x, weight, scale, shift, stride, pad, dil)
     assert dx.shape == x.shape and dx.dtype == x.dtype and dx.is_contiguous(memory_format=torch.channels_last)
     assert_within_2x(dx, plain[0], ref64[0], "dx")
-    for name, got, i in (("dscale", dscale, 3), ("dshift", dshift, 4)):
-        err = (got.double() - ref64[i]).abs().max().item()
-        assert err <= 2 * (plain[i].double() - ref64[i]).abs().max().item() + 1e-3 * ref64[i].abs().max().item(), name
+    _assert_vector_within_2x(dscale, plain[3], ref64[3], "dscale")
+    _assert_vector_within_2x(dshift, plain[4], ref64[4], "dshift")
 
 
 @pytest.mark.gpu
@@ -464,21 +501,13 @@ def test_backend_conv_and_backward(C, case, stats, pro, dtype):
     g = torch.Generator().manual_seed(8)
     dmean, dvar = [(torch.randn(y.shape[1], generator=g) * 0.1).to(DEV) for _ in range(2)]
     mask = [True, True, False, pro, pro, True]
-
-    def grads(fn, cast):
-        tensors = [None if t is None else cast(t) for t in (dy, dmean, dvar, x, weight, y, mean, scale, shift)]
-        return fn(*tensors, stride, pad, dil, 1, False, stats, mask)
-
-    got = grads(backend.conv_backward, lambda t: t)
-    plain = grads(reference.conv_backward, lambda t: t)
-    ref64 = grads(reference.conv_backward, torch.Tensor.double)
+    got, plain, ref64 = _backward_three_ways(backend, (dy, dmean, dvar, x, weight, y, mean, scale, shift),
+                                             stride, pad, dil, 1, False, stats, mask)
     for name, i in (("dx", 0), ("dw", 1), ("dres", 5)):
         assert got[i].shape == plain[i].shape and got[i].dtype == plain[i].dtype, name
         assert_within_2x(got[i], plain[i].contiguous(), ref64[i], name)
     for name, i in (("dscale", 3), ("dshift", 4))[:2 if pro else 0]:
-        scale_ = ref64[i].abs().max().item()
-        assert (got[i].double() - ref64[i]).abs().max().item() <= (
-            2 * (plain[i].double() - ref64[i]).abs().max().item() + 1e-3 * scale_), name
+        _assert_vector_within_2x(got[i], plain[i], ref64[i], name)
 
 
 @pytest.mark.gpu
@@ -493,18 +522,11 @@ def test_backend_conv_backward_through_relu(C, case, dtype):
     y, mean, _ = backend.conv(x, weight, bias, None, None, None, stride, pad, dil, 1, True, False)
     dy = _cl(randn(*y.shape, device=DEV, seed=4).to(dtype))
     mask = [True, True, True, False, False, True]
-
-    def grads(fn, cast):
-        t = [None if v is None else cast(v) for v in (dy, None, None, x, weight, y, None, None, None)]
-        return fn(*t, stride, pad, dil, 1, True, False, mask)
-
-    got = grads(backend.conv_backward, lambda t: t)
-    plain = grads(reference.conv_backward, lambda t: t)
-    ref64 = grads(reference.conv_backward, torch.Tensor.double)
+    got, plain, ref64 = _backward_three_ways(backend, (dy, None, None, x, weight, y, None, None, None),
+                                             stride, pad, dil, 1, True, False, mask)
     for name, i in (("dx", 0), ("dw", 1), ("dres", 5)):
         assert_within_2x(got[i], plain[i].contiguous(), ref64[i], name)
-    err = (got[2].double() - ref64[2]).abs().max().item()
-    assert err <= 2 * (plain[2].double() - ref64[2]).abs().max().item() + 1e-3 * ref64[2].abs().max().item()
+    _assert_vector_within_2x(got[2], plain[2], ref64[2], "dbias")
 
 
 @pytest.mark.gpu
@@ -519,22 +541,15 @@ def test_backend_conv_backward_partial_masks(C, mask, stats):
     y, mean, _ = backend.conv(x, weight, None, scale, shift, None, stride, pad, dil, 1, False, stats)
     dy = _cl(randn(*y.shape, device=DEV, seed=4).to(torch.bfloat16))
     dmean, dvar = [(torch.randn(y.shape[1], generator=torch.Generator().manual_seed(s)) * 0.1).to(DEV) for s in (8, 9)]
-
-    def grads(fn, cast):
-        tensors = [cast(t) for t in (dy, dmean, dvar, x, weight, y, mean, scale, shift)]
-        return fn(*tensors, stride, pad, dil, 1, False, stats, mask)
-
-    got = grads(backend.conv_backward, lambda t: t)
-    plain = grads(reference.conv_backward, lambda t: t)
-    ref64 = grads(reference.conv_backward, torch.Tensor.double)
+    got, plain, ref64 = _backward_three_ways(backend, (dy, dmean, dvar, x, weight, y, mean, scale, shift),
+                                             stride, pad, dil, 1, False, stats, mask)
     for i, wanted in enumerate(mask):
         if not wanted:
             assert got[i].numel() == 0, i
         elif got[i].dim() == 4:
             assert_within_2x(got[i], plain[i].contiguous(), ref64[i], f"output {i}")
         else:
-            err, plain_err = (got[i].double() - ref64[i]).abs().max().item(), (plain[i].double() - ref64[i]).abs().max()
-            assert err <= 2 * plain_err.item() + 1e-3 * ref64[i].abs().max().item(), i
+            _assert_vector_within_2x(got[i], plain[i], ref64[i], f"output {i}")
 
 
 @pytest.mark.gpu
@@ -564,8 +579,7 @@ def test_backend_cudnn_path(C, what, dtype):
     ref64 = run(reference.conv, torch.Tensor.double)[0]
     assert y.shape == plain.shape and y.stride() == plain.stride()
     assert_within_2x(y, plain, ref64, "y")
-    var64, mean64 = torch.var_mean(y.double(), dim=(0, 2, 3), unbiased=False)
-    torch.testing.assert_close(mean.double(), mean64, rtol=1e-5, atol=1e-5)
+    _assert_stats_of(y, mean, var)
 
 
 @pytest.mark.gpu

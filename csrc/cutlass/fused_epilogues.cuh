@@ -111,43 +111,73 @@ struct AccumulatorMap {
   }
 };
 
+// The stock epilogue with a per-warp slab reduction before it: what both fused
+// epilogues share (the accumulator map, and the write of two per-column values).
+template <typename Stock, typename InstructionShape, typename Swizzle>
+class SlabEpilogue : public Stock {
+ public:
+  using OutputOp = typename Stock::OutputOp;
+  using OutputTileIterator = typename Stock::OutputTileIterator;
+  using AccumulatorTile = typename Stock::AccumulatorTile;
+
+  CUTLASS_DEVICE SlabEpilogue(typename Stock::SharedStorage& storage, int thread_idx, int warp_idx, int lane_idx)
+      : Stock(storage, thread_idx, warp_idx, lane_idx), map_(warp_idx, lane_idx), lane_idx_(lane_idx) {}
+
+ protected:
+  using Map = AccumulatorMap<Stock, InstructionShape, Swizzle>;
+  using Element = typename Stock::OutputTileIterator::Element;
+
+  Map map_;
+  int lane_idx_;
+
+  // first and second (already summed over the warp's rows) of each of this lane's
+  // columns into partial[0][slab] and partial[1][slab] ([2, slabs, cols]); lanes 0-3
+  // hold every column of the warp once.
+  CUTLASS_DEVICE void write_slab(float* partial, int cols, int slabs, float const (&first)[Map::kCols],
+                                 float const (&second)[Map::kCols]) const {
+    if (lane_idx_ >= 4) return;
+    CUTLASS_PRAGMA_UNROLL
+    for (int j = 0; j < Map::kCols; ++j) {
+      if (map_.col(j) < cols) {
+        partial[(int64_t)map_.slab * cols + map_.col(j)] = first[j];
+        partial[((int64_t)slabs + map_.slab) * cols + map_.col(j)] = second[j];
+      }
+    }
+  }
+};
+
 // The stock epilogue preceded by the slab statistics of the values it stores
 // (every accumulator rounded to the output's type, as a read-back would see it):
 // per column, the slab's mean and M2 about that mean (two passes over the
 // registers), so a large mean costs no digits.
 template <typename Stock, typename InstructionShape, typename Swizzle>
-class StatsEpilogue : public Stock {
-  using Map = AccumulatorMap<Stock, InstructionShape, Swizzle>;
-  using Element = typename Stock::OutputTileIterator::Element;
+class StatsEpilogue : public SlabEpilogue<Stock, InstructionShape, Swizzle> {
+  using Base = SlabEpilogue<Stock, InstructionShape, Swizzle>;
+  using typename Base::Element;
+  using typename Base::Map;
 
  public:
-  using OutputOp = typename Stock::OutputOp;
-  using OutputTileIterator = typename Stock::OutputTileIterator;
-  using AccumulatorTile = typename Stock::AccumulatorTile;
-  static constexpr int kSlabRows = Map::kWarpM;
+  using Base::Base;
 
-  CUTLASS_DEVICE StatsEpilogue(typename Stock::SharedStorage& storage, int thread_idx, int warp_idx, int lane_idx)
-      : Stock(storage, thread_idx, warp_idx, lane_idx), map_(warp_idx, lane_idx), lane_idx_(lane_idx) {}
-
-  CUTLASS_DEVICE void operator()(OutputOp const& output_op, OutputTileIterator destination,
-                                 AccumulatorTile const& accumulators, OutputTileIterator source) {
+  CUTLASS_DEVICE void operator()(typename Base::OutputOp const& output_op,
+                                 typename Base::OutputTileIterator destination,
+                                 typename Base::AccumulatorTile const& accumulators,
+                                 typename Base::OutputTileIterator source) {
     if (output_op.extra().partial != nullptr) write_slab_stats(output_op.extra(), accumulators);
     Stock::operator()(output_op, destination, accumulators, source);
   }
 
  private:
-  Map map_;
-  int lane_idx_;
-
   // The value stored for this lane's row i, column j (0 past the last row). Taken
   // again in the second pass rather than kept: the accumulators already fill the registers.
-  CUTLASS_DEVICE float stored(AccumulatorTile const& acc, int i, int j, int rows) const {
+  CUTLASS_DEVICE float stored(typename Base::AccumulatorTile const& acc, int i, int j, int rows) const {
     cutlass::NumericConverter<Element, float> round;
-    return map_.row(i) < rows ? static_cast<float>(round(acc[Map::index(i, j)])) : 0.f;
+    return this->map_.row(i) < rows ? static_cast<float>(round(acc[Map::index(i, j)])) : 0.f;
   }
 
-  CUTLASS_DEVICE void write_slab_stats(StatsDestination const& dst, AccumulatorTile const& acc) const {
-    const int count = map_.slab_count(dst.rows);
+  CUTLASS_DEVICE void write_slab_stats(StatsDestination const& dst,
+                                       typename Base::AccumulatorTile const& acc) const {
+    const int count = this->map_.slab_count(dst.rows);
     if (count == 0) return;  // uniform over the warp
     float mean[Map::kCols], m2[Map::kCols];
     CUTLASS_PRAGMA_UNROLL
@@ -160,18 +190,11 @@ class StatsEpilogue : public Stock {
       CUTLASS_PRAGMA_UNROLL
       for (int i = 0; i < Map::kRows; ++i) {
         const float d = stored(acc, i, j, dst.rows) - mean[j];
-        sq += map_.row(i) < dst.rows ? d * d : 0.f;
+        sq += this->map_.row(i) < dst.rows ? d * d : 0.f;
       }
       m2[j] = Map::column_sum(sq);
     }
-    if (lane_idx_ >= 4) return;
-    CUTLASS_PRAGMA_UNROLL
-    for (int j = 0; j < Map::kCols; ++j) {
-      if (map_.col(j) < dst.cols) {
-        dst.partial[(int64_t)map_.slab * dst.cols + map_.col(j)] = mean[j];
-        dst.partial[((int64_t)dst.slabs + map_.slab) * dst.cols + map_.col(j)] = m2[j];
-      }
-    }
+    this->write_slab(dst.partial, dst.cols, dst.slabs, mean, m2);
   }
 };
 
@@ -180,39 +203,33 @@ class StatsEpilogue : public Stock {
 // (u in fp32, as the reference computes it). The accumulators are replaced by dx,
 // which the stock epilogue stores; ds and dt leave as slab sums.
 template <typename Stock, typename InstructionShape, typename Swizzle>
-class DgradBnReluEpilogue : public Stock {
-  using Map = AccumulatorMap<Stock, InstructionShape, Swizzle>;
-  using Element = typename Stock::OutputTileIterator::Element;
+class DgradBnReluEpilogue : public SlabEpilogue<Stock, InstructionShape, Swizzle> {
+  using Base = SlabEpilogue<Stock, InstructionShape, Swizzle>;
+  using typename Base::Element;
+  using typename Base::Map;
 
  public:
-  using OutputOp = typename Stock::OutputOp;
-  using OutputTileIterator = typename Stock::OutputTileIterator;
-  using AccumulatorTile = typename Stock::AccumulatorTile;
-  static constexpr int kSlabRows = Map::kWarpM;
-
-  CUTLASS_DEVICE DgradBnReluEpilogue(typename Stock::SharedStorage& storage, int thread_idx, int warp_idx,
-                                     int lane_idx)
-      : Stock(storage, thread_idx, warp_idx, lane_idx), map_(warp_idx, lane_idx), lane_idx_(lane_idx) {}
+  using Base::Base;
 
   // The kernel's accumulators are its own local, not used after the epilogue: they
   // are transformed in place.
-  CUTLASS_DEVICE void operator()(OutputOp const& output_op, OutputTileIterator destination,
-                                 AccumulatorTile& accumulators, OutputTileIterator source) {
+  CUTLASS_DEVICE void operator()(typename Base::OutputOp const& output_op,
+                                 typename Base::OutputTileIterator destination,
+                                 typename Base::AccumulatorTile& accumulators,
+                                 typename Base::OutputTileIterator source) {
     apply_prologue_gradient(output_op.extra(), accumulators);
     Stock::operator()(output_op, destination, accumulators, source);
   }
 
  private:
-  Map map_;
-  int lane_idx_;
-
-  CUTLASS_DEVICE void apply_prologue_gradient(DgradPrologue const& p, AccumulatorTile& acc) const {
+  CUTLASS_DEVICE void apply_prologue_gradient(DgradPrologue const& p, typename Base::AccumulatorTile& acc) const {
+    const Map& map = this->map_;
     const Element* x = static_cast<const Element*>(p.x);
     float gx[Map::kCols], g[Map::kCols];
     CUTLASS_PRAGMA_UNROLL
     for (int j = 0; j < Map::kCols; j += 2) {
       // Columns j and j + 1 are adjacent channels (col(j) even; cols a multiple of 8).
-      const int c = map_.col(j);
+      const int c = map.col(j);
       const bool col_ok = c < p.cols;
       const float s0 = col_ok ? p.scale[c] : 0.f, s1 = col_ok ? p.scale[c + 1] : 0.f;
       const float t0 = col_ok ? p.shift[c] : 0.f, t1 = col_ok ? p.shift[c + 1] : 0.f;
@@ -221,11 +238,12 @@ class DgradBnReluEpilogue : public Stock {
       for (int i = 0; i < Map::kRows; ++i) {
         cutlass::Array<Element, 2> xv;
         xv.clear();
-        const bool ok = col_ok && map_.row(i) < p.rows;
-        if (ok) xv = *reinterpret_cast<const cutlass::Array<Element, 2>*>(x + (int64_t)map_.row(i) * p.cols + c);
+        const bool ok = col_ok && map.row(i) < p.rows;
+        if (ok) xv = *reinterpret_cast<const cutlass::Array<Element, 2>*>(x + (int64_t)map.row(i) * p.cols + c);
         const float x0 = static_cast<float>(xv[0]), x1 = static_cast<float>(xv[1]);
-        const float g0 = ok && x0 * s0 + t0 > 0.f ? acc[Map::index(i, j)] : 0.f;
-        const float g1 = ok && x1 * s1 + t1 > 0.f ? acc[Map::index(i, j + 1)] : 0.f;
+        // u as the mainloop prologue computes it (one fma), so the mask is the forward's.
+        const float g0 = ok && fmaf(x0, s0, t0) > 0.f ? acc[Map::index(i, j)] : 0.f;
+        const float g1 = ok && fmaf(x1, s1, t1) > 0.f ? acc[Map::index(i, j + 1)] : 0.f;
         acc[Map::index(i, j)] = g0 * s0;
         acc[Map::index(i, j + 1)] = g1 * s1;
         gx[j] += g0 * x0;
@@ -234,20 +252,13 @@ class DgradBnReluEpilogue : public Stock {
         g[j + 1] += g1;
       }
     }
-    if (map_.slab_count(p.rows) == 0) return;  // uniform over the warp
+    if (map.slab_count(p.rows) == 0) return;  // uniform over the warp
     CUTLASS_PRAGMA_UNROLL
     for (int j = 0; j < Map::kCols; ++j) {
       gx[j] = Map::column_sum(gx[j]);
       g[j] = Map::column_sum(g[j]);
     }
-    if (lane_idx_ >= 4) return;
-    CUTLASS_PRAGMA_UNROLL
-    for (int j = 0; j < Map::kCols; ++j) {
-      if (map_.col(j) < p.cols) {
-        p.partial[(int64_t)map_.slab * p.cols + map_.col(j)] = gx[j];
-        p.partial[((int64_t)p.slabs + map_.slab) * p.cols + map_.col(j)] = g[j];
-      }
-    }
+    this->write_slab(p.partial, p.cols, p.slabs, gx, g);
   }
 };
 
