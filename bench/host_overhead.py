@@ -13,11 +13,18 @@ on any machine, GPU or not, on tiny CPU tensors, for each variant:
                buffers, configuration lookups) with every Triton kernel launch
                replaced by a counter: the launches are counted, not run. Triton's
                own launch cost (argument binding) comes on top, once per launch.
+  cuda-host    the cuda backend's Python (the choice between CUTLASS and cuDNN, the
+               passes it composes) with every call into fused_resnet._C's ops
+               answered by its fake and counted; which convolutions CUTLASS takes is
+               _C.conv_gap's answer for bf16 channels_last (meta) copies of the
+               operands, the device aside. Each call runs one to three kernels on a GPU (a
+               convolution with its statistics merge, say); the C++ side of each call
+               comes on top. Needs the extension built.
 
 Printed per block and mode: microseconds per step (median of --repeat runs of
 --steps steps) and the kernels one step launches on a GPU: Triton launches
-(triton-host) and PyTorch operators that run a kernel (every aten op of the
-step except views and allocations, counted by a dispatch mode). On a GPU each
+(triton-host), calls into _C (cuda-host) and PyTorch operators that run a kernel
+(every aten op of the step except views and allocations, counted by a dispatch mode). On a GPU each
 launch costs host time and a few microseconds of GPU time however small it is.
 
     python bench/host_overhead.py
@@ -105,6 +112,59 @@ def stub_triton_kernels(counts: collections.Counter) -> None:
                 setattr(mod, attr, _CountingLaunch(attr, counts))
 
 
+class _CountingCudaOps:
+    """Stands in for torch.ops.fused_resnet_cuda: each op answers with its fake implementation
+    (shapes only) and is counted."""
+
+    def __init__(self, counts: collections.Counter):
+        from fused_resnet.backends import cuda
+
+        self.counts = counts
+        self.fakes = {name: (lambda f: lambda *a: f(*a, None))(ops.FAKES[name]) for name in cuda.OP_NAMES}
+        self.fakes.update(conv_wgrad=cuda._conv_wgrad_fake, conv_dgrad=cuda._conv_dgrad_fake)
+
+    def __getattr__(self, name):
+        fake = self.fakes[name]
+
+        def call(*args):
+            self.counts[name] += 1
+            return fake(*args)
+        return call
+
+
+def _served_gap(real_gap):
+    """real_gap (a _C gap function) asked about bf16 channels_last meta copies of the operands,
+    as a GPU would answer it: the device is the only objection left. Answers are kept per
+    signature, so the stub costs the step nothing after its first call."""
+    memo = {}
+
+    def as_meta(t):
+        if not isinstance(t, torch.Tensor):
+            return t
+        meta = torch.empty(t.shape, dtype=torch.bfloat16 if t.dim() == 4 else t.dtype, device="meta")
+        return meta.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else meta
+
+    def gap(*args):
+        key = tuple((tuple(a.shape), a.dtype) if isinstance(a, torch.Tensor) else
+                    (tuple(a) if isinstance(a, (list, tuple)) else a) for a in args)
+        if key not in memo:
+            answer = real_gap(*map(as_meta, args))
+            memo[key] = "" if answer.startswith("x is on meta") else answer
+        return memo[key]
+    return gap
+
+
+def cuda_host_backend(counts: collections.Counter) -> Backend:
+    """The cuda backend on CPU tensors with its _C ops counted, not run (module docstring)."""
+    from fused_resnet.backends import cuda
+
+    cuda.ops = lambda: _CountingCudaOps(counts)
+    cuda.conv_gap = _served_gap(cuda.conv_gap)
+    cuda.conv_dgrad_gap = _served_gap(cuda.conv_dgrad_gap)
+    attrs = {"name": "cuda-host", "available": lambda self: (True, ""), "supports": lambda self, d, t: (True, "")}
+    return type("CudaHostBackend", (cuda.CudaBackend,), attrs)()
+
+
 def make_block(kind: str, cin: int, planes: int) -> nn.Module:
     from torchvision.models.resnet import BasicBlock, Bottleneck
 
@@ -149,7 +209,7 @@ def measure(key: str, mode: str, variant: str, *, steps: int, repeat: int, count
     label, (kind, cin, planes), c, hw = BLOCKS[key]
     block = make_block(kind, cin, planes)
     if variant != "eager":
-        block = fused_resnet.convert(block, backend="null" if variant == "null" else "triton")
+        block = fused_resnet.convert(block, backend={"triton-host": "triton"}.get(variant, variant))
     module = nn.Sequential(block).train(mode == "train")
     x = torch.randn(2, c, hw, hw).contiguous(memory_format=torch.channels_last).requires_grad_(mode == "train")
     gout = torch.randn_like(x)
@@ -161,9 +221,10 @@ def measure(key: str, mode: str, variant: str, *, steps: int, repeat: int, count
         make_step(module, x, gout, mode, no_grad=True)()
     row["aten_kernels_per_step"] = sum(aten.counts.values())
     row["aten_kernels"] = dict(sorted(aten.counts.items()))
-    if variant == "triton-host":
-        row["triton_launches_per_step"] = sum(counts.values())
-        row["triton_launches"] = dict(sorted(counts.items()))
+    if variant in ("triton-host", "cuda-host"):
+        kind = "triton_launches" if variant == "triton-host" else "cuda_ext_calls"
+        row[f"{kind}_per_step"] = sum(counts.values())
+        row[kind] = dict(sorted(counts.items()))
     return row
 
 
@@ -171,7 +232,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--blocks", default=",".join(BLOCKS))
     p.add_argument("--modes", default="infer,train")
-    p.add_argument("--variants", default="eager,null,triton-host")
+    p.add_argument("--variants", default="eager,null,triton-host",
+                   help="of eager, null, triton-host, cuda-host (needs fused_resnet._C)")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--json", help="write the rows and the environment here")
@@ -183,6 +245,8 @@ def main(argv=None) -> int:
         backends.BACKENDS.setdefault("null", null_backend())
     if "triton-host" in variants:
         stub_triton_kernels(counts)
+    if "cuda-host" in variants:
+        backends.BACKENDS.setdefault("cuda-host", cuda_host_backend(counts))
     torch.set_num_threads(1)
     rows = []
     for key in args.blocks.split(","):
@@ -190,9 +254,10 @@ def main(argv=None) -> int:
             for variant in variants:
                 rows.append(measure(key, mode, variant, steps=args.steps, repeat=args.repeat, counts=counts))
                 r = rows[-1]
-                triton = r.get("triton_launches_per_step", 0)
+                own = r.get("triton_launches_per_step", r.get("cuda_ext_calls_per_step", 0))
+                what = "calls into _C" if variant == "cuda-host" else "Triton kernels"
                 print(f"{r['block']:<24} {mode:<6} {variant:<12} {r['us_per_step']:>9.1f} us/step "
-                      f"{r['aten_kernels_per_step']:>4} aten + {triton:>3} Triton kernels", flush=True)
+                      f"{r['aten_kernels_per_step']:>4} aten + {own:>3} {what}", flush=True)
     if args.json:
         env = B.env_info()
         env["cpu"] = _cpu_name()

@@ -107,3 +107,26 @@ def test_kernel_resources_reads_the_cuda_extension(tmp_path):
     for r in rows:
         assert not r["name"].startswith("_Z"), f"a kernel of _C was not named: {r['name'][:200]}"
         assert 0 < r["regs"] <= 255 and r["stack"] >= 0 and r["shared"] >= 0, r
+
+
+def test_host_overhead_cuda_variant_counts_calls_into_the_extension(tmp_path):
+    """The cuda-host variant runs the cuda backend's Python with _C's ops counted: a bottleneck
+    training step reaches the extension for its convolutions, their fused data gradients and the
+    BatchNorm pieces, and launches only a few PyTorch kernels itself."""
+    import json
+
+    from fused_resnet import _ext
+
+    ok, reason = _ext.status()
+    if not ok:
+        pytest.skip(f"fused_resnet._C is not built: {reason} (test_cuda_ext says whether it should be)")
+    out_json = tmp_path / "host.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "host_overhead.py"), "--variants", "cuda-host", "--blocks",
+           "bottleneck", "--steps", "2", "--repeat", "1", "--json", str(out_json)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {r["mode"]: r for r in json.loads(out_json.read_text())["rows"]}
+    assert rows["infer"]["cuda_ext_calls"] == {"conv": 3} and rows["infer"]["aten_kernels_per_step"] == 0, rows
+    train = rows["train"]["cuda_ext_calls"]
+    assert train["conv"] == 3 and train["conv_dgrad"] == 2 and "batch_stats" not in train, train
+    assert rows["train"]["aten_kernels_per_step"] <= 16, rows["train"]["aten_kernels"]
