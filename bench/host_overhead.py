@@ -121,7 +121,7 @@ class _CountingCudaOps:
 
         self.counts = counts
         self.fakes = {name: (lambda f: lambda *a: f(*a, None))(ops.FAKES[name]) for name in cuda.OP_NAMES}
-        self.fakes.update(conv_wgrad=cuda._conv_wgrad_fake, conv_dgrad=cuda._conv_dgrad_fake)
+        self.fakes.update(cuda.EXTRA_FAKES)
 
     def __getattr__(self, name):
         fake = self.fakes[name]

@@ -37,7 +37,7 @@ _USAGE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 # The CUTLASS convolution families of csrc/cutlass/, told apart by the types their kernels name
 # (mangled), most specific first.
 _CUTLASS_FAMILIES = (("DgradBnReluEpilogue", "dgrad_bn_relu"), ("ImplicitGemmWgradFusionMultistage", "wgrad_prologue"),
-                     ("ImplicitGemmFpropFusionMultistage", "fprop_prologue"), ("StatsEpilogue", "fprop_stats"),
+                     ("ImplicitGemmFpropFusionMultistage", "fprop_prologue"), ("FpropEpilogue", "fprop_stats"),
                      ("LinearCombinationBiasElementwise", "fprop_bias_relu"))
 _CUTLASS_ELEMENTS = (("10bfloat16_t", "bf16"), ("6half_t", "f16"))
 _TILE = re.compile(r"GemmShapeILi(\d+)ELi(\d+)ELi(\d+)E")

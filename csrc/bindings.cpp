@@ -46,6 +46,7 @@ TORCH_LIBRARY(fused_resnet_cuda, m) {
   m.def(
       "conv_dgrad(Tensor g, Tensor x, Tensor weight, Tensor in_scale, Tensor in_shift, SymInt[] stride, "
       "SymInt[] padding, SymInt[] dilation) -> (Tensor, Tensor, Tensor)");
+  m.def("conv_output_grad(Tensor dy, Tensor dmean, Tensor dvar, Tensor y, Tensor mean) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fused_resnet_cuda, CUDA, m) {
@@ -58,6 +59,7 @@ TORCH_LIBRARY_IMPL(fused_resnet_cuda, CUDA, m) {
   m.impl("conv", &fused_resnet::conv);
   m.impl("conv_wgrad", &fused_resnet::conv_wgrad);
   m.impl("conv_dgrad", &fused_resnet::conv_dgrad);
+  m.impl("conv_output_grad", &fused_resnet::conv_output_grad);
 }
 
 namespace {
@@ -75,7 +77,7 @@ py::dict built_with() {
                        std::to_string(TORCH_VERSION_PATCH);
   d["ops"] = std::vector<std::string>{"batch_stats", "bn_finalize", "bn_finalize_backward", "bn_update_running",
                                       "bn_act", "bn_act_backward", "conv", "conv_wgrad",
-                                      "conv_dgrad"};
+                                      "conv_dgrad", "conv_output_grad"};
   int count = 0;
   const fused_resnet::CutlassConvKernel* const* all = fused_resnet::cutlass_conv_kernels(&count);
   std::vector<std::string> kernels;
@@ -130,6 +132,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("in_shift"), py::arg("stride"), py::arg("padding"), py::arg("dilation"));
   m.def("conv_dgrad", &fused_resnet::conv_dgrad, py::arg("g"), py::arg("x"), py::arg("weight"), py::arg("in_scale"),
         py::arg("in_shift"), py::arg("stride"), py::arg("padding"), py::arg("dilation"));
+  m.def("conv_output_grad", &fused_resnet::conv_output_grad, py::arg("dy"), py::arg("dmean"), py::arg("dvar"),
+        py::arg("y"), py::arg("mean"));
   m.def("conv_dgrad_gap", &fused_resnet::conv_dgrad_gap, py::arg("x"), py::arg("weight"), py::arg("stride"),
         py::arg("padding"), py::arg("dilation"), py::arg("groups"),
         "Why fused_resnet_cuda::conv_dgrad cannot take these inputs, in words ('' when it can).");

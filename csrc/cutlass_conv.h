@@ -3,7 +3,7 @@
 // launch.h: the CUTLASS translation units include no torch header.
 //
 // Five kernel families, NHWC activations, [K, R, S, C] filters, fp32 accumulation:
-//   fprop_prologue: y = conv(relu(x * scale + shift), w) (+ residual). BatchNorm-apply
+//   fprop_prologue: y = [relu](conv(relu(x * scale + shift), w) [+ bias]) [+ residual]. BatchNorm-apply
 //                   + ReLU of the input runs in the mainloop, per input channel, as
 //                   the activation is loaded (fp32 scale/shift and arithmetic, rounded
 //                   once: cutlass/scale_bias_fp32.cuh); padding and out-of-range taps
@@ -12,7 +12,9 @@
 //   fprop_bias_relu: y = relu(conv(x, w) + bias (+ residual)), bias fp32 per output
 //                   channel (the folded BatchNorm of an eval-mode block), all in the
 //                   epilogue.
-//   fprop_stats:    y = conv(x, w).
+//   fprop_stats:    y = [relu](conv(x, w) [+ bias]) [+ residual].
+//                   (fprop_prologue and fprop_stats add the bias and take the ReLU in
+//                   registers before the residual is added; no ReLU with a residual.)
 //   dgrad_bn_relu:  the data gradient of conv(relu(x * scale + shift), w), unit stride:
 //                   da = dy (*) w^T in the mainloop, then in the epilogue
 //                   dx = da * scale where x * scale + shift > 0 (else 0), stored in x's
@@ -41,7 +43,8 @@ struct CutlassConvArgs {
   const void* x;         // [N, H, W, C] (dgrad: read for the prologue's ReLU mask)
   const float* scale;    // prologue: [C]
   const float* shift;    // prologue: [C]
-  const float* bias;     // fprop_bias_relu: [K]
+  const float* bias;     // fprop: [K], or nullptr
+  bool relu;             // fprop_prologue, fprop_stats: ReLU after the bias
   const void* w;         // fprop: the filter [K, R, S, C]
   const void* residual;  // fprop: [N, P, Q, K] added in the epilogue, or nullptr
   const void* dy;        // wgrad, dgrad: the output gradient [N, P, Q, K]

@@ -70,6 +70,16 @@ struct SlabSumArgs {
 };
 cudaError_t launch_slab_sums(const SlabSumArgs& a, cudaStream_t stream);
 
+// The scale and shift of g = y * scale + shift + dy, the output gradient of a
+// convolution whose batch statistics (mean, var over M rows) were used.
+struct OutputGradCoeffArgs {
+  const float *dmean, *dvar, *mean;
+  int64_t C;
+  float inv_m;  // 1 / M
+  float *scale, *shift;
+};
+cudaError_t launch_output_grad_coeffs(const OutputGradCoeffArgs& a, cudaStream_t stream);
+
 struct FinalizeArgs {
   const float *mean, *var, *weight, *bias;  // weight, bias may be null
   float eps;

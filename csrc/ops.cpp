@@ -455,6 +455,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {dy, dscale, dshift, dres, drscale, drshift};
 }
 
+// ------------------------------------------------------------------ conv_output_grad
+
+at::Tensor conv_output_grad(const at::Tensor& dy, const at::Tensor& dmean, const at::Tensor& dvar,
+                            const at::Tensor& y, const at::Tensor& mean) {
+  constexpr const char* op = "conv_output_grad";
+  check_act(y, op, "y");
+  check_like(dy, op, "dy", y, "y");
+  const int64_t C = y.size(1);
+  check_vec(dmean, op, "dmean", C, y, "y");
+  check_vec(dvar, op, "dvar", C, y, "y");
+  check_vec(mean, op, "mean", C, y, "y");
+  const c10::cuda::CUDAGuard guard(y.device());
+  if (y.numel() == 0) return at::empty(y.sizes(), y.options().memory_format(output_format(y)));
+  at::Tensor coeffs = at::empty({2, C}, y.options().dtype(at::kFloat));
+  // dmean/dvar may be autograd's expanded (stride-0) gradients: made dense.
+  const at::Tensor dm = dmean.contiguous(), dv = dvar.contiguous(), mu = mean.contiguous();
+  OutputGradCoeffArgs a{dm.const_data_ptr<float>(), dv.const_data_ptr<float>(), mu.const_data_ptr<float>(), C,
+                        static_cast<float>(1.0 / static_cast<double>(y.numel() / C)),
+                        coeffs.mutable_data_ptr<float>(), coeffs.mutable_data_ptr<float>() + C};
+  check_launch(launch_output_grad_coeffs(a, c10::cuda::getCurrentCUDAStream()), op);
+  return bn_act(y, coeffs[0], coeffs[1], dy, std::nullopt, std::nullopt, false);
+}
+
 }  // namespace fused_resnet
 
 // ------------------------------------------------------------------ conv, conv_wgrad, conv_dgrad (CUTLASS)
@@ -532,23 +555,25 @@ KernelChoice choose_fprop(const at::Tensor& x, const at::Tensor& weight, const s
                          const std::optional<at::Tensor>& in_scale, const std::optional<at::Tensor>& residual,
                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                          bool relu, bool stats) {
+  // bias + ReLU (+ residual) without a prologue: the broadcast epilogue, which adds the
+  // residual before the ReLU. Otherwise FpropEpilogue, whose bias and ReLU come before
+  // the residual: no ReLU with a residual there.
   ConvKind kind;
   if (in_scale.has_value()) {
-    if (bias.has_value()) return {nullptr, "a bias is not fused into the epilogue of a prologue convolution"};
-    if (relu) return {nullptr, "a ReLU is not fused into the epilogue of a prologue convolution"};
     kind = ConvKind::kFpropPrologue;
-  } else if (bias.has_value()) {
-    if (!relu) return {nullptr, "a bias without ReLU is not instantiated"};
-    if (bias->scalar_type() != at::kFloat || bias->dim() != 1 || bias->size(0) != weight.size(0) ||
-        !bias->is_contiguous())
-      return {nullptr, "the bias is not a contiguous float32 vector of the output channels"};
+  } else if (bias.has_value() && relu) {
     kind = ConvKind::kFpropBiasRelu;
+  } else if (!bias.has_value() && !relu && !residual.has_value() && !stats) {
+    return {nullptr, "nothing to fuse (no prologue, bias, ReLU, residual or statistics): plain convolutions run "
+                     "on cuDNN"};
   } else {
-    if (!stats) return {nullptr, "no prologue, bias or statistics to fuse: plain convolutions run on cuDNN"};
-    if (relu) return {nullptr, "a ReLU without a bias is not instantiated"};
-    if (residual.has_value()) return {nullptr, "a residual without a bias is not instantiated"};
     kind = ConvKind::kFpropStats;
   }
+  if (kind != ConvKind::kFpropBiasRelu && relu && residual.has_value())
+    return {nullptr, "a ReLU after the residual is fused only with a bias and no prologue"};
+  if (bias.has_value() && (bias->scalar_type() != at::kFloat || bias->dim() != 1 ||
+                           bias->size(0) != weight.size(0) || !bias->is_contiguous()))
+    return {nullptr, "the bias is not a contiguous float32 vector of the output channels"};
   if (residual.has_value() && (residual->scalar_type() != x.scalar_type() ||
                                output_format(*residual) != at::MemoryFormat::ChannelsLast ||
                                !aligned16(residual->const_data_ptr())))
@@ -674,10 +699,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv(const at::Tensor& x, const a
     shift = mainloop_vec(*in_shift, x, op, "in_shift");
     a.scale = scale.const_data_ptr<float>();
     a.shift = shift.const_data_ptr<float>();
-  } else {
+  }
+  if (bias.has_value()) {
     check_vec(*bias, op, "bias", g.K, x, "x");
     a.bias = bias->const_data_ptr<float>();
   }
+  a.relu = relu;
   a.x = x.const_data_ptr();
   a.w = w.const_data_ptr();
   a.residual = residual.has_value() ? residual->const_data_ptr() : nullptr;

@@ -38,12 +38,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& res_scale, bool relu,
     c10::List<bool> output_mask);
 
+// The output gradient of a convolution whose batch statistics were used:
+// g = dy + dmean/M + 2 dvar (y - mean)/M, in y's dtype and layout (two launches: the
+// per-channel coefficients, then one bn_act pass).
+at::Tensor conv_output_grad(const at::Tensor& dy, const at::Tensor& dmean, const at::Tensor& dvar,
+                            const at::Tensor& y, const at::Tensor& mean);
+
 // fused_resnet::conv on CUTLASS (csrc/cutlass/) for the inputs conv_gap accepts:
-// with in_scale/in_shift, the BN + ReLU prologue in the mainloop (no bias, no
-// ReLU after it); without, bias + ReLU in the epilogue; a residual either way;
-// or neither, with the statistics (no ReLU, no residual). The statistics are
-// taken in the epilogue when there is no bias and no residual, else read back
-// from y by the batch_stats kernels.
+// the BN + ReLU prologue (in_scale/in_shift) in the mainloop; bias, ReLU and
+// residual in the epilogue (a ReLU after a residual only with a bias and no
+// prologue); the statistics taken in the epilogue (without a residual; with one,
+// read back from y by the batch_stats kernels). Not served: nothing to fuse.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv(const at::Tensor& x, const at::Tensor& weight,
                                                     const std::optional<at::Tensor>& bias,
                                                     const std::optional<at::Tensor>& in_scale,

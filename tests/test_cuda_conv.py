@@ -53,14 +53,13 @@ def _gap(C, *, n=2, c=64, h=8, w=8, k=64, r=3, dtype=torch.bfloat16, wdtype=None
                       [1, 1], [1, 1], [1, 1], groups, relu, stats)
 
 
+_RES = _cl(torch.zeros(2, 64, 8, 8, dtype=torch.bfloat16))
+
 GAPS = [
-    (dict(prologue=False), "no prologue, bias or statistics to fuse"),
-    (dict(prologue=False, stats=True, relu=True), "a ReLU without a bias is not instantiated"),
-    (dict(prologue=False, stats=True, residual=_cl(torch.zeros(2, 64, 8, 8, dtype=torch.bfloat16))),
-     "a residual without a bias is not instantiated"),
-    (dict(prologue=False, bias=True), "a bias without ReLU is not instantiated"),
-    (dict(bias=True), "a bias is not fused into the epilogue of a prologue convolution"),
-    (dict(relu=True), "a ReLU is not fused into the epilogue of a prologue convolution"),
+    (dict(prologue=False), "nothing to fuse (no prologue, bias, ReLU, residual or statistics)"),
+    (dict(relu=True, residual=_RES), "a ReLU after the residual is fused only with a bias and no prologue"),
+    (dict(relu=True, bias=True, residual=_RES), "a ReLU after the residual is fused only with a bias and no"),
+    (dict(prologue=False, relu=True, residual=_RES), "a ReLU after the residual is fused only with a bias"),
     (dict(dtype=torch.float32), "x has dtype Float; the CUTLASS kernels run float16/bfloat16"),
     (dict(wdtype=torch.float32), "weight has dtype Float, x has BFloat16"),
     (dict(groups=2), "groups=2: grouped convolutions are not instantiated"),
@@ -72,6 +71,13 @@ GAPS = [
     (dict(prologue=False, bias=True, relu=True), "x is on cpu, not a CUDA device"),
     (dict(prologue=False, stats=True), "x is on cpu, not a CUDA device"),
     (dict(stats=True), "x is on cpu, not a CUDA device"),
+    # served by the epilogue's bias/ReLU in registers (the device aside)
+    (dict(bias=True, relu=True, stats=True), "x is on cpu, not a CUDA device"),
+    (dict(bias=True, residual=_RES), "x is on cpu, not a CUDA device"),
+    (dict(prologue=False, bias=True), "x is on cpu, not a CUDA device"),
+    (dict(prologue=False, relu=True, stats=True), "x is on cpu, not a CUDA device"),
+    (dict(prologue=False, residual=_RES), "x is on cpu, not a CUDA device"),
+    (dict(prologue=False, residual=_RES, stats=True), "x is on cpu, not a CUDA device"),
     (dict(dtype=torch.float16, residual=_cl(torch.zeros(2, 64, 8, 8, dtype=torch.float16))), "x is on cpu"),
 ]
 
@@ -313,6 +319,46 @@ def test_conv_bias_relu(C, case, dtype, residual):
     assert_within_2x(y, plain, ref64, "y")
 
 
+# (prologue, bias, relu, residual, stats): epilogues with the bias and the ReLU in registers
+EPILOGUES = [
+    (True, True, True, False, True),    # pre-activation eval: conv1 with bn2 folded, then ReLU
+    (True, True, False, True, False),
+    (True, False, True, False, False),
+    (False, True, False, False, False),
+    (False, False, True, False, True),
+    (False, False, False, True, False),  # pre-activation eval: the last conv + the shortcut
+    (False, True, False, True, True),    # statistics of y + residual: read back from y
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+@pytest.mark.parametrize("combo", EPILOGUES, ids=lambda c: "-".join(
+    n for n, on in zip(("prologue", "bias", "relu", "residual", "stats"), c) if on))
+@pytest.mark.parametrize("case", [CASES[1], CASES[3], CASES[4]], ids=str)
+def test_conv_epilogue_bias_relu(C, case, combo, dtype):
+    """Bias, ReLU and residual in the epilogue of the prologue and plain fprops (FpropEpilogue):
+    y within the 2x rule, statistics those of the stored y."""
+    pro, with_bias, relu, with_res, stats = combo
+    x, weight, scale, shift, stride, pad, dil = _inputs(case, dtype)
+    scale, shift = (scale, shift) if pro else (None, None)
+    bias = (torch.randn(weight.shape[0], generator=torch.Generator().manual_seed(5)) * 0.5).to(DEV) if with_bias \
+        else None
+    res = _residual(x, weight, stride, pad, dil) if with_res else None
+    assert C.conv_gap(x, weight, bias, scale, res, stride, pad, dil, 1, relu, stats) == ""
+
+    def run(cast):
+        t = [None if v is None else cast(v) for v in (x, weight, bias, scale, shift, res)]
+        return reference.conv(*t, stride, pad, dil, 1, relu, False)[0]
+
+    y, mean, var = cuda_backend.ops().conv(x, weight, bias, scale, shift, res, stride, pad, dil, 1, relu, stats)
+    assert_within_2x(y, run(lambda v: v), run(torch.Tensor.double), "y")
+    if relu:
+        assert (y >= 0).all()
+    if stats:
+        _assert_stats_of(y, mean, var)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", LOWP, ids=str)
 def test_mainloop_prologue_keeps_the_fp32_scale(C, dtype):
@@ -433,6 +479,29 @@ def test_conv_dgrad_bn_relu(C, case, dtype):
     assert_within_2x(dx, plain[0], ref64[0], "dx")
     _assert_vector_within_2x(dscale, plain[3], ref64[3], "dscale")
     _assert_vector_within_2x(dshift, plain[4], ref64[4], "dshift")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", LOWP + (torch.float32,), ids=str)
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+def test_conv_output_grad(C, dtype, layout):
+    """g = dy + dmean/M + 2 dvar (y - mean)/M in two launches, against the reference's formula in
+    fp64 (the 2x rule), in y's layout; expanded (stride-0) dmean/dvar as autograd passes them."""
+    y = randn(4, 64, 9, 9, device=DEV, seed=1).mul(2).add(1).to(dtype)
+    y = _cl(y) if layout == "nhwc" else y.contiguous()
+    dy = randn(4, 64, 9, 9, device=DEV, seed=2).to(dtype)
+    dy = _cl(dy) if layout == "nhwc" else dy.contiguous()
+    mean = y.float().mean((0, 2, 3))
+    dmean = torch.full((1,), 0.3, device=DEV).expand(64)
+    dvar = randn(64, device=DEV, seed=3)
+
+    def ref(cast):
+        return reference.conv_output_grad(cast(dy), cast(dmean), cast(dvar), cast(y), cast(mean), False, True)
+
+    g = cuda_backend.ops().conv_output_grad(dy, dmean, dvar, y, mean)
+    assert g.dtype == dtype and g.is_contiguous(memory_format=torch.channels_last if layout == "nhwc" else
+                                                torch.contiguous_format)
+    assert_within_2x(g, ref(lambda t: t).to(dtype), ref(torch.Tensor.double), "g")
 
 
 @pytest.mark.gpu

@@ -195,7 +195,8 @@ def _sample_inputs(device="meta", make=None):
 
 
 def _conv_grad_inputs(make):
-    """The two pieces of conv_backward the cuda backend composes: wgrad (stride 2), dgrad (unit stride)."""
+    """The pieces of conv_backward the cuda backend composes: wgrad (stride 2), dgrad (unit stride), the
+    output gradient (both layouts)."""
     x = make(2, 16, 9, 7, dtype=torch.bfloat16, cl=True)
     w = make(24, 16, 3, 3, dtype=torch.bfloat16, cl=True)
     return [
@@ -203,6 +204,8 @@ def _conv_grad_inputs(make):
                         [1, 1])),
         ("conv_dgrad", (make(2, 24, 9, 7, dtype=torch.bfloat16, cl=True), x, w, make(16), make(16), [1, 1], [1, 1],
                         [1, 1])),
+        ("conv_output_grad", (make(2, 16, 9, 7, dtype=torch.bfloat16, cl=True), make(16), make(16), x, make(16))),
+        ("conv_output_grad", (make(2, 3, 5, 4), make(3), make(3), make(2, 3, 5, 4), make(3))),
     ]
 
 

@@ -49,12 +49,12 @@ cutlass::TensorRef<T, VectorLayout> vec(const void* p, int c) {
   return {static_cast<T*>(const_cast<void*>(p)), VectorLayout::packed({1, c})};
 }
 
-// The epilogue's statistics destination for a kernel whose warps own slabs of
-// SlabRows rows (nothing when a.partial is null).
+// What an fprop epilogue applies and where its statistics go, for a kernel whose
+// warps own slabs of SlabRows rows (no statistics when a.partial is null).
 template <int SlabRows>
-StatsDestination stats_destination(const CutlassConvArgs& a) {
+FpropEpilogueArgs fprop_epilogue_args(const CutlassConvArgs& a) {
   const int rows = a.N * a.P * a.Q;
-  return {a.partial, rows, a.K, (rows + SlabRows - 1) / SlabRows};
+  return {a.bias, a.relu, a.partial, rows, a.K, (rows + SlabRows - 1) / SlabRows};
 }
 
 inline const char* status_text(cutlass::Status s) {
@@ -62,13 +62,15 @@ inline const char* status_text(cutlass::Status s) {
 }
 
 
-// fprop: y = conv(relu(x*scale+shift), w) (+ residual), stored in T; the batch
-// statistics of y in the epilogue when a.partial is given (never with a residual).
+// fprop: y = [relu](conv(relu(x*scale+shift), w) [+ bias]) [+ residual], stored in T
+// (FpropEpilogue: bias and ReLU in registers, the residual added by the stock store
+// after them); the batch statistics of y in the epilogue when a.partial is given
+// (never with a residual).
 template <typename T, typename TileShape, typename WarpShape, int Stages>
 struct FpropPrologue {
   static constexpr int kVec = 128 / cutlass::sizeof_bits<T>::value;
   static constexpr int kStatsSlabRows = WarpShape::kM;
-  using Output = LinearCombinationWith<T, kVec, StatsDestination>;
+  using Output = LinearCombinationWith<T, kVec, FpropEpilogueArgs>;
   // The stock composition with fp32 scale/shift vectors, its warp-level scale/shift
   // iterator replaced by the fp32 one.
   using Stock = cutlass::conv::kernel::DefaultConv2dFpropFusion<
@@ -84,7 +86,7 @@ struct FpropPrologue {
                                 Stock::MmaCore::WarpCount::kK>,
       Stages>;
   using Kernel = cutlass::conv::kernel::ImplicitGemmConvolutionFusion<
-      Mma, StatsEpilogue<typename Stock::Epilogue, Mma16816, Swizzle>, Swizzle, cutlass::conv::Operator::kFprop>;
+      Mma, FpropEpilogue<typename Stock::Epilogue, Mma16816, Swizzle>, Swizzle, cutlass::conv::Operator::kFprop>;
   using Op = cutlass::conv::device::ImplicitGemmConvolutionFusion<Kernel>;
   static_assert(IsFp32Transform<cutlass::conv::warp::FpropScaleBiasReluTransform<
                     typename Mma::Operator::TransformedFragmentA, typename Mma::WarpIteratorScaleBias::Fragment>>::value,
@@ -101,33 +103,35 @@ struct FpropPrologue {
             vec<float>(a.shift, a.C),
             c,
             y,
-            {1.0f, a.residual ? 1.0f : 0.0f, stats_destination<kStatsSlabRows>(a)}};
+            {1.0f, a.residual ? 1.0f : 0.0f, fprop_epilogue_args<kStatsSlabRows>(a)}};
   }
 };
 
-// fprop: y = conv(x, w), stored in T, with the batch statistics of y in the epilogue.
+// fprop: y = [relu](conv(x, w) [+ bias]) [+ residual], stored in T, as FpropPrologue
+// without the prologue; the batch statistics of y in the epilogue when a.partial is given.
 template <typename T, typename TileShape, typename WarpShape, int Stages>
 struct FpropStats {
   static constexpr int kVec = 128 / cutlass::sizeof_bits<T>::value;
   static constexpr int kStatsSlabRows = WarpShape::kM;
-  using Output = LinearCombinationWith<T, kVec, StatsDestination>;
+  using Output = LinearCombinationWith<T, kVec, FpropEpilogueArgs>;
   using Stock = typename cutlass::conv::kernel::DefaultConv2dFprop<
       T, Layout, T, Layout, T, Layout, float, cutlass::arch::OpClassTensorOp, cutlass::arch::Sm80, TileShape,
       WarpShape, Mma16816, Output, Swizzle, Stages, cutlass::arch::OpMultiplyAdd,
       cutlass::conv::IteratorAlgorithm::kOptimized>::Kernel;
   using Kernel = cutlass::conv::kernel::ImplicitGemmConvolution<
-      typename Stock::Mma, StatsEpilogue<typename Stock::Epilogue, Mma16816, Swizzle>, Swizzle,
+      typename Stock::Mma, FpropEpilogue<typename Stock::Epilogue, Mma16816, Swizzle>, Swizzle,
       cutlass::conv::Operator::kFprop>;
   using Op = cutlass::conv::device::ImplicitGemmConvolution<Kernel>;
 
   static typename Op::Arguments arguments(const CutlassConvArgs& a) {
     auto y = nhwc<T>(a.out, a.N, a.P, a.Q, a.K);
+    auto c = a.residual ? nhwc<T>(a.residual, a.N, a.P, a.Q, a.K) : y;
     return {problem_size(a),
             nhwc<T>(a.x, a.N, a.H, a.W, a.C),
             nhwc<T>(a.w, a.K, a.R, a.S, a.C),
+            c,
             y,
-            y,
-            {1.0f, 0.0f, stats_destination<kStatsSlabRows>(a)}};
+            {1.0f, a.residual ? 1.0f : 0.0f, fprop_epilogue_args<kStatsSlabRows>(a)}};
   }
 };
 

@@ -1,8 +1,8 @@
 // Epilogues that work on the accumulators while they are still in registers,
 // before the stock CUTLASS epilogue stores them:
 //
-//   StatsEpilogue (fprop): the per-channel batch statistics of the output, so the
-//     output is never read back for them.
+//   FpropEpilogue (fprop): a per-channel bias and a ReLU, then the per-channel batch
+//     statistics of the output, so the output is never read back for them.
 //   DgradBnReluEpilogue (dgrad of a convolution with a BatchNorm-apply + ReLU
 //     prologue): turns da, the gradient of the activation a = relu(x*s + t), into
 //     dx and reduces the gradients of s and t, so da is never stored.
@@ -23,12 +23,15 @@
 
 namespace fused_resnet::cutlass_conv {
 
-// Where the fprop statistics go. partial == nullptr: none are taken.
-struct StatsDestination {
-  float* partial = nullptr;  // [2, slabs, cols]: slab means, then slab M2s
-  int rows = 0;              // M = N * P * Q
-  int cols = 0;              // K, the output channels
-  int slabs = 0;             // ceil(rows / WarpShape::kM)
+// What an fprop epilogue applies before the stock store (which adds beta * C, the
+// residual, after it), and where the statistics go (partial == nullptr: none taken).
+struct FpropEpilogueArgs {
+  const float* bias = nullptr;  // [cols], added to every row, or nullptr
+  bool relu = false;            // max(., 0) after the bias
+  float* partial = nullptr;     // [2, slabs, cols]: slab means, then slab M2s
+  int rows = 0;                 // M = N * P * Q
+  int cols = 0;                 // K, the output channels
+  int slabs = 0;                // ceil(rows / WarpShape::kM)
 };
 
 // The forward prologue a = relu(x * scale + shift) whose gradient a dgrad epilogue applies.
@@ -146,12 +149,13 @@ class SlabEpilogue : public Stock {
   }
 };
 
-// The stock epilogue preceded by the slab statistics of the values it stores
-// (every accumulator rounded to the output's type, as a read-back would see it):
-// per column, the slab's mean and M2 about that mean (two passes over the
+// The stock epilogue preceded by, in registers: the bias and the ReLU (the
+// accumulators are replaced by their result), then the slab statistics of the
+// values stored (every value rounded to the output's type, as a read-back would see
+// it): per column, the slab's mean and M2 about that mean (two passes over the
 // registers), so a large mean costs no digits.
 template <typename Stock, typename InstructionShape, typename Swizzle>
-class StatsEpilogue : public SlabEpilogue<Stock, InstructionShape, Swizzle> {
+class FpropEpilogue : public SlabEpilogue<Stock, InstructionShape, Swizzle> {
   using Base = SlabEpilogue<Stock, InstructionShape, Swizzle>;
   using typename Base::Element;
   using typename Base::Map;
@@ -159,15 +163,32 @@ class StatsEpilogue : public SlabEpilogue<Stock, InstructionShape, Swizzle> {
  public:
   using Base::Base;
 
+  // The kernel's accumulators are its own local, not used after the epilogue: they
+  // are transformed in place.
   CUTLASS_DEVICE void operator()(typename Base::OutputOp const& output_op,
                                  typename Base::OutputTileIterator destination,
-                                 typename Base::AccumulatorTile const& accumulators,
+                                 typename Base::AccumulatorTile& accumulators,
                                  typename Base::OutputTileIterator source) {
-    if (output_op.extra().partial != nullptr) write_slab_stats(output_op.extra(), accumulators);
+    FpropEpilogueArgs const& args = output_op.extra();
+    if (args.bias != nullptr || args.relu) apply_bias_relu(args, accumulators);
+    if (args.partial != nullptr) write_slab_stats(args, accumulators);
     Stock::operator()(output_op, destination, accumulators, source);
   }
 
  private:
+  CUTLASS_DEVICE void apply_bias_relu(FpropEpilogueArgs const& args, typename Base::AccumulatorTile& acc) const {
+    CUTLASS_PRAGMA_UNROLL
+    for (int j = 0; j < Map::kCols; ++j) {
+      const int c = this->map_.col(j);
+      const float b = args.bias != nullptr && c < args.cols ? args.bias[c] : 0.f;
+      CUTLASS_PRAGMA_UNROLL
+      for (int i = 0; i < Map::kRows; ++i) {
+        const float v = acc[Map::index(i, j)] + b;
+        acc[Map::index(i, j)] = args.relu && v < 0.f ? 0.f : v;
+      }
+    }
+  }
+
   // The value stored for this lane's row i, column j (0 past the last row). Taken
   // again in the second pass rather than kept: the accumulators already fill the registers.
   CUTLASS_DEVICE float stored(typename Base::AccumulatorTile const& acc, int i, int j, int rows) const {
@@ -175,7 +196,7 @@ class StatsEpilogue : public SlabEpilogue<Stock, InstructionShape, Swizzle> {
     return this->map_.row(i) < rows ? static_cast<float>(round(acc[Map::index(i, j)])) : 0.f;
   }
 
-  CUTLASS_DEVICE void write_slab_stats(StatsDestination const& dst,
+  CUTLASS_DEVICE void write_slab_stats(FpropEpilogueArgs const& dst,
                                        typename Base::AccumulatorTile const& acc) const {
     const int count = this->map_.slab_count(dst.rows);
     if (count == 0) return;  // uniform over the warp

@@ -5,17 +5,16 @@ backward, the running-statistics update, BN + residual + ReLU and its backward)
 with the CUDA kernels of ``csrc/``, registered as ``torch.ops.fused_resnet_cuda.<name>``.
 
 Convolutions run on CUTLASS implicit GEMMs where they fuse something
-(``fused_resnet_cuda::conv``): with a BatchNorm-apply + ReLU prologue, applied
-in the mainloop as the operand is loaded (the normalised activation is never
-stored; ``conv_wgrad`` recomputes it the same way for the weight gradient);
-without one, bias + residual + ReLU in the epilogue (eval-mode blocks, BN
-folded); and the batch statistics of the output in the epilogue (training),
-merged in a fixed order, so they are deterministic. The unit-stride data
-gradient of a prologue convolution applies the prologue's ReLU mask and scale
-in its epilogue (``conv_dgrad``). What those kernels cannot
-take (``_C.conv_gap`` says why: fp32, groups, channel counts not multiples of 8,
-NCHW tensors, nothing to fuse, ...) runs on cuDNN between bn_act passes
-(``_cudnn_conv``), statistics from the batch-statistics kernel.
+(``fused_resnet_cuda::conv``): a BatchNorm-apply + ReLU prologue, applied in the
+mainloop as the operand is loaded (the normalised activation is never stored;
+``conv_wgrad`` recomputes it the same way for the weight gradient); bias, ReLU
+and residual in the epilogue (eval-mode blocks, BN folded); the batch statistics
+of the output in the epilogue (training), merged in a fixed order, so they are
+deterministic. The unit-stride data gradient of a prologue convolution applies
+the prologue's ReLU mask and scale in its epilogue (``conv_dgrad``). What those
+kernels cannot take (``_C.conv_gap`` says why: fp32, groups, channel counts not
+multiples of 8, NCHW tensors, nothing to fuse, ...) runs on cuDNN between bn_act
+passes (``_cudnn_conv``), statistics from the batch-statistics kernel.
 ``conv_backward`` takes a few passes the same way.
 
 The mainloop applies the prologue with fp32 scale and shift in fp32 arithmetic,
@@ -39,11 +38,10 @@ from .._layout import empty_vec, output_format
 from .base import FLOAT_DTYPES, Backend
 
 LIB = "fused_resnet_cuda"
-# The ops that mirror a fused_resnet:: op (same name and schema, minus backend) ...
+# The ops that mirror a fused_resnet:: op (same name and schema, minus backend); the
+# others are EXTRA_OP_NAMES (below their fakes).
 OP_NAMES = ("batch_stats", "bn_finalize", "bn_finalize_backward", "bn_update_running", "bn_act", "bn_act_backward",
             "conv")
-# ... and the pieces of conv_backward that the backend composes itself.
-EXTRA_OP_NAMES = ("conv_wgrad", "conv_dgrad")
 
 _ops_ns = None
 _fakes_registered = False
@@ -80,8 +78,8 @@ def _register_fakes() -> None:
 
     for name in OP_NAMES:
         torch.library.register_fake(f"{LIB}::{name}")(_without_backend(FAKES[name]))
-    torch.library.register_fake(f"{LIB}::conv_wgrad")(_conv_wgrad_fake)
-    torch.library.register_fake(f"{LIB}::conv_dgrad")(_conv_dgrad_fake)
+    for name, fake in EXTRA_FAKES.items():
+        torch.library.register_fake(f"{LIB}::{name}")(fake)
 
 
 def _conv_wgrad_fake(g, x, weight, in_scale, in_shift, stride, padding, dilation):
@@ -91,6 +89,17 @@ def _conv_wgrad_fake(g, x, weight, in_scale, in_shift, stride, padding, dilation
 def _conv_dgrad_fake(g, x, weight, in_scale, in_shift, stride, padding, dilation):
     vec = x.new_empty((x.shape[1],), dtype=torch.float32)
     return torch.empty_like(x, memory_format=torch.channels_last), vec, torch.empty_like(vec)
+
+
+def _conv_output_grad_fake(dy, dmean, dvar, y, mean):
+    return torch.empty_like(y, memory_format=output_format(y))
+
+
+# The ops with no fused_resnet:: twin, pieces of conv_backward the backend composes
+# itself, and their fakes.
+EXTRA_FAKES = {"conv_wgrad": _conv_wgrad_fake, "conv_dgrad": _conv_dgrad_fake,
+               "conv_output_grad": _conv_output_grad_fake}
+EXTRA_OP_NAMES = tuple(EXTRA_FAKES)
 
 
 def conv_gap(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu, stats) -> str:
@@ -159,13 +168,13 @@ class CudaBackend(Backend):
 
     def conv_shortcut(self, x, weight, bias, in_scale, in_shift, sc_x, sc_weight, sc_in_scale, sc_in_shift,
                       sc_stride, stride, padding, dilation, groups, relu):
-        if conv_gap(x, weight, bias, in_scale, None, stride, padding, dilation, groups, relu, False):
-            return reference.conv_shortcut(x, weight, bias, in_scale, in_shift, sc_x, sc_weight, sc_in_scale,
-                                           sc_in_shift, sc_stride, stride, padding, dilation, groups, relu)
         # The shortcut branch (a 1x1 convolution on cuDNN, or option A) is stored once,
         # channels_last in x's dtype, and read as the residual of the fused epilogue.
         sc = reference.shortcut(sc_x, sc_weight, sc_in_scale, sc_in_shift, sc_stride, weight.shape[0])
         res = sc.to(x.dtype).contiguous(memory_format=torch.channels_last)
+        if conv_gap(x, weight, bias, in_scale, res, stride, padding, dilation, groups, relu, False):
+            return reference.conv_shortcut(x, weight, bias, in_scale, in_shift, sc_x, sc_weight, sc_in_scale,
+                                           sc_in_shift, sc_stride, stride, padding, dilation, groups, relu)
         return ops().conv(x, weight, bias, in_scale, in_shift, res, list(stride), list(padding), list(dilation),
                           int(groups), bool(relu), False)[0]
 
@@ -245,8 +254,8 @@ class CudaBackend(Backend):
     def _output_grad(self, dy, dmean, dvar, y, mean, stats, relu, returned):
         """g, the gradient at the convolution's sum, in y's dtype and layout (never both stats and relu).
 
-        stats: g = dy + dmean/M + 2 dvar (y - mean)/M, one bn_act pass (y*gb + (ga - gb*mean)
-        + dy with ga = dmean/M, gb = 2 dvar/M). relu (y = relu(z), an eval-mode block whose
+        stats: g = dy + dmean/M + 2 dvar (y - mean)/M (conv_output_grad: its per-channel
+        coefficients, then one bn_act pass). relu (y = relu(z), an eval-mode block whose
         parameters train): g = dy where y > 0, else 0. Neither: g is dy, copied only when it is
         ``returned`` (as dresidual: an op's output must not alias its input)."""
         if relu:
@@ -255,9 +264,7 @@ class CudaBackend(Backend):
             if returned:
                 return dy.clone(memory_format=output_format(y))
             return dy.contiguous(memory_format=output_format(y))
-        m = y.numel() // y.shape[1]
-        ga, gb = dmean.float() / m, dvar.float() * (2.0 / m)
-        return ops().bn_act(y, gb, ga - gb * mean.float(), dy, None, None, False)
+        return ops().conv_output_grad(dy, dmean, dvar, y, mean)
 
     def batch_stats(self, x):
         mean, var = ops().batch_stats(x)
