@@ -23,6 +23,7 @@ namespace py = pybind11;
 TORCH_LIBRARY(fused_resnet_cuda, m) {
   m.set_python_module("fused_resnet.backends.cuda");
   m.def("batch_stats(Tensor x) -> (Tensor, Tensor)");
+  m.def("batch_stats_backward(Tensor dmean, Tensor dvar, Tensor x, Tensor mean) -> Tensor");
   m.def("bn_finalize(Tensor mean, Tensor var, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor, Tensor)");
   m.def(
       "bn_finalize_backward(Tensor dscale, Tensor dshift, Tensor? dinvstd, Tensor mean, Tensor? weight, "
@@ -51,6 +52,7 @@ TORCH_LIBRARY(fused_resnet_cuda, m) {
 
 TORCH_LIBRARY_IMPL(fused_resnet_cuda, CUDA, m) {
   m.impl("batch_stats", &fused_resnet::batch_stats);
+  m.impl("batch_stats_backward", &fused_resnet::batch_stats_backward);
   m.impl("bn_finalize", &fused_resnet::bn_finalize);
   m.impl("bn_finalize_backward", &fused_resnet::bn_finalize_backward);
   m.impl("bn_update_running", &fused_resnet::bn_update_running);
@@ -75,8 +77,8 @@ py::dict built_with() {
   d["arch_list"] = archs;
   d["torch_version"] = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
                        std::to_string(TORCH_VERSION_PATCH);
-  d["ops"] = std::vector<std::string>{"batch_stats", "bn_finalize", "bn_finalize_backward", "bn_update_running",
-                                      "bn_act", "bn_act_backward", "conv", "conv_wgrad",
+  d["ops"] = std::vector<std::string>{"batch_stats", "batch_stats_backward", "bn_finalize", "bn_finalize_backward",
+                                      "bn_update_running", "bn_act", "bn_act_backward", "conv", "conv_wgrad",
                                       "conv_dgrad", "conv_output_grad"};
   int count = 0;
   const fused_resnet::CutlassConvKernel* const* all = fused_resnet::cutlass_conv_kernels(&count);
@@ -95,6 +97,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("built_with", &built_with,
         "Build information: CUDA toolkit version, SM architectures compiled in, torch version, ops.");
   m.def("batch_stats", &fused_resnet::batch_stats, py::arg("x"));
+  m.def("batch_stats_backward", &fused_resnet::batch_stats_backward, py::arg("dmean"), py::arg("dvar"), py::arg("x"),
+        py::arg("mean"));
   m.def("bn_finalize", &fused_resnet::bn_finalize, py::arg("mean"), py::arg("var"), py::arg("weight"),
         py::arg("bias"), py::arg("eps"));
   m.def("bn_finalize_backward", &fused_resnet::bn_finalize_backward, py::arg("dscale"), py::arg("dshift"),

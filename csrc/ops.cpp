@@ -455,17 +455,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {dy, dscale, dshift, dres, drscale, drshift};
 }
 
-// ------------------------------------------------------------------ conv_output_grad
+// ------------------------------------------------------------------ conv_output_grad, batch_stats_backward
 
-at::Tensor conv_output_grad(const at::Tensor& dy, const at::Tensor& dmean, const at::Tensor& dvar,
-                            const at::Tensor& y, const at::Tensor& mean) {
-  constexpr const char* op = "conv_output_grad";
-  check_act(y, op, "y");
-  check_like(dy, op, "dy", y, "y");
+namespace {
+
+// y * scale + shift [+ dy] with (scale, shift) the per-channel coefficients of the
+// statistics' gradient (launch_output_grad_coeffs): two launches.
+at::Tensor stats_grad(const std::optional<at::Tensor>& dy, const at::Tensor& dmean, const at::Tensor& dvar,
+                      const at::Tensor& y, const at::Tensor& mean, const char* op, const char* y_name) {
+  check_act(y, op, y_name);
+  if (dy.has_value()) check_like(*dy, op, "dy", y, y_name);
   const int64_t C = y.size(1);
-  check_vec(dmean, op, "dmean", C, y, "y");
-  check_vec(dvar, op, "dvar", C, y, "y");
-  check_vec(mean, op, "mean", C, y, "y");
+  check_vec(dmean, op, "dmean", C, y, y_name);
+  check_vec(dvar, op, "dvar", C, y, y_name);
+  check_vec(mean, op, "mean", C, y, y_name);
   const c10::cuda::CUDAGuard guard(y.device());
   if (y.numel() == 0) return at::empty(y.sizes(), y.options().memory_format(output_format(y)));
   at::Tensor coeffs = at::empty({2, C}, y.options().dtype(at::kFloat));
@@ -476,6 +479,18 @@ at::Tensor conv_output_grad(const at::Tensor& dy, const at::Tensor& dmean, const
                         coeffs.mutable_data_ptr<float>(), coeffs.mutable_data_ptr<float>() + C};
   check_launch(launch_output_grad_coeffs(a, c10::cuda::getCurrentCUDAStream()), op);
   return bn_act(y, coeffs[0], coeffs[1], dy, std::nullopt, std::nullopt, false);
+}
+
+}  // namespace
+
+at::Tensor conv_output_grad(const at::Tensor& dy, const at::Tensor& dmean, const at::Tensor& dvar,
+                            const at::Tensor& y, const at::Tensor& mean) {
+  return stats_grad(dy, dmean, dvar, y, mean, "conv_output_grad", "y");
+}
+
+at::Tensor batch_stats_backward(const at::Tensor& dmean, const at::Tensor& dvar, const at::Tensor& x,
+                                const at::Tensor& mean) {
+  return stats_grad(std::nullopt, dmean, dvar, x, mean, "batch_stats_backward", "x");
 }
 
 }  // namespace fused_resnet

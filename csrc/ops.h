@@ -44,6 +44,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 at::Tensor conv_output_grad(const at::Tensor& dy, const at::Tensor& dmean, const at::Tensor& dvar,
                             const at::Tensor& y, const at::Tensor& mean);
 
+// dx of batch_stats: (dmean + 2 dvar (x - mean)) / M, in x's dtype and layout (the
+// same two launches, without dy).
+at::Tensor batch_stats_backward(const at::Tensor& dmean, const at::Tensor& dvar, const at::Tensor& x,
+                                const at::Tensor& mean);
+
 // fused_resnet::conv on CUTLASS (csrc/cutlass/) for the inputs conv_gap accepts:
 // the BN + ReLU prologue (in_scale/in_shift) in the mainloop; bias, ReLU and
 // residual in the epilogue (a ReLU after a residual only with a bias and no

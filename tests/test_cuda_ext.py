@@ -170,6 +170,7 @@ def _sample_inputs(device="meta", make=None):
             other = make(2, c, 5, 3, dtype=dtype, cl=not cl)
             out += [
                 ("batch_stats", (x,)),
+                ("batch_stats_backward", (v(), v(), x, v())),
                 ("bn_finalize", (v(), v(), v(), v(), 1e-5)),
                 ("bn_finalize", (v(), v(), None, None, 1e-3)),
                 ("bn_finalize_backward", (v(), v(), v(), v(), v(), v(), v())),
@@ -306,6 +307,20 @@ def test_batch_stats(ns, dtype, cl, shape):
     # Deterministic: the same bits twice.
     mean2, var2 = ns.batch_stats(x)
     assert torch.equal(mean, mean2) and torch.equal(var, var2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
+def test_batch_stats_backward(ns, dtype, cl):
+    """dx = (dmean + 2 dvar (x - mean)) / M in x's layout: the reference's fp32 formula rounded
+    once; dmean expanded (stride 0), as autograd passes a sum's gradient."""
+    x = _act((4, 24, 9, 7), dtype, cl, offset=0.3)
+    mean = x.float().mean((0, 2, 3))
+    dmean = torch.full((1,), 0.7, device=DEV).expand(24)
+    dvar = torch.randn(24, device=DEV)
+    _close_act(ns.batch_stats_backward(dmean, dvar, x, mean), reference.batch_stats_backward(dmean, dvar, x, mean),
+               "dx")
 
 
 @pytest.mark.gpu

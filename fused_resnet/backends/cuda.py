@@ -1,7 +1,8 @@
 """The cuda backend: the compiled ``fused_resnet._C`` kernels.
 
-It runs the memory-bound BatchNorm pieces (batch statistics, finalize and its
-backward, the running-statistics update, BN + residual + ReLU and its backward)
+It runs the memory-bound BatchNorm pieces (batch statistics and their backward,
+finalize and its backward, the running-statistics update, BN + residual + ReLU and
+its backward)
 with the CUDA kernels of ``csrc/``, registered as ``torch.ops.fused_resnet_cuda.<name>``.
 
 Convolutions run on CUTLASS implicit GEMMs where they fuse something
@@ -40,8 +41,8 @@ from .base import FLOAT_DTYPES, Backend
 LIB = "fused_resnet_cuda"
 # The ops that mirror a fused_resnet:: op (same name and schema, minus backend); the
 # others are EXTRA_OP_NAMES (below their fakes).
-OP_NAMES = ("batch_stats", "bn_finalize", "bn_finalize_backward", "bn_update_running", "bn_act", "bn_act_backward",
-            "conv")
+OP_NAMES = ("batch_stats", "batch_stats_backward", "bn_finalize", "bn_finalize_backward", "bn_update_running",
+            "bn_act", "bn_act_backward", "conv")
 
 _ops_ns = None
 _fakes_registered = False
@@ -269,6 +270,9 @@ class CudaBackend(Backend):
     def batch_stats(self, x):
         mean, var = ops().batch_stats(x)
         return mean, var
+
+    def batch_stats_backward(self, dmean, dvar, x, mean):
+        return ops().batch_stats_backward(dmean, dvar, x, mean)
 
     def bn_finalize(self, mean, var, weight, bias, eps):
         scale, shift, invstd = ops().bn_finalize(mean, var, weight, bias, float(eps))
