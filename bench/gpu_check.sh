@@ -162,7 +162,7 @@ stage bench-models 240 "$BENCH" "$PY" bench/bench_models.py "${MODEL_ARGS[@]}"
 stage bench-graphs 240 "$BENCH" "$PY" bench/bench_models.py "${GRAPH_ARGS[@]}"
 # The kernels of one layer1 step per variant: where the fused blocks lose their time.
 stage profile 120 "$BENCH" "$PY" bench/profile_blocks.py --blocks layer1
-stage host-overhead 90 "$BENCH" "$PY" bench/host_overhead.py --json "$OUT/host_overhead.json"
+stage host-overhead 90 "$BENCH" "$PY" bench/host_overhead.py --variants eager,null,triton-host,cuda-host --json "$OUT/host_overhead.json"
 
 if (( ! QUICK )); then
   stage tests-rest 200 "$TESTS" "$PY" -m pytest tests -q -rfE -m "not gpu" -p no:cacheprovider "${PYTEST_EXTRA[@]}"

@@ -5,6 +5,7 @@
 // CUDA stream. The kernels are in the .cu files (interface: launch.h).
 #include <ATen/cuda/CUDAContextLight.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -607,8 +608,8 @@ KernelChoice choose_dgrad(const at::Tensor& x, const at::Tensor& weight, at::Int
   const ConvGeometry g = geometry(x, weight, stride, padding, dilation, "conv_dgrad");
   if (g.sh != 1 || g.sw != 1)
     return {nullptr, words("stride ", stride, ": only unit-stride data gradients are instantiated")};
-  const auto& kernel =
-      cutlass_conv_kernel(ConvKind::kDgradBnRelu, element_of(x.scalar_type()), g.C > 64 ? ConvTile::kWide : ConvTile::kNarrow);
+  const ConvTile tile = g.C > 64 ? ConvTile::kWide : ConvTile::kNarrow;
+  const auto& kernel = cutlass_conv_kernel(ConvKind::kDgradBnRelu, element_of(x.scalar_type()), tile);
   if (const char* why = kernel.can_run(conv_args(g))) return {nullptr, words(kernel.name, " cannot run it: ", why)};
   return {&kernel, ""};
 }
@@ -725,10 +726,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv(const at::Tensor& x, const a
   a.residual = residual.has_value() ? residual->const_data_ptr() : nullptr;
   a.out = y.mutable_data_ptr();
   // The epilogue takes the statistics where the kernel can (not of y + residual:
-  // it reduces the accumulators); otherwise they are read back from y.
-  const int slab_rows = residual.has_value() ? 0 : choice.kernel->stats_slab_rows;
+  // it reduces the accumulators); otherwise they are read back from y. An empty
+  // batch launches nothing (batch_stats gives NaN statistics of no rows).
+  const bool empty = y.numel() == 0;
+  const int slab_rows = residual.has_value() || empty ? 0 : choice.kernel->stats_slab_rows;
   if (!stats || slab_rows == 0) {
-    run_kernel(*choice.kernel, a, x, op);
+    if (!empty) run_kernel(*choice.kernel, a, x, op);
     if (!stats) return {y, empty_vec(x), empty_vec(x)};
     auto [mean, var] = batch_stats(y);
     return {y, mean, var};
@@ -795,6 +798,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_dgrad(const at::Tensor& g_in
   const at::Tensor w = krsc(weight);
   const auto vec_opts = x.options().dtype(at::kFloat);
   at::Tensor dx = at::empty({geo.N, geo.C, geo.H, geo.W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (dx.numel() == 0) return {dx, at::zeros({geo.C}, vec_opts), at::zeros({geo.C}, vec_opts)};  // sums of no rows
   at::Tensor dscale = at::empty({geo.C}, vec_opts), dshift = at::empty({geo.C}, vec_opts);
   SlabSumArgs s{};
   s.C = geo.C;

@@ -362,15 +362,15 @@ def test_conv_epilogue_bias_relu(C, case, combo, dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", LOWP, ids=str)
 def test_mainloop_prologue_keeps_the_fp32_scale(C, dtype):
-    """The mainloop reads scale and shift in fp32: a scale of 1 + 2^-12 and a shift that 16 bits
-    do not hold leave no per-channel bias in the output. Each channel's mean error against fp64
-    stays within 2x plain PyTorch's (which applies the BatchNorm in fp32); the same scale and
-    shift rounded to 16 bits, as CUTLASS's stock fusion reads them, would miss that bound (checked
-    here too, so the test can tell the two apart)."""
-    x, weight, _, _, stride, pad, dil = _inputs((4, 64, 14, 14, 64, 3, 1, 1, 1), dtype)
+    """The mainloop reads scale and shift in fp32: a scale of 1 + 2^-9 + 2^-12 (off by 2^-12 in
+    float16, 2^-9 in bfloat16) and a shift that 16 bits do not hold leave no per-channel bias in
+    the output. Each channel's mean error against fp64 stays within 2x plain PyTorch's (which
+    applies the BatchNorm in fp32); the same scale and shift rounded to 16 bits, as CUTLASS's stock
+    fusion reads them, would miss that bound (checked here too, so the test can tell the two apart)."""
+    x, weight, _, _, stride, pad, dil = _inputs((8, 64, 14, 14, 64, 3, 1, 1, 1), dtype)
     x = (x.float().abs() + 0.5).to(dtype)
     weight = (weight.float().abs() / 8).to(dtype)  # positive: the per-channel errors add up
-    scale = torch.full((64,), 1 + 2.0 ** -12, device=DEV)
+    scale = torch.full((64,), 1 + 2.0 ** -9 + 2.0 ** -12, device=DEV)
     shift = torch.full((64,), 3 * 2.0 ** -12 + 0.1, device=DEV)
 
     def channel_mean_err(y, ref64):

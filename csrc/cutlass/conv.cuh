@@ -88,9 +88,9 @@ struct FpropPrologue {
   using Kernel = cutlass::conv::kernel::ImplicitGemmConvolutionFusion<
       Mma, FpropEpilogue<typename Stock::Epilogue, Mma16816, Swizzle>, Swizzle, cutlass::conv::Operator::kFprop>;
   using Op = cutlass::conv::device::ImplicitGemmConvolutionFusion<Kernel>;
-  static_assert(IsFp32Transform<cutlass::conv::warp::FpropScaleBiasReluTransform<
-                    typename Mma::Operator::TransformedFragmentA, typename Mma::WarpIteratorScaleBias::Fragment>>::value,
-                "the fprop mainloop must use the fp32 scale/shift transform");
+  using Transform = cutlass::conv::warp::FpropScaleBiasReluTransform<typename Mma::Operator::TransformedFragmentA,
+                                                                      typename Mma::WarpIteratorScaleBias::Fragment>;
+  static_assert(IsFp32Transform<Transform>::value, "the fprop mainloop must use the fp32 scale/shift transform");
 
   static typename Op::Arguments arguments(const CutlassConvArgs& a) {
     auto y = nhwc<T>(a.out, a.N, a.P, a.Q, a.K);
@@ -153,9 +153,9 @@ struct WgradPrologue {
   using Kernel = cutlass::conv::kernel::ImplicitGemmConvolutionFusion<Mma, typename Stock::Epilogue, Swizzle,
                                                                       cutlass::conv::Operator::kWgrad>;
   using Op = cutlass::conv::device::ImplicitGemmConvolutionFusion<Kernel>;
-  static_assert(IsFp32Transform<cutlass::conv::warp::WgradScaleBiasReluTransform<
-                    typename Mma::Operator::TransformedFragmentB, typename Mma::IteratorScaleBias::Fragment>>::value,
-                "the wgrad mainloop must use the fp32 scale/shift transform");
+  using Transform = cutlass::conv::warp::WgradScaleBiasReluTransform<typename Mma::Operator::TransformedFragmentB,
+                                                                      typename Mma::IteratorScaleBias::Fragment>;
+  static_assert(IsFp32Transform<Transform>::value, "the wgrad mainloop must use the fp32 scale/shift transform");
 
   static typename Op::Arguments arguments(const CutlassConvArgs& a) {
     auto dw = nhwc<float>(a.out, a.K, a.R, a.S, a.C);

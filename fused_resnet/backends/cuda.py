@@ -174,8 +174,9 @@ class CudaBackend(Backend):
         sc = reference.shortcut(sc_x, sc_weight, sc_in_scale, sc_in_shift, sc_stride, weight.shape[0])
         res = sc.to(x.dtype).contiguous(memory_format=torch.channels_last)
         if conv_gap(x, weight, bias, in_scale, res, stride, padding, dilation, groups, relu, False):
-            return reference.conv_shortcut(x, weight, bias, in_scale, in_shift, sc_x, sc_weight, sc_in_scale,
-                                           sc_in_shift, sc_stride, stride, padding, dilation, groups, relu)
+            # The reference's sum, the shortcut added in the accumulation dtype.
+            return reference.conv(x, weight, bias, in_scale, in_shift, sc, stride, padding, dilation, groups, relu,
+                                  False)[0]
         return ops().conv(x, weight, bias, in_scale, in_shift, res, list(stride), list(padding), list(dilation),
                           int(groups), bool(relu), False)[0]
 
