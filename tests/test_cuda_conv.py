@@ -424,6 +424,20 @@ def test_prologue_vectors_may_be_unaligned_views(C):
 
 
 @pytest.mark.gpu
+def test_empty_batch_launches_nothing(C):
+    """A batch of 0 images: an empty output, NaN statistics (as torch.var_mean of no rows), and a
+    data gradient whose scale/shift sums are zeros, with no kernel launched on an empty problem."""
+    x, weight, scale, shift, stride, pad, dil = _inputs(CASES[2], torch.bfloat16)
+    x = x[:0]
+    ns = cuda_backend.ops()
+    y, mean, var = ns.conv(x, weight, None, scale, shift, None, stride, pad, dil, 1, False, True)
+    assert y.shape == (0, 64, 15, 15) and mean.isnan().all() and var.isnan().all()
+    dx, dscale, dshift = ns.conv_dgrad(y, x, weight, scale, shift, stride, pad, dil)
+    assert dx.shape == x.shape and not dscale.any() and not dshift.any()
+    torch.cuda.synchronize()
+
+
+@pytest.mark.gpu
 def test_epilogue_statistics_are_bitwise_repeatable(C):
     """The slab statistics are merged in a fixed order (no atomics): no run-to-run variation."""
     x, weight, _, _, stride, pad, dil = _inputs((8, 64, 28, 28, 256, 1, 1, 0, 1), torch.bfloat16)
