@@ -438,17 +438,6 @@ def test_empty_batch_launches_nothing(C):
 
 
 @pytest.mark.gpu
-def test_epilogue_statistics_are_bitwise_repeatable(C):
-    """The slab statistics are merged in a fixed order (no atomics): no run-to-run variation."""
-    x, weight, _, _, stride, pad, dil = _inputs((8, 64, 28, 28, 256, 1, 1, 0, 1), torch.bfloat16)
-    ns = cuda_backend.ops()
-    first = ns.conv(x, weight, None, None, None, None, stride, pad, dil, 1, False, True)
-    for _ in range(3):
-        again = ns.conv(x, weight, None, None, None, None, stride, pad, dil, 1, False, True)
-        assert all(torch.equal(a, b) for a, b in zip(first, again))
-
-
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", LOWP, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_conv_wgrad_prologue(C, case, dtype):
@@ -519,24 +508,21 @@ def test_conv_output_grad(C, dtype, layout):
 
 
 @pytest.mark.gpu
-def test_dgrad_is_bitwise_repeatable(C):
-    """The dscale/dshift slab sums are added in a fixed order: no run-to-run variation."""
+@pytest.mark.parametrize("kernel", ["conv-statistics", "dgrad", "wgrad"])
+def test_reductions_are_bitwise_repeatable(C, kernel):
+    """The epilogue statistics and the dgrad's scale/shift sums are merged in a fixed order, the
+    wgrad's serial split-K adds its slices in one: no run-to-run variation."""
     x, weight, scale, shift, stride, pad, dil = _inputs((8, 64, 28, 28, 64, 3, 1, 1, 1), torch.bfloat16)
     g = _cl(randn(8, 64, 28, 28, device=DEV, seed=3).to(torch.bfloat16))
-    first = cuda_backend.ops().conv_dgrad(g, x, weight, scale, shift, stride, pad, dil)
+    ns = cuda_backend.ops()
+    run = {
+        "conv-statistics": lambda: ns.conv(x, weight, None, None, None, None, stride, pad, dil, 1, False, True),
+        "dgrad": lambda: ns.conv_dgrad(g, x, weight, scale, shift, stride, pad, dil),
+        "wgrad": lambda: (ns.conv_wgrad(g, x, weight, scale, shift, stride, pad, dil),),
+    }[kernel]
+    first = run()
     for _ in range(3):
-        again = cuda_backend.ops().conv_dgrad(g, x, weight, scale, shift, stride, pad, dil)
-        assert all(torch.equal(a, b) for a, b in zip(first, again))
-
-
-@pytest.mark.gpu
-def test_wgrad_is_bitwise_repeatable(C):
-    """Serial split-K adds the slices in a fixed order: no run-to-run variation."""
-    x, weight, scale, shift, stride, pad, dil = _inputs((8, 64, 28, 28, 64, 3, 1, 1, 1), torch.bfloat16)
-    g = _cl(randn(8, 64, 28, 28, device=DEV, seed=3).to(torch.bfloat16))
-    first = cuda_backend.ops().conv_wgrad(g, x, weight, scale, shift, stride, pad, dil)
-    for _ in range(3):
-        assert torch.equal(first, cuda_backend.ops().conv_wgrad(g, x, weight, scale, shift, stride, pad, dil))
+        assert all(torch.equal(a, b) for a, b in zip(first, run()))
 
 
 @pytest.mark.gpu

@@ -57,10 +57,29 @@ FpropEpilogueArgs fprop_epilogue_args(const CutlassConvArgs& a) {
   return {a.bias, a.relu, a.partial, rows, a.K, (rows + SlabRows - 1) / SlabRows};
 }
 
+// A stock kernel (DefaultConv2d*::Kernel) rebuilt with one of the epilogues of
+// fused_epilogues.cuh around its own.
+template <typename StockKernel, template <class, class, class> class Fused, cutlass::conv::Operator kOperator>
+using WithEpilogue = cutlass::conv::kernel::ImplicitGemmConvolution<
+    typename StockKernel::Mma, Fused<typename StockKernel::Epilogue, Mma16816, Swizzle>, Swizzle, kOperator>;
+
+// The fprop output y [N, P, Q, K] and the epilogue's source C: the residual (read
+// with beta = 1) or y itself (beta = 0 leaves it unread).
+template <typename T>
+struct FpropOutput {
+  cutlass::TensorRef<T, Layout> y, c;
+  float beta;
+};
+
+template <typename T>
+FpropOutput<T> fprop_output(const CutlassConvArgs& a) {
+  auto y = nhwc<T>(a.out, a.N, a.P, a.Q, a.K);
+  return {y, a.residual ? nhwc<T>(a.residual, a.N, a.P, a.Q, a.K) : y, a.residual ? 1.0f : 0.0f};
+}
+
 inline const char* status_text(cutlass::Status s) {
   return s == cutlass::Status::kSuccess ? nullptr : cutlass::cutlassGetStatusString(s);
 }
-
 
 // fprop: y = [relu](conv(relu(x*scale+shift), w) [+ bias]) [+ residual], stored in T
 // (FpropEpilogue: bias and ReLU in registers, the residual added by the stock store
@@ -93,17 +112,15 @@ struct FpropPrologue {
   static_assert(IsFp32Transform<Transform>::value, "the fprop mainloop must use the fp32 scale/shift transform");
 
   static typename Op::Arguments arguments(const CutlassConvArgs& a) {
-    auto y = nhwc<T>(a.out, a.N, a.P, a.Q, a.K);
-    // beta = 0 leaves C unread; with a residual, C is it and beta = 1.
-    auto c = a.residual ? nhwc<T>(a.residual, a.N, a.P, a.Q, a.K) : y;
+    const FpropOutput<T> out = fprop_output<T>(a);
     return {problem_size(a),
             nhwc<T>(a.x, a.N, a.H, a.W, a.C),
             nhwc<T>(a.w, a.K, a.R, a.S, a.C),
             vec<float>(a.scale, a.C),
             vec<float>(a.shift, a.C),
-            c,
-            y,
-            {1.0f, a.residual ? 1.0f : 0.0f, fprop_epilogue_args<kStatsSlabRows>(a)}};
+            out.c,
+            out.y,
+            {1.0f, out.beta, fprop_epilogue_args<kStatsSlabRows>(a)}};
   }
 };
 
@@ -118,20 +135,17 @@ struct FpropStats {
       T, Layout, T, Layout, T, Layout, float, cutlass::arch::OpClassTensorOp, cutlass::arch::Sm80, TileShape,
       WarpShape, Mma16816, Output, Swizzle, Stages, cutlass::arch::OpMultiplyAdd,
       cutlass::conv::IteratorAlgorithm::kOptimized>::Kernel;
-  using Kernel = cutlass::conv::kernel::ImplicitGemmConvolution<
-      typename Stock::Mma, FpropEpilogue<typename Stock::Epilogue, Mma16816, Swizzle>, Swizzle,
-      cutlass::conv::Operator::kFprop>;
+  using Kernel = WithEpilogue<Stock, FpropEpilogue, cutlass::conv::Operator::kFprop>;
   using Op = cutlass::conv::device::ImplicitGemmConvolution<Kernel>;
 
   static typename Op::Arguments arguments(const CutlassConvArgs& a) {
-    auto y = nhwc<T>(a.out, a.N, a.P, a.Q, a.K);
-    auto c = a.residual ? nhwc<T>(a.residual, a.N, a.P, a.Q, a.K) : y;
+    const FpropOutput<T> out = fprop_output<T>(a);
     return {problem_size(a),
             nhwc<T>(a.x, a.N, a.H, a.W, a.C),
             nhwc<T>(a.w, a.K, a.R, a.S, a.C),
-            c,
-            y,
-            {1.0f, a.residual ? 1.0f : 0.0f, fprop_epilogue_args<kStatsSlabRows>(a)}};
+            out.c,
+            out.y,
+            {1.0f, out.beta, fprop_epilogue_args<kStatsSlabRows>(a)}};
   }
 };
 
@@ -185,14 +199,13 @@ struct FpropBiasRelu {
   using Op = cutlass::conv::device::ImplicitGemmConvolution<Kernel>;
 
   static typename Op::Arguments arguments(const CutlassConvArgs& a) {
-    auto y = nhwc<T>(a.out, a.N, a.P, a.Q, a.K);
-    auto c = a.residual ? nhwc<T>(a.residual, a.N, a.P, a.Q, a.K) : y;
+    const FpropOutput<T> out = fprop_output<T>(a);
     return {problem_size(a),
             nhwc<T>(a.x, a.N, a.H, a.W, a.C),
             nhwc<T>(a.w, a.K, a.R, a.S, a.C),
-            c,
-            y,
-            {1.0f, a.residual ? 1.0f : 0.0f},
+            out.c,
+            out.y,
+            {1.0f, out.beta},
             cutlass::conv::SplitKMode::kSerial,
             const_cast<float*>(a.bias),  // ldr = 0: every row of output tiles reads the same K values
             nullptr};
@@ -211,9 +224,7 @@ struct DgradBnRelu {
       T, Layout, T, Layout, T, Layout, float, cutlass::arch::OpClassTensorOp, cutlass::arch::Sm80, TileShape,
       WarpShape, Mma16816, Output, Swizzle, Stages, cutlass::arch::OpMultiplyAdd,
       cutlass::conv::IteratorAlgorithm::kOptimized, cutlass::conv::StrideSupport::kUnity>::Kernel;
-  using Kernel = cutlass::conv::kernel::ImplicitGemmConvolution<
-      typename Stock::Mma, DgradBnReluEpilogue<typename Stock::Epilogue, Mma16816, Swizzle>, Swizzle,
-      cutlass::conv::Operator::kDgrad>;
+  using Kernel = WithEpilogue<Stock, DgradBnReluEpilogue, cutlass::conv::Operator::kDgrad>;
   using Op = cutlass::conv::device::ImplicitGemmConvolution<Kernel>;
 
   static typename Op::Arguments arguments(const CutlassConvArgs& a) {
