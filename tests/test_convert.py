@@ -121,23 +121,34 @@ def test_detection_backbone_with_frozen_batchnorm():
     (1, "A", False), (1, "B", False), (1, "C", False), (1, "A", True),
     (2, "A", False), (2, "B", False), (2, "C", False), (2, "A", True),
 ])
-def test_cifar_resnets_convert_with_parity(version, shortcut, plain):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cifar_resnets_convert_with_parity(version, shortcut, plain, dtype):
+    """Logits, BatchNorm buffers and, in fp64, every gradient of one train and one eval step.
+
+    fp32 gradients are not compared element by element: a pre-activation within rounding
+    of 0 can fall on the other side of a ReLU in one of the two models, which moves that
+    element's gradient by its whole value and everything upstream with it (seen on one
+    CPU: |u| = 2e-7 in ResNet-20's last block turned 0.5% of the input gradient). The
+    forward and the buffers are continuous in the rounding; in fp64 the gradients are
+    too, at any tolerance fp32 could be held to."""
     torch.manual_seed(0)
-    model = cifar_resnet(20, version=version, shortcut=shortcut, plain=plain)
+    model = cifar_resnet(20, version=version, shortcut=shortcut, plain=plain).to(dtype)
     fused = convert(model)
     assert len([m for m in fused.modules() if isinstance(m, FUSED_BLOCKS)]) == 9
-    x = torch.randn(4, 3, 32, 32)
+    x = torch.randn(4, 3, 32, 32, dtype=dtype)
+    tol = 1e-4 if dtype == torch.float32 else 1e-9
     for mode in ("train", "eval"):
         model.train(mode == "train"), fused.train(mode == "train")
         ya, dxa, ga = _train_step(model, x)
         yb, dxb, gb = _train_step(fused, x)
-        _close(yb, ya, f"{mode} logits")
-        _close(dxb, dxa, f"{mode} input grad")
-        for n in ga:
-            _close(gb[n], ga[n], f"{mode} grad {n}", tol=5e-4)
+        _close(yb, ya, f"{mode} logits", tol=tol)
+        if dtype == torch.float64:
+            _close(dxb, dxa, f"{mode} input grad", tol=tol)
+            for n in ga:
+                _close(gb[n], ga[n], f"{mode} grad {n}", tol=tol)
         model.zero_grad(), fused.zero_grad()
     for (n, a), (_, b) in zip(model.named_buffers(), fused.named_buffers()):
-        _close(b.float(), a.float(), f"buffer {n}")
+        _close(b.to(dtype), a.to(dtype), f"buffer {n}", tol=tol)
 
 
 @pytest.mark.parametrize("depth,params_m", [(20, 0.27), (32, 0.46), (44, 0.66), (56, 0.85), (110, 1.7), (1202, 19.4)])
