@@ -308,6 +308,14 @@ def _finish(stage: _Stage, a: _Act, shortcut, run: _Run) -> Tensor:
 # ---------------------------------------------------------------- the blocks
 
 
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype autocast computes in on ``device_type``, or None where it is off. Meta
+    tensors (shape inference, deferred initialisation) have no autocast to ask."""
+    if device_type == "meta" or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
 class _FusedMixin:
     """Backend selection, input checks, autocast and the fold cache shared by every fused block."""
 
@@ -372,9 +380,9 @@ class _FusedMixin:
         if x.device != w.device:
             raise RuntimeError(f"{name}: input x is on {x.device} but the block's parameters (conv1.weight) are on {w.device}")
 
-    def _check_dtype(self, x: Tensor, dtype: torch.dtype) -> None:
+    def _check_dtype(self, x: Tensor, autocast_dtype: Optional[torch.dtype]) -> None:
         w = self.conv1.weight
-        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+        if x.dtype != w.dtype and autocast_dtype is None:
             raise TypeError(
                 f"{type(self).__name__}: input x has dtype {x.dtype} but conv1.weight has dtype {w.dtype}; "
                 "cast the model to the input's dtype or run under torch.autocast"
@@ -391,10 +399,9 @@ class _FusedMixin:
             )
         return self._speed_key
 
-    def _run(self, x: Tensor) -> tuple[Tensor, _Run]:
-        dev = x.device.type
-        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-        self._check_dtype(x, dtype)
+    def _run(self, x: Tensor, autocast_dtype: Optional[torch.dtype]) -> tuple[Tensor, _Run]:
+        self._check_dtype(x, autocast_dtype)
+        dtype = autocast_dtype or x.dtype
         mode = "train" if self.training else "infer"
         # Only "auto" consults the speed tables, so only it needs the block's signature.
         key = self.speed_key() if self.requested_backend == "auto" else ""
@@ -405,7 +412,11 @@ class _FusedMixin:
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        x, run = self._run(x)
+        autocast_dtype = _autocast_dtype(x.device.type)
+        x, run = self._run(x, autocast_dtype)
+        if autocast_dtype is None:
+            return self._fused_forward(x, run)
+        # The fused ops compute in the dtype chosen here; autocast must not recast their operands.
         with torch.autocast(x.device.type, enabled=False):
             return self._fused_forward(x, run)
 

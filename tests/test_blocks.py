@@ -229,3 +229,24 @@ def test_model_built_under_inference_mode_runs():
         x = _input(block, 1, 7, 0, channels_last=True)
         _close(fused(x), block(x), "output of a block built under inference_mode")
         _close(fused(x), block(x), "second output")
+
+
+@pytest.mark.parametrize("kind", sorted(BLOCKS))
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_meta_tensors_give_torchvisions_shapes(kind, mode):
+    """Shape inference on the meta device (deferred initialisation, size estimates): the
+    forward and backward run on the reference backend and give torchvision's output and
+    gradient shapes and dtypes, with no autocast to consult on that device."""
+    block, fused = _pair(kind)
+    block, fused = block.to("meta").train(mode == "train"), fused.to("meta").train(mode == "train")
+    x = torch.empty(2, _in_channels(block), 9, 9, device="meta").contiguous(memory_format=torch.channels_last)
+    outs = {}
+    for name, m in (("plain", block), ("fused", fused)):
+        xi = x.clone().requires_grad_()
+        y = m(xi)
+        y.backward(torch.empty_like(y))
+        outs[name] = (y, xi.grad, [p.grad for p in m.parameters()])
+    (y, dx, grads), (fy, fdx, fgrads) = outs["plain"], outs["fused"]
+    assert fy.device.type == "meta" and fused.backend == "reference"
+    assert (fy.shape, fy.dtype, fdx.shape, fdx.dtype) == (y.shape, y.dtype, dx.shape, dx.dtype)
+    assert [(g.shape, g.dtype) for g in fgrads] == [(g.shape, g.dtype) for g in grads]
