@@ -31,14 +31,25 @@
 #   failures.log each failing test's id and traceback, written as it fails (so a
 #                stage cut short by its time limit still says what failed)
 # SKIP="name ..." skips the named stages (e.g. SKIP="bench-models tests-rest").
-# Within one 10-minute call not every stage fits: on an H100 (2026-11-23) the GPU
-# tests alone needed more than 240 s with 14 processes. Three calls cover it all:
-#   SKIP="bench-blocks bench-models bench-graphs profile host-overhead" TESTS_GPU_S=420 BUDGET_S=570 bash bench/gpu_check.sh --quick
-#   SKIP="check-resnet50-fp32 check-resnet50-bf16-train tests-gpu bench-graphs profile host-overhead" BUDGET_S=570 bash bench/gpu_check.sh --quick
-#   SKIP="check-resnet50-fp32 check-resnet50-bf16-train tests-gpu bench-blocks bench-models" BUDGET_S=570 bash bench/gpu_check.sh --quick
-# Every stage runs under `timeout`; the stages share a budget (BUDGET_S, default
-# 540 s) so that the whole script ends inside a 10-minute device call. Exit code
-# 1 if any stage failed or timed out.
+# DRY_RUN=1 prints each stage's command instead of running it (no GPU needed).
+# BENCH_MODELS="resnet50" limits bench-models to those models (default: the script's).
+#
+# The stages run in order of what they tell: the CUDA extension's kernel tests first
+# (tests-cuda: no Triton compiling, the kernels no other stage isolates), whole-model
+# parity, the rest of the GPU tests, then the benchmarks. Every stage runs under
+# `timeout`; the stages share a budget (BUDGET_S, default 540 s) so that the whole
+# script ends inside a 10-minute device call, and a stage that no longer fits is
+# skipped and says so. Exit code 1 if any stage failed or timed out.
+#
+# A session's device time is 15 minutes, machine start (1-2 min) and idle included.
+# On the H100 of 2026-11-23 the build took 38 s and the GPU tests needed more than
+# 240 s with 14 processes (mostly Triton compiling), so the plan is one full call
+# and, only if at least 5 minutes are left right after it (the machine is then
+# still warm and keeps the build), a short second one:
+#   1. (timeout_s 600, carry [".whl"])
+#      SKIP="bench-graphs profile host-overhead" TESTS_GPU_S=170 BENCH_MODELS=resnet50 BUDGET_S=560 bash bench/gpu_check.sh --quick
+#   2. (timeout_s 240, at once, same carry)
+#      SKIP="check-resnet50-fp32 check-resnet50-bf16-train tests-cuda tests-gpu bench-blocks bench-models" BUDGET_S=220 bash bench/gpu_check.sh --quick --no-build
 set -u -o pipefail
 export PYTHONUNBUFFERED=1
 
@@ -53,9 +64,19 @@ for a in "$@"; do
     --quick) QUICK=1 ;;
     --compile) COMPILE=1 ;;
     --no-build) BUILD=0 ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d'; exit 0 ;;
     *) echo "gpu_check.sh: unknown option $a" >&2; exit 2 ;;
   esac
+done
+
+# Every stage's name, in the order they run: SKIP may name only these.
+ALL_STAGES="env wheels cutlass-headers build info tests-cuda check-resnet50-bf16-train check-resnet50-fp32
+  check-cifar56-bf16-train tests-gpu bench-blocks bench-models bench-graphs profile host-overhead tests-rest"
+for name in ${SKIP:-}; do
+  if [[ " $(echo $ALL_STAGES) " != *" $name "* ]]; then
+    echo "gpu_check.sh: SKIP names '$name', which is no stage; stages: $(echo $ALL_STAGES)" >&2
+    exit 2
+  fi
 done
 
 START=$SECONDS
@@ -66,6 +87,7 @@ FAILED=0
 # output appended to LOG (and shown when SHOW=1); one status line per stage.
 stage() {
   local name=$1 cap=$2 log=$3; shift 3
+  [[ " $(echo $ALL_STAGES) " == *" $name "* ]] || { echo "gpu_check.sh: stage $name is missing from ALL_STAGES" >&2; exit 2; }
   if [[ " ${SKIP:-} " == *" $name "* ]]; then
     STAGES+=("$name|skipped: SKIP|0")
     return 0
@@ -78,6 +100,11 @@ stage() {
     return 0
   fi
   echo "--- $name (limit ${limit}s, log $log)"
+  if [[ ${DRY_RUN:-0} == 1 ]]; then
+    echo "    \$ $*"
+    STAGES+=("$name|dry run|0")
+    return 0
+  fi
   printf '\n===== %s [%s, limit %ss]\n$ %s\n' "$name" "$(date -u +%FT%TZ)" "$limit" "$*" >>"$log"
   local t0=$SECONDS rc
   if [[ ${SHOW:-0} == 1 ]]; then
@@ -129,26 +156,38 @@ fi
 if command -v fused-resnet >/dev/null 2>&1; then FR=(fused-resnet); else FR=("$PY" -m fused_resnet); fi
 SHOW=1 stage info 60 "$SETUP" "${FR[@]}" info
 
+# Test processes in parallel (pytest-xdist, when installed): most of the GPU suite's
+# time is Triton compiling kernels on the CPU.
+# A test that hangs is stopped (pytest-timeout, when installed) instead of eating the budget.
+PYTEST=("$PY" -m pytest -q -rfE -p no:cacheprovider --durations=10)
+"$PY" -c "import xdist" 2>/dev/null && PYTEST+=(-n "${XDIST_N:-14}")
+"$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST+=(--timeout 150)
+
+# The CUDA extension's kernels against fp64 and the reference, on their own: they
+# compile no Triton kernel, so they come back in a minute whatever follows.
+CUDA_TESTS=(tests/test_cuda_conv.py tests/test_cuda_ext.py)
+stage tests-cuda 150 "$TESTS" "${PYTEST[@]}" -m gpu "${CUDA_TESTS[@]}"
+
 # Whole-model parity against torchvision (TF32 off for fp32; fp64 reference and the 2x rule for bf16/fp16).
 # Parity does not depend on which Triton configuration is fastest: the heuristic one
 # is used untimed, so the check compiles one configuration per kernel, not all.
 NOTUNE=(env FUSED_RESNET_TRITON_AUTOTUNE=0)
-stage check-resnet50-fp32 120 "$CHECK" "${NOTUNE[@]}" "${FR[@]}" check --model resnet50 --dtype fp32 --batch 8
 stage check-resnet50-bf16-train 120 "$CHECK" "${NOTUNE[@]}" "${FR[@]}" check --model resnet50 --dtype bf16 --train --batch 32
+stage check-resnet50-fp32 120 "$CHECK" "${NOTUNE[@]}" "${FR[@]}" check --model resnet50 --dtype fp32 --batch 8
 if (( ! QUICK )); then
   stage check-cifar56-bf16-train 90 "$CHECK" "${NOTUNE[@]}" "${FR[@]}" check --model cifar_resnet56 --dtype bf16 --train --batch 128
 fi
 
-# Test processes in parallel (pytest-xdist, when installed): most of the GPU suite's
-# time is Triton compiling kernels on the CPU.
-# A test that hangs is stopped (pytest-timeout, when installed) instead of eating the budget.
-PYTEST_EXTRA=()
-"$PY" -c "import xdist" 2>/dev/null && PYTEST_EXTRA=(-n "${XDIST_N:-14}")
-"$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST_EXTRA+=(--timeout 150)
-stage tests-gpu "${TESTS_GPU_S:-240}" "$TESTS" "$PY" -m pytest tests -q -rfE -m gpu -p no:cacheprovider --durations=20 "${PYTEST_EXTRA[@]}"
+# The rest of the GPU tests (the files tests-cuda ran are left out unless it was skipped).
+REST=(tests)
+if [[ " ${SKIP:-} " != *" tests-cuda "* ]]; then
+  for f in "${CUDA_TESTS[@]}"; do REST+=(--ignore "$f"); done
+fi
+stage tests-gpu "${TESTS_GPU_S:-240}" "$TESTS" "${PYTEST[@]}" -m gpu "${REST[@]}"
 
 BLOCK_ARGS=(--json "$OUT/blocks.json" --table "$OUT/speed_table.json")
 MODEL_ARGS=(--json "$OUT/models.json" --backend triton,cuda,auto)
+[[ -n ${BENCH_MODELS:-} ]] && MODEL_ARGS+=(--models "$BENCH_MODELS")
 # The same steps replayed from CUDA graphs: the gap to the plain rows is host time.
 GRAPH_ARGS=(--json "$OUT/graphs.json" --backend triton,cuda --graphs --quick)
 if (( QUICK )); then
@@ -165,7 +204,7 @@ stage profile 120 "$BENCH" "$PY" bench/profile_blocks.py --blocks layer1
 stage host-overhead 90 "$BENCH" "$PY" bench/host_overhead.py --variants eager,null,triton-host,cuda-host --json "$OUT/host_overhead.json"
 
 if (( ! QUICK )); then
-  stage tests-rest 200 "$TESTS" "$PY" -m pytest tests -q -rfE -m "not gpu" -p no:cacheprovider "${PYTEST_EXTRA[@]}"
+  stage tests-rest 200 "$TESTS" "${PYTEST[@]}" -m "not gpu" tests
 fi
 
 # ---------------------------------------------------------------- summary

@@ -130,3 +130,45 @@ def test_host_overhead_cuda_variant_counts_calls_into_the_extension(tmp_path):
     train = rows["train"]["cuda_ext_calls"]
     assert train["conv"] == 3 and train["conv_dgrad"] == 2 and "batch_stats" not in train, train
     assert rows["train"]["aten_kernels_per_step"] <= 16, rows["train"]["aten_kernels"]
+
+
+def _gpu_check_plan() -> list[str]:
+    """The command lines of the device-call plan at the top of bench/gpu_check.sh."""
+    header = (ROOT / "bench" / "gpu_check.sh").read_text().split("\nset -u")[0]
+    return [line.lstrip("# ").strip() for line in header.splitlines() if "bash bench/gpu_check.sh" in line
+            and "SKIP=" in line]
+
+
+def _dry_run(env_and_args: str, tmp_path) -> subprocess.CompletedProcess:
+    cmd = f"DRY_RUN=1 OUT={tmp_path} {env_and_args}"
+    return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120, cwd=str(ROOT))
+
+
+def _stages_run(stdout: str) -> list[str]:
+    # "wheels" runs only where .whl/ holds wheels (a checkout that downloaded them).
+    return [line.split()[1] for line in stdout.splitlines() if line.startswith("--- ") and line.split()[1] != "wheels"]
+
+
+def test_gpu_check_plan_runs_its_stages_in_order(tmp_path):
+    """The documented two-call plan: the first call builds, runs the CUDA kernel tests before
+    the rest of the GPU tests (which then leave those files out) and benchmarks; the second
+    reuses the build and runs only what the first skipped."""
+    first, second = _gpu_check_plan()
+    out = _dry_run(first, tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    ran = _stages_run(out.stdout)
+    assert ran[:5] == ["env", "cutlass-headers", "build", "info", "tests-cuda"], ran
+    assert ran.index("tests-cuda") < ran.index("tests-gpu") < ran.index("bench-blocks") < ran.index("bench-models")
+    gpu_cmd = out.stdout.split("--- tests-gpu")[1].splitlines()[1]
+    assert "--ignore tests/test_cuda_conv.py --ignore tests/test_cuda_ext.py" in gpu_cmd, gpu_cmd
+    assert "--models resnet50" in out.stdout.split("--- bench-models")[1].splitlines()[1]
+
+    out = _dry_run(second, tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert _stages_run(out.stdout) == ["env", "info", "bench-graphs", "profile", "host-overhead"], out.stdout
+
+
+def test_gpu_check_refuses_an_unknown_stage_name(tmp_path):
+    out = _dry_run("SKIP='tests-cuda bench-graph' bash bench/gpu_check.sh --quick", tmp_path)
+    assert out.returncode == 2
+    assert "SKIP names 'bench-graph', which is no stage" in out.stderr
