@@ -110,7 +110,15 @@ DType dtype_of(at::ScalarType st) {
   }
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
+bool aligned_to(const void* p, std::uintptr_t bytes) { return (reinterpret_cast<std::uintptr_t>(p) & (bytes - 1)) == 0; }
+bool aligned16(const void* p) { return aligned_to(p, 16); }
+
+// t itself, or a fresh (aligned) copy in its layout where t starts off a multiple of
+// `bytes`: a view into a larger tensor may start anywhere, and the CUTLASS kernels
+// read their operands in aligned vectors.
+at::Tensor aligned_or_copy(const at::Tensor& t, std::uintptr_t bytes = 16) {
+  return aligned_to(t.const_data_ptr(), bytes) ? t : t.clone();
+}
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -621,19 +629,24 @@ at::Tensor output_grad(const at::Tensor& g, const at::Tensor& x, const ConvGeome
               " (the dtype of x), got ", g.scalar_type());
   TORCH_CHECK(g.sizes() == at::IntArrayRef({geo.N, geo.K, geo.P, geo.Q}), "fused_resnet_cuda::", op, ": g must have "
               "the output's shape [", geo.N, ", ", geo.K, ", ", geo.P, ", ", geo.Q, "], got ", g.sizes());
-  return g.contiguous(at::MemoryFormat::ChannelsLast);
+  return aligned_or_copy(g.contiguous(at::MemoryFormat::ChannelsLast));
 }
 
-// The filter as [K, R, S, C] (free for a channels_last weight).
-at::Tensor krsc(const at::Tensor& weight) { return weight.permute({0, 2, 3, 1}).contiguous(); }
+// The filter as [K, R, S, C] (free for an aligned channels_last weight).
+at::Tensor krsc(const at::Tensor& weight) { return aligned_or_copy(weight.permute({0, 2, 3, 1}).contiguous()); }
 
-// A prologue's fp32 scale/shift, checked, as the kernels read them: contiguous and
-// 16-byte aligned (the mainloop copies them in 16-byte vectors; a view into a larger
-// tensor may start anywhere).
+// A per-channel fp32 vector of n values, checked, as a kernel reads it: contiguous and
+// aligned to `bytes` (the mainloop copies scale/shift in 16-byte vectors; the broadcast
+// epilogue loads the bias 8 floats at a time, 32-byte aligned).
+at::Tensor kernel_vec(const at::Tensor& v, int64_t n, const at::Tensor& x, const char* op, const char* name,
+                      std::uintptr_t bytes) {
+  check_vec(v, op, name, n, x, "x");
+  return aligned_or_copy(v.contiguous(), bytes);
+}
+
+// A prologue's fp32 scale/shift, as the mainloop reads them.
 at::Tensor mainloop_vec(const at::Tensor& v, const at::Tensor& x, const char* op, const char* name) {
-  check_vec(v, op, name, x.size(1), x, "x");
-  at::Tensor t = v.contiguous();
-  return aligned16(t.const_data_ptr()) ? t : t.clone();
+  return kernel_vec(v, x.size(1), x, op, name, 16);
 }
 
 void run_kernel(const CutlassConvKernel& k, CutlassConvArgs& a, const at::Tensor& ref, const char* op) {
@@ -708,7 +721,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv(const at::Tensor& x, const a
   at::Tensor y = at::empty({g.N, g.K, g.P, g.Q}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (residual.has_value()) check_like(*residual, op, "residual", y, "the output");
   const at::Tensor w = krsc(weight);
-  at::Tensor scale, shift;
+  at::Tensor scale, shift, b;
   CutlassConvArgs a = conv_args(g);
   if (in_scale.has_value()) {
     scale = mainloop_vec(*in_scale, x, op, "in_scale");
@@ -717,8 +730,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv(const at::Tensor& x, const a
     a.shift = shift.const_data_ptr<float>();
   }
   if (bias.has_value()) {
-    check_vec(*bias, op, "bias", g.K, x, "x");
-    a.bias = bias->const_data_ptr<float>();
+    b = kernel_vec(*bias, g.K, x, op, "bias", 32);
+    a.bias = b.const_data_ptr<float>();
   }
   a.relu = relu;
   a.x = x.const_data_ptr();

@@ -300,6 +300,27 @@ def test_conv_prologue(C, case, dtype, residual):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", LOWP, ids=str)
+def test_conv_prologue_reads_each_stage_before_it_is_refilled(C, dtype):
+    """The mainloop transforms a stage's last k-group after the barrier that hands the stage
+    back to the global->shared copies of a later tile: the fp32 scale/shift must be in
+    registers by then, or some warps apply a later tile's channels (a moving error). Here
+    every 16-channel group has its own scale and shift, far from the others', so a stale
+    read fails the 2x rule, and twelve runs must agree bit for bit."""
+    case = (8, 128, 28, 28, 128, 3, 1, 1, 1)  # 36 k-tiles: the 3x3 taps cycle through 4 channel tiles
+    x, weight, _, _, stride, pad, dil = _inputs(case, dtype)
+    group = torch.arange(128, device=DEV) // 16
+    scale, shift = 0.4 + 0.3 * group.float(), 0.6 - 0.15 * group.float()
+    ys = [cuda_backend.ops().conv(x, weight, None, scale, shift, None, stride, pad, dil, 1, False, False)[0]
+          for _ in range(12)]
+    for i, y in enumerate(ys[1:], 1):
+        assert torch.equal(y, ys[0]), f"run {i} differs from run 0: a race on the scale/shift in shared memory"
+    plain = _ref_conv(x, weight, scale, shift, None, stride, pad, dil)
+    ref64 = _ref_conv(x.double(), weight.double(), scale.double(), shift.double(), None, stride, pad, dil)
+    assert_within_2x(ys[0], plain, ref64, "y")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_conv_bias_relu(C, case, dtype, residual):
@@ -420,6 +441,37 @@ def test_prologue_vectors_may_be_unaligned_views(C):
     assert all(torch.equal(a, b) for a, b in zip(got, want))
     g = _cl(randn(*want[0].shape, device=DEV, seed=3).to(torch.bfloat16))
     assert torch.equal(ns.conv_wgrad(g, x, weight, *views, stride, pad, dil),
+                       ns.conv_wgrad(g, x, weight, scale, shift, stride, pad, dil))
+
+
+def _offset_view(t: torch.Tensor, elements: int = 1) -> torch.Tensor:
+    """t's values and layout in a view that starts ``elements`` past an allocation's start."""
+    flat = torch.empty(t.numel() + elements, dtype=t.dtype, device=t.device)
+    view = flat[elements:].as_strided(t.shape, t.stride())
+    return view.copy_(t)
+
+
+@pytest.mark.gpu
+def test_bias_output_grad_and_weight_may_be_unaligned_views(C):
+    """The bias of the broadcast epilogue (read 8 floats at a time), the output gradient of
+    dgrad and wgrad and the filter (copied in 16-byte vectors) as views that start off
+    alignment: the same results as aligned tensors, not a misaligned-address fault."""
+    x, weight, scale, shift, stride, pad, dil = _inputs(CASES[2], torch.bfloat16)
+    ns = cuda_backend.ops()
+    bias = torch.rand(weight.shape[0], device=DEV)
+    views = {"bias": _offset_view(bias), "weight": _offset_view(weight)}
+    assert views["bias"].data_ptr() % 16 != 0 and views["weight"].data_ptr() % 16 != 0
+    assert views["weight"].is_contiguous(memory_format=torch.channels_last)
+    want = ns.conv(x, weight, bias, None, None, None, stride, pad, dil, 1, True, False)[0]
+    got = ns.conv(x, views["weight"], views["bias"], None, None, None, stride, pad, dil, 1, True, False)[0]
+    assert torch.equal(got, want)
+    g = _cl(randn(*want.shape, device=DEV, seed=3).to(torch.bfloat16))
+    g_view = _offset_view(g)
+    assert g_view.data_ptr() % 16 != 0 and g_view.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(ns.conv_dgrad(g_view, x, views["weight"], scale, shift, stride, pad, dil),
+                    ns.conv_dgrad(g, x, weight, scale, shift, stride, pad, dil)):
+        assert torch.equal(a, b)
+    assert torch.equal(ns.conv_wgrad(g_view, x, weight, scale, shift, stride, pad, dil),
                        ns.conv_wgrad(g, x, weight, scale, shift, stride, pad, dil))
 
 

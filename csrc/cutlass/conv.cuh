@@ -247,7 +247,12 @@ size_t workspace_bytes(const CutlassConvArgs& a) {
 }
 
 template <typename Conv>
+constexpr int stats_slab_rows();
+
+template <typename Conv>
 const char* can_run(const CutlassConvArgs& a) {
+  // The slab epilogues reduce the accumulators: with split-K each slice would hold partial sums.
+  if (stats_slab_rows<Conv>() != 0 && a.split_k != 1) return "its epilogue reduces whole outputs: split-K must be 1";
   return status_text(Conv::Op::can_implement(Conv::arguments(a)));
 }
 

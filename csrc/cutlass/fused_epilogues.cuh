@@ -15,10 +15,14 @@
 // slabs in a fixed order in fp64. No atomics: the results are deterministic.
 #pragma once
 
+#include <type_traits>
+
+#include "cutlass/arch/memory_sm80.h"
 #include "cutlass/array.h"
 #include "cutlass/cutlass.h"
 #include "cutlass/epilogue/thread/linear_combination.h"
 #include "cutlass/gemm/gemm.h"
+#include "cutlass/gemm/threadblock/threadblock_swizzle.h"
 #include "cutlass/numeric_conversion.h"
 
 namespace fused_resnet::cutlass_conv {
@@ -66,7 +70,8 @@ class LinearCombinationWith : public cutlass::epilogue::thread::LinearCombinatio
 
 // Where a lane's accumulators sit in the problem.
 //
-// Layout (Sm80 tensor-op, RowMajor accumulators, 16x8 instructions, unit OpDelta):
+// Layout (Sm80 tensor-op, 16x8 instructions, unit OpDelta; the warp's MMA tiles in
+// column-major order, as MmaTensorOp keeps them without AccumulatorsInRowMajor):
 // element (mma_n * kMmaM + mma_m) * 4 + r * 2 + c of a lane sits at warp-tile row
 // mma_m * 16 + r * 8 + lane / 4 and column mma_n * 8 + (lane % 4) * 2 + c. A lane
 // thus holds kRows rows (i = mma_m * 2 + r) of kCols columns (j = mma_n * 2 + c); a
@@ -84,6 +89,8 @@ struct AccumulatorMap {
   static constexpr int kCols = kMmaN * 2;
   static_assert(InstructionShape::kM == 16 && InstructionShape::kN == 8, "the layout above is that of 16x8 MMAs");
   static_assert(WarpCount::kK == 1, "warps split over K hold partial sums, not the output");
+  static_assert(std::is_same_v<Swizzle, cutlass::gemm::threadblock::GemmIdentityThreadblockSwizzle<1>>,
+                "the tile of a threadblock is taken at log-tile 0, which only the N = 1 identity swizzle uses");
   static_assert(Stock::AccumulatorTile::kElements == kRows * kCols, "unexpected accumulator tile");
 
   int slab;  // this warp's slab of rows
@@ -261,10 +268,14 @@ class DgradBnReluEpilogue : public SlabEpilogue<Stock, InstructionShape, Swizzle
         xv.clear();
         const bool ok = col_ok && map.row(i) < p.rows;
         if (ok) xv = *reinterpret_cast<const cutlass::Array<Element, 2>*>(x + (int64_t)map.row(i) * p.cols + c);
-        const float x0 = static_cast<float>(xv[0]), x1 = static_cast<float>(xv[1]);
-        // u as the mainloop prologue computes it (one fma), so the mask is the forward's.
-        const float g0 = ok && fmaf(x0, s0, t0) > 0.f ? acc[Map::index(i, j)] : 0.f;
-        const float g1 = ok && fmaf(x1, s1, t1) > 0.f ? acc[Map::index(i, j + 1)] : 0.f;
+        const Element e0 = xv[0], e1 = xv[1];
+        const float x0 = static_cast<float>(e0), x1 = static_cast<float>(e1);
+        // u as the mainloop prologue computes it (one fma), so the mask is the forward's,
+        // which also reads the padding pattern as 0 (scale_bias_fp32.cuh).
+        const bool live0 = ok && e0.raw() != cutlass::arch::OOB_NAN_F16 && fmaf(x0, s0, t0) > 0.f;
+        const bool live1 = ok && e1.raw() != cutlass::arch::OOB_NAN_F16 && fmaf(x1, s1, t1) > 0.f;
+        const float g0 = live0 ? acc[Map::index(i, j)] : 0.f;
+        const float g1 = live1 ? acc[Map::index(i, j + 1)] : 0.f;
         acc[Map::index(i, j)] = g0 * s0;
         acc[Map::index(i, j + 1)] = g1 * s1;
         gx[j] += g0 * x0;

@@ -9,8 +9,8 @@
 //
 //   fprop: the stock threadblock iterators carry fp32 vectors into shared memory
 //     unchanged (per stage: [scale: kK | shift: kK]); Fp32ScaleBiasTileIterator
-//     points each lane at its channels there and the transform reads them. The
-//     stock warp iterator uses ldmatrix, which moves 16-bit elements only.
+//     reads each lane's channels there into registers, where the stock warp
+//     iterator's ldmatrix (which moves 16-bit elements only) would.
 //   wgrad: Fp32ScaleBiasVectorIterator loads each lane's channels from global
 //     memory, as the stock one does in 16 bits.
 //   FpropScaleBiasReluTransform / WgradScaleBiasReluTransform specialised for fp32
@@ -26,7 +26,7 @@
 // OOB_NAN_F16 (0x7eff) instead of zeros; the transforms turn that pattern into 0
 // after the transform, so padding is 0 of relu(x*scale+shift). In bfloat16 the
 // pattern is the finite value 1.69e38 (in float16 a NaN); an activation holding
-// exactly that value would read as padding.
+// exactly that value would read as padding (also in dgrad_bn_relu's ReLU mask).
 #pragma once
 
 #include <cstdint>
@@ -62,16 +62,13 @@ CUTLASS_DEVICE T* elements(cutlass::Array<T, N, RegisterSized>& fragment) {
   return reinterpret_cast<T*>(&fragment);
 }
 
-// fprop: where a lane's scale/shift for one k-group lie in shared memory. The
-// transform reads them there as it applies them, so the mainloop's double-buffered
-// fragments hold two addresses, not eight floats each (the 128x128 tiles sit at
-// the register limit).
-struct Fp32ScaleBiasSmem {
-  const float* scale;  // this lane's channels 2t, 2t+1 of the k-group; 2t+8, 2t+9 at +8
-  const float* shift;
+// fprop: one lane's scale/shift for one k-group, channels 2t, 2t+1, 2t+8, 2t+9.
+struct Fp32ScaleBiasFragment {
+  float scale[4];
+  float shift[4];
 };
 
-// fprop: each lane's Fp32ScaleBiasSmem for one k-group (16 channels) of the current
+// fprop: each lane's Fp32ScaleBiasFragment for one k-group (16 channels) of the current
 // stage, in the [scale: TileK | shift: TileK] per-stage layout in shared memory.
 // Follows the stock ScaleBiasTileIterator's protocol: operator++ steps to the next
 // k-group and, after the last, to the next stage; add_tile_offset moves by (row,
@@ -83,7 +80,7 @@ class Fp32ScaleBiasTileIterator {
   using Layout = cutlass::layout::RowMajor;
   using TensorRef = cutlass::TensorRef<float, Layout>;
   using TensorCoord = cutlass::MatrixCoord;
-  using Fragment = Fp32ScaleBiasSmem;
+  using Fragment = Fp32ScaleBiasFragment;
   static constexpr int kGroupK = 16;  // channels of one m16n8k16 MMA
   static constexpr int kGroupsPerTile = WarpShape::kColumn / kGroupK;
   static_assert(WarpShape::kColumn == TileK, "one warp covers the threadblock's K (no split-K warps)");
@@ -110,9 +107,15 @@ class Fp32ScaleBiasTileIterator {
 
   CUTLASS_DEVICE void set_kgroup_index(int k_group) { group_ = k_group % kGroupsPerTile; }
 
+  // Read here, where the stock iterator's ldmatrix reads: the mainloop transforms the
+  // fragment of a stage's last k-group after the barrier that hands that stage back
+  // to the global->shared copies, so the values cannot wait for the transform.
   CUTLASS_DEVICE void load(Fragment& frag) const {
-    frag.scale = stage_ + group_ * kGroupK + lane_col_;
-    frag.shift = frag.scale + TileK;
+    const float* scale = stage_ + group_ * kGroupK + lane_col_;  // 8-byte aligned: lane_col_ is even
+    const float* shift = scale + TileK;
+    const float2 s0 = *reinterpret_cast<const float2*>(scale), s8 = *reinterpret_cast<const float2*>(scale + 8);
+    const float2 b0 = *reinterpret_cast<const float2*>(shift), b8 = *reinterpret_cast<const float2*>(shift + 8);
+    frag = {{s0.x, s0.y, s8.x, s8.y}, {b0.x, b0.y, b8.x, b8.y}};
   }
 
  private:
@@ -181,18 +184,17 @@ namespace cutlass::conv::warp {
 // fprop with fp32 scale/shift: element k of a 16-row block (k = 0..7) is channel
 // 2t + (k % 2) + 8 * ((k / 4) % 2) of the k-group.
 template <typename T, int N, bool RegisterSized>
-struct FpropScaleBiasReluTransform<Array<T, N, RegisterSized>, fused_resnet::cutlass_conv::Fp32ScaleBiasSmem> {
+struct FpropScaleBiasReluTransform<Array<T, N, RegisterSized>, fused_resnet::cutlass_conv::Fp32ScaleBiasFragment> {
   static constexpr bool kFusedResnetFp32 = true;
 
   CUTLASS_DEVICE
-  void operator()(Array<T, N, RegisterSized>& activations, fused_resnet::cutlass_conv::Fp32ScaleBiasSmem const& sb) {
-    const float s[4] = {sb.scale[0], sb.scale[1], sb.scale[8], sb.scale[9]};
-    const float b[4] = {sb.shift[0], sb.shift[1], sb.shift[8], sb.shift[9]};
+  void operator()(Array<T, N, RegisterSized>& activations,
+                  fused_resnet::cutlass_conv::Fp32ScaleBiasFragment const& sb) {
     T* a = fused_resnet::cutlass_conv::elements(activations);
     CUTLASS_PRAGMA_UNROLL
     for (int k = 0; k < N; ++k) {
       const int c = 2 * ((k / 4) % 2) + k % 2;
-      a[k] = fused_resnet::cutlass_conv::scale_shift_relu(a[k], s[c], b[c]);
+      a[k] = fused_resnet::cutlass_conv::scale_shift_relu(a[k], sb.scale[c], sb.shift[c]);
     }
   }
 };
