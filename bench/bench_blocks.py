@@ -13,7 +13,11 @@ Modes:
 
 For inference the memory floor is the bytes of input + output + weights read or
 written once; achieved bandwidth = floor bytes / time, also given as a share of
-the measured copy bandwidth. ``GBps_per_act`` (input + output only) is the
+the measured copy bandwidth. For every uncompiled variant, in both modes, one
+more step is run with its operators' bytes counted (benchmark.op_traffic: each
+operator's tensor inputs and outputs once, a fused op as one operator, the
+traffic bench/traffic.py tabulates): "op GB" per step, and "GB/s (op bytes)" =
+op GB / time, how close that variant's own kernels come to streaming. ``GBps_per_act`` (input + output only) is the
 quantity in the peer anchors. Inputs rotate among 3 buffers so that repeated
 steps do not run out of L2.
 
@@ -116,6 +120,9 @@ def run_one(key, mode, variant, *, batch, dtype, device, steps, warmup, seed, co
         timing = B.time_fn(step, device=device, warmup=warmup, steps=steps, label=f"{key} {mode} {variant}",
                            show=show)
         row.update(timing.as_dict())
+        if not row["compiled"]:  # compiled code runs its own kernels, past the dispatcher
+            traffic = B.op_traffic(step)
+            row["op_bytes"], row["op_count"] = traffic["bytes"], traffic["ops"]
         row["peak_GB"] = B.peak_memory_gb(device)
         if expect is not None:
             got = sorted(B.block_backends(module))
@@ -172,6 +179,8 @@ def add_floors(rows, *, dtype, ceilings):
         if not ms:
             continue
         r["TFLOPs"] = (r["flops_fwd"] * (1 if r["mode"] == "infer" else 3)) / (ms * 1e-3) / 1e12
+        if r.get("op_bytes"):
+            r["GBps_ops"] = r["op_bytes"] / (ms * 1e-3) / 1e9
         if r["mode"] == "infer":
             r["GBps"] = r["floor_bytes"] / (ms * 1e-3) / 1e9
             r["GBps_per_act"] = act / (ms * 1e-3) / 1e9
@@ -189,14 +198,16 @@ def table(rows) -> str:
     for r in rows:
         if r.get("error"):
             body.append([r["key"], r["mode"], r["variant"], "FAILED", r["error"].splitlines()[0][:50],
-                         None, None, None, None])
+                         None, None, None, None, None, None])
             continue
         e = eager.get((r["key"], r["mode"]))
+        op_gb = r["op_bytes"] / 1e9 if r.get("op_bytes") else None
         body.append([r["key"], r["mode"], r["variant"], r.get("median_ms"),
                      e / r["median_ms"] if e and r.get("median_ms") else None,
-                     r.get("GBps"), r.get("pct_copy_BW"), r.get("floor_ms"), r.get("TFLOPs")])
+                     r.get("GBps"), r.get("pct_copy_BW"), r.get("floor_ms"), r.get("TFLOPs"), op_gb,
+                     r.get("GBps_ops")])
     return B.format_table(["block", "mode", "variant", "median ms", "x eager", "GB/s (floor bytes)",
-                           "% copy BW", "floor ms", "TFLOP/s"], body)
+                           "% copy BW", "floor ms", "TFLOP/s", "op GB", "GB/s (op bytes)"], body)
 
 
 def main(argv=None) -> int:
@@ -272,6 +283,7 @@ def main(argv=None) -> int:
                        "warmup": warmup, "variants": variants, "skipped_backends": skipped,
                        "compile_mode": args.compile_mode, "rotating_inputs": ROTATE,
                        "floor": "input + output + weights (conv weights in dtype, fp32 folded bias), once",
+                       "op_bytes": "each operator's tensor inputs and outputs once (benchmark.op_traffic)",
                        "train_step": "forward under autocast + backward of a fixed random dout, no optimizer"},
             "note": B.CPU_NOTE.format(backend="reference") if on_cpu else None,
             "results": rows, "table": table(rows),

@@ -87,8 +87,6 @@ class _CountingLaunch:
 class _CountingAten(TorchDispatchMode):
     """Counts the aten ops that would launch a kernel on a GPU (not views, not allocations)."""
 
-    _NO_KERNEL = ("empty", "empty_like", "empty_strided", "new_empty", "detach", "lift_fresh", "alias")
-
     def __init__(self):
         super().__init__()
         self.counts: collections.Counter = collections.Counter()
@@ -98,7 +96,7 @@ class _CountingAten(TorchDispatchMode):
             with self:
                 return getattr(backends.get(args[-1]), func._opname)(*args[:-1])
         name = func.overloadpacket.__name__
-        if not func.is_view and name not in self._NO_KERNEL:
+        if not func.is_view and name not in B.NO_KERNEL_OPS:
             self.counts[name] += 1
         return func(*args, **(kwargs or {}))
 

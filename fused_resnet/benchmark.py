@@ -34,6 +34,8 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 CPU_NOTE = (
     "ran on the CPU (backend {backend}): CPU numbers say nothing about GPU speed; "
@@ -669,6 +671,55 @@ def weight_bytes(module: nn.Module, dtype: torch.dtype) -> int:
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             n += m.num_features * 4
     return n
+
+
+# aten operators that launch no kernel on a GPU (allocations, aliases) besides views.
+NO_KERNEL_OPS = frozenset(("empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach",
+                           "lift_fresh", "alias"))
+
+
+# In-place operators that overwrite their first argument without reading it.
+_WRITE_ONLY_OPS = frozenset(("copy_", "fill_", "zero_"))
+
+
+class _OpTraffic(TorchDispatchMode):
+    """Counts, per operator that runs a kernel, the bytes of its tensor inputs and outputs.
+
+    A fused_resnet op counts as one operator and is not looked into: the count is
+    that of the fused dataflow, each op reading its inputs once and writing its
+    outputs once, whatever its backend launches for it.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.ops: dict[str, list[int]] = {}  # name -> [calls, bytes]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if func.namespace == "fused_resnet" or not (func.is_view or name in NO_KERNEL_OPS):
+            key = f"{func.namespace}::{name}"
+            read = args[1:] if name in _WRITE_ONLY_OPS else args  # their destination is written, not read
+            n = sum(_nbytes(t) for t in pytree.tree_leaves((read, kwargs, out)) if isinstance(t, torch.Tensor))
+            entry = self.ops.setdefault(key, [0, 0])
+            entry[0] += 1
+            entry[1] += n
+        return out
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    # An expanded tensor (autograd's broadcast gradients) moves its storage, not its view.
+    return min(t.numel() * t.element_size(), t.untyped_storage().nbytes())
+
+
+def op_traffic(step: Callable[[], Any]) -> dict:
+    """One call of ``step`` with every operator's bytes counted (_OpTraffic):
+    ``{"bytes": total, "ops": calls, "by_op": {name: [calls, bytes]}}``. Backward
+    operators count too: the autograd engine carries the mode into its thread."""
+    with _OpTraffic() as mode:
+        step()
+    by_op = dict(sorted(mode.ops.items(), key=lambda kv: -kv[1][1]))
+    return {"bytes": sum(b for _, b in by_op.values()), "ops": sum(c for c, _ in by_op.values()), "by_op": by_op}
 
 
 # ---------------------------------------------------------------- parity check

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,3 +173,45 @@ def test_gpu_check_refuses_an_unknown_stage_name(tmp_path):
     out = _dry_run("SKIP='tests-cuda bench-graph' bash bench/gpu_check.sh --quick", tmp_path)
     assert out.returncode == 2
     assert "SKIP names 'bench-graph', which is no stage" in out.stderr
+
+
+def test_op_traffic_counts_each_operators_inputs_and_outputs():
+    from fused_resnet import benchmark as B
+
+    a, b = torch.randn(4, 8), torch.randn(8)
+    t = B.op_traffic(lambda: torch.add(a, b).relu_())
+    # add reads a (128 B) and b (32 B) and writes 128 B; relu_ reads and writes its 128 B in place.
+    assert t["by_op"] == {"aten::add": [1, 288], "aten::relu_": [1, 256]}
+    assert (t["bytes"], t["ops"]) == (544, 2)
+    # A view launches nothing; an expanded tensor moves its storage, not its view.
+    t = B.op_traffic(lambda: b.expand(4, 8).t().clone())
+    assert t["by_op"] == {"aten::clone": [1, 32 + 128]}
+
+
+def test_traffic_of_a_fused_eval_block_is_its_two_convolutions():
+    """bench/traffic.py on the meta device: an eval BasicBlock fused is two conv ops, the first
+    reading x, its folded weight and bias and writing t, the second reading t, its weight and
+    bias and x again (the residual) and writing the output; eager moves three times that."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("traffic", ROOT / "bench" / "traffic.py")
+    traffic = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec.loader.exec_module(traffic)
+        rows = {r["variant"]: r for r in (traffic.count("basic", "infer", v, batch=2, dtype=torch.bfloat16)
+                                          for v in ("eager", "fused"))}
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    act, w, vec = 2 * 64 * 56 * 56 * 2, 64 * 64 * 9 * 2, 64 * 4
+    assert rows["fused"]["by_op"] == {"fused_resnet::conv": [2, 5 * act + 2 * (w + vec)]}
+    assert rows["fused"]["ops"] == 2 and rows["eager"]["ops"] == 7
+    assert 2.9 < rows["eager"]["GB"] / rows["fused"]["GB"] < 3.1
+
+
+def test_op_traffic_does_not_read_what_a_copy_overwrites():
+    from fused_resnet import benchmark as B
+
+    a, b = torch.empty(16), torch.randn(16)
+    t = B.op_traffic(lambda: (a.copy_(b), a.zero_()))
+    assert t["by_op"] == {"aten::copy_": [1, 128], "aten::zero_": [1, 64]}
