@@ -130,35 +130,13 @@ class _CountingCudaOps:
         return call
 
 
-def _served_gap(real_gap):
-    """real_gap (a _C gap function) asked about bf16 channels_last meta copies of the operands,
-    as a GPU would answer it: the device is the only objection left. Answers are kept per
-    signature, so the stub costs the step nothing after its first call."""
-    memo = {}
-
-    def as_meta(t):
-        if not isinstance(t, torch.Tensor):
-            return t
-        meta = torch.empty(t.shape, dtype=torch.bfloat16 if t.dim() == 4 else t.dtype, device="meta")
-        return meta.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else meta
-
-    def gap(*args):
-        key = tuple((tuple(a.shape), a.dtype) if isinstance(a, torch.Tensor) else
-                    (tuple(a) if isinstance(a, (list, tuple)) else a) for a in args)
-        if key not in memo:
-            answer = real_gap(*map(as_meta, args))
-            memo[key] = "" if answer.startswith("x is on meta") else answer
-        return memo[key]
-    return gap
-
-
 def cuda_host_backend(counts: collections.Counter) -> Backend:
     """The cuda backend on CPU tensors with its _C ops counted, not run (module docstring)."""
     from fused_resnet.backends import cuda
 
     cuda.ops = lambda: _CountingCudaOps(counts)
-    cuda.conv_gap = _served_gap(cuda.conv_gap)
-    cuda.conv_dgrad_gap = _served_gap(cuda.conv_dgrad_gap)
+    cuda.conv_gap = B.gpu_gap(cuda.conv_gap)
+    cuda.conv_dgrad_gap = B.gpu_gap(cuda.conv_dgrad_gap)
     attrs = {"name": "cuda-host", "available": lambda self: (True, ""), "supports": lambda self, d, t: (True, "")}
     return type("CudaHostBackend", (cuda.CudaBackend,), attrs)()
 

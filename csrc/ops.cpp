@@ -518,8 +518,8 @@ std::string words(const Args&... args) {
   return os.str();
 }
 
-// Why the CUTLASS convolutions cannot take x and weight as operands ("" when they
-// can). The device comes last, so the other rules can be checked on CPU tensors.
+// Why the CUTLASS convolutions cannot take x and weight as operands, the device aside
+// ("" when they can).
 std::string operand_gap(const at::Tensor& x, const at::Tensor& weight, int64_t groups) {
   const auto st = x.scalar_type();
   if (st != at::kHalf && st != at::kBFloat16)
@@ -534,6 +534,13 @@ std::string operand_gap(const at::Tensor& x, const at::Tensor& weight, int64_t g
   if (output_format(x) != at::MemoryFormat::ChannelsLast || !aligned16(x.const_data_ptr()))
     return "x is not a 16-byte aligned channels_last (NHWC) tensor";
   if (x.numel() >= std::numeric_limits<int32_t>::max()) return words("x has ", x.numel(), " elements (>= 2^31)");
+  return "";
+}
+
+// Why the CUTLASS convolutions cannot run on x's device ("" when they can). Every gap
+// function asks it last, so that on CPU or meta tensors it is the one objection left
+// when the inputs are otherwise served (benchmark.gpu_gap relies on that).
+std::string device_gap(const at::Tensor& x) {
   if (!x.is_cuda()) return words("x is on ", x.device(), ", not a CUDA device");
   const auto* prop = at::cuda::getDeviceProperties(x.device().index());
   if (prop->major < 8) return words("compute capability ", prop->major, ".", prop->minor, " is below 8.0");
@@ -607,6 +614,7 @@ KernelChoice choose_fprop(const at::Tensor& x, const at::Tensor& weight, const s
   const auto& kernel =
       cutlass_conv_kernel(kind, element_of(x.scalar_type()), g.K > 64 ? ConvTile::kWide : ConvTile::kNarrow);
   if (const char* why = kernel.can_run(conv_args(g))) return {nullptr, words(kernel.name, " cannot run it: ", why)};
+  if (std::string gap = device_gap(x); !gap.empty()) return {nullptr, gap};
   return {&kernel, ""};
 }
 
@@ -619,6 +627,7 @@ KernelChoice choose_dgrad(const at::Tensor& x, const at::Tensor& weight, at::Int
   const ConvTile tile = g.C > 64 ? ConvTile::kWide : ConvTile::kNarrow;
   const auto& kernel = cutlass_conv_kernel(ConvKind::kDgradBnRelu, element_of(x.scalar_type()), tile);
   if (const char* why = kernel.can_run(conv_args(g))) return {nullptr, words(kernel.name, " cannot run it: ", why)};
+  if (std::string gap = device_gap(x); !gap.empty()) return {nullptr, gap};
   return {&kernel, ""};
 }
 
@@ -766,7 +775,8 @@ at::Tensor conv_wgrad(const at::Tensor& g_in, const at::Tensor& x, const at::Ten
   constexpr const char* op = "conv_wgrad";
   check_act(x, op, "x");
   check_same_device(weight, op, "weight", x, "x");
-  const std::string gap = operand_gap(x, weight, 1);
+  std::string gap = operand_gap(x, weight, 1);
+  if (gap.empty()) gap = device_gap(x);
   TORCH_CHECK(gap.empty(), "fused_resnet_cuda::conv_wgrad: these inputs are not served: ", gap);
   const c10::cuda::CUDAGuard guard(x.device());
   const ConvGeometry geo = geometry(x, weight, stride, padding, dilation, op);

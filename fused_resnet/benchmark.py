@@ -722,6 +722,32 @@ def op_traffic(step: Callable[[], Any]) -> dict:
     return {"bytes": sum(b for _, b in by_op.values()), "ops": sum(c for c, _ in by_op.values()), "by_op": by_op}
 
 
+def gpu_gap(real_gap: Callable[..., str]) -> Callable[..., str]:
+    """``real_gap`` (a ``_C`` gap function: ``conv_gap``, ``conv_dgrad_gap``) asked about
+    meta copies of the operands as a bf16 channels_last model has them on a GPU (4-D
+    tensors bf16 channels_last, floating vectors fp32), so that it answers for the GPU
+    on any machine: the device, its only other objection, is dropped. Answers are kept
+    per signature, so a block step pays for each question once."""
+    memo: dict = {}
+
+    def as_meta(t):
+        if not isinstance(t, torch.Tensor):
+            return t
+        if t.dim() == 4:
+            return torch.empty(t.shape, dtype=torch.bfloat16, device="meta").contiguous(
+                memory_format=torch.channels_last)
+        return torch.empty(t.shape, dtype=torch.float32 if t.is_floating_point() else t.dtype, device="meta")
+
+    def gap(*args):
+        key = tuple((tuple(a.shape), a.dtype) if isinstance(a, torch.Tensor) else
+                    (tuple(a) if isinstance(a, (list, tuple)) else a) for a in args)
+        if key not in memo:
+            answer = real_gap(*map(as_meta, args))
+            memo[key] = "" if answer.startswith("x is on meta") else answer
+        return memo[key]
+    return gap
+
+
 # ---------------------------------------------------------------- parity check
 
 LOWP_ATOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}

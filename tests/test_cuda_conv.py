@@ -101,6 +101,8 @@ DGRAD_GAPS = [
     (dict(groups=2), "groups=2: grouped convolutions are not instantiated"),
     (dict(c=60), "channels in=60, out=64: both must be multiples of 8"),
     (dict(cl=False), "x is not a 16-byte aligned channels_last"),
+    # The device is asked last: on a CPU the stride is still named (benchmark.gpu_gap relies on it).
+    (dict(stride=2), "stride [2, 2]: only unit-stride data gradients are instantiated"),
     (dict(), "x is on cpu, not a CUDA device"),
 ]
 
@@ -111,7 +113,8 @@ def test_conv_dgrad_gap_reasons(C, kwargs, reason):
     x = torch.zeros(n, c, 8, 8, dtype=kwargs.get("dtype", torch.bfloat16))
     x = _cl(x) if kwargs.get("cl", True) else x
     weight = torch.zeros(k, c // groups, 3, 3, dtype=x.dtype)
-    assert reason in cuda_backend.conv_dgrad_gap(x, weight, (1, 1), (1, 1), (1, 1), groups)
+    stride = [kwargs.get("stride", 1)] * 2
+    assert reason in cuda_backend.conv_dgrad_gap(x, weight, stride, (1, 1), (1, 1), groups)
 
 
 def test_backend_falls_back_with_reason_on_cpu(C):

@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 
 from .. import _ext, reference
-from .._layout import empty_vec, output_format
+from .._layout import acc, acc_dtype, empty_vec, output_format
 from .base import FLOAT_DTYPES, Backend
 
 LIB = "fused_resnet_cuda"
@@ -162,8 +162,8 @@ class CudaBackend(Backend):
         z = torch.nn.functional.conv2d(x, weight, None, stride, padding, dilation, groups)
         if bias is not None or residual is not None or relu:
             c = z.shape[1]
-            ones = torch.ones(c, dtype=torch.float32, device=z.device)
-            shift = bias.float() if bias is not None else torch.zeros_like(ones)
+            ones = torch.ones(c, dtype=acc_dtype(z), device=z.device)
+            shift = bias.to(ones.dtype) if bias is not None else torch.zeros_like(ones)
             z = ops().bn_act(z, ones, shift, residual, None, None, relu)
         return z.contiguous(memory_format=output_format(x))
 
@@ -195,7 +195,7 @@ class CudaBackend(Backend):
             )
         need_x, need_w, need_bias, need_scale, need_shift, need_res = output_mask
         g = self._output_grad(dy, dmean, dvar, y, mean, stats, relu, need_res)
-        dbias = g.float().sum((0, 2, 3)) if need_bias else empty_vec(x)
+        dbias = acc(g).sum((0, 2, 3)) if need_bias else empty_vec(x)
         dres = g if need_res else empty_vec(x)
         if in_scale is None:
             dx, dw = self._cudnn_backward(g, x, weight, stride, padding, dilation, groups, need_x, need_w)

@@ -1,0 +1,177 @@
+"""The cuda backend's Python on the CPU, with fused_resnet._C's ops computed from their contracts.
+
+fused_resnet/backends/cuda.py decides, per convolution, between the CUTLASS kernels
+and cuDNN, and assembles the gradients from several ``_C`` ops (the fused data
+gradient, the mainloop weight gradient, the output gradient, bn_act passes). Here
+every ``fused_resnet_cuda`` op is replaced by PyTorch code written from its contract
+(csrc/cutlass_conv.h, csrc/ops.h, the fused_resnet:: op it mirrors), and the choice
+is ``_C.conv_gap`` / ``_C.conv_dgrad_gap`` themselves, asked as a GPU running a bf16
+channels_last model would be (``benchmark.gpu_gap``). Whole blocks then run in fp64
+against torchvision's: output, every gradient, the BatchNorm buffers. What this
+checks without a GPU is the composition: which op gets which operands and how the
+pieces make the gradients; the kernels themselves are the GPU tests' part.
+"""
+from __future__ import annotations
+
+import collections
+import copy
+
+import pytest
+import torch
+
+from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
+
+from fused_resnet import _ext, backends, benchmark, reference
+from fused_resnet.backends import cuda
+from fused_resnet.blocks import FUSED_TWIN
+from fused_resnet.models import PlainBasicBlock, PlainPreActBasicBlock, PreActBasicBlock, PreActBottleneck, ShortcutA
+
+from helpers import randomize_bn
+from test_blocks import _in_channels, _proj
+
+# Every block kind, with channel counts the CUTLASS kernels take (multiples of 8), so that
+# the GPU's choice between them and cuDNN is the one under test.
+BLOCKS = {
+    "basic": lambda: BasicBlock(16, 16),
+    "basic_s2_proj": lambda: BasicBlock(16, 32, 2, _proj(16, 32, 2)),
+    "basic_optionA": lambda: BasicBlock(16, 32, 2, ShortcutA(16, 32, 2)),
+    "bottleneck": lambda: Bottleneck(32, 8),
+    "bottleneck_s2_proj": lambda: Bottleneck(16, 8, 2, _proj(16, 32, 2)),
+    "resnext": lambda: Bottleneck(32, 16, 1, _proj(32, 64, 1), groups=2, base_width=64),
+    "dilated": lambda: Bottleneck(32, 8, 1, None, dilation=2),
+    "preact_basic": lambda: PreActBasicBlock(16, 16),
+    "preact_basic_s2_conv": lambda: PreActBasicBlock(16, 32, 2, conv1x1(16, 32, 2)),
+    "preact_bottleneck": lambda: PreActBottleneck(32, 8),
+    "preact_bottleneck_s2_proj": lambda: PreActBottleneck(16, 8, 2, _proj(16, 32, 2)),
+    "preact_optionA": lambda: PreActBasicBlock(16, 32, 2, ShortcutA(16, 32, 2)),
+    "plain": lambda: PlainBasicBlock(16, 32, 2, None),
+    "plain_preact": lambda: PlainPreActBasicBlock(16, 16),
+}
+
+pytestmark = pytest.mark.skipif(not _ext.status()[0], reason="fused_resnet._C is not built "
+                                "(test_cuda_ext says whether it should be)")
+
+class EmulatedC:
+    """torch.ops.fused_resnet_cuda, each op computed in PyTorch from its contract and counted."""
+
+    def __init__(self):
+        self.calls: collections.Counter = collections.Counter()
+
+    def __getattr__(self, name):
+        impl = getattr(self, "_" + name)
+
+        def call(*args):
+            self.calls[name] += 1
+            return impl(*args)
+        return call
+
+    @staticmethod
+    def _conv(x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu, stats):
+        # [relu](conv(relu(x*s+t), W) + bias + residual): the kernels take a ReLU with a residual
+        # only in the broadcast epilogue, where it comes last, as here (conv_gap refuses the rest).
+        return reference.conv(x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups,
+                              relu, stats)
+
+    @staticmethod
+    def _conv_wgrad(g, x, weight, in_scale, in_shift, stride, padding, dilation):
+        a = reference.prologue(x, in_scale, in_shift)
+        _, dw, _ = torch.ops.aten.convolution_backward(g, a, weight, None, stride, padding, dilation, False, [0, 0],
+                                                       1, [False, True, False])
+        return dw.to(weight.dtype).contiguous()
+
+    @staticmethod
+    def _conv_dgrad(g, x, weight, in_scale, in_shift, stride, padding, dilation):
+        # da = g (*) W^T; g_u = da where x*s + t > 0; dx = g_u * s, dscale = sum(g_u x), dshift = sum(g_u).
+        dx, _, _, dscale, dshift, _ = reference.conv_backward_from_output_grad(
+            g, x, weight, in_scale, in_shift, stride, padding, dilation, 1, [True, False, False, True, True, False])
+        return dx.contiguous(memory_format=torch.channels_last), dscale, dshift
+
+    @staticmethod
+    def _conv_output_grad(dy, dmean, dvar, y, mean):
+        g = reference.conv_output_grad(dy, dmean, dvar, y, mean, False, True)
+        return g.to(y.dtype).contiguous(memory_format=torch.channels_last)
+
+    _batch_stats = staticmethod(reference.batch_stats)
+    _batch_stats_backward = staticmethod(reference.batch_stats_backward)
+    _bn_finalize = staticmethod(reference.bn_finalize)
+    _bn_finalize_backward = staticmethod(reference.bn_finalize_backward)
+    _bn_update_running = staticmethod(reference.bn_update_running)
+    _bn_act = staticmethod(reference.bn_act)
+    _bn_act_backward = staticmethod(reference.bn_act_backward)
+
+
+class EmulatedCuda(cuda.CudaBackend):
+    """The cuda backend, taking CPU tensors (its ops are EmulatedC's)."""
+
+    def available(self):
+        return True, ""
+
+    def supports(self, device, dtype):
+        return True, ""
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    c = EmulatedC()
+    monkeypatch.setattr(cuda, "ops", lambda: c)
+    monkeypatch.setattr(cuda, "conv_gap", benchmark.gpu_gap(_ext.load().conv_gap))
+    monkeypatch.setattr(cuda, "conv_dgrad_gap", benchmark.gpu_gap(_ext.load().conv_dgrad_gap))
+    monkeypatch.setitem(backends.BACKENDS, "cuda", EmulatedCuda())
+    return c
+
+
+def _pair(kind, seed=0):
+    torch.manual_seed(seed)
+    block = randomize_bn(BLOCKS[kind](), seed).double()
+    # Channel counts the CUTLASS kernels take (multiples of 8) keep them in play for every block.
+    fused = FUSED_TWIN[type(block)].from_block(copy.deepcopy(block), backend="cuda")
+    return block, fused
+
+
+def _step(block, x, gout):
+    x = x.clone().requires_grad_()
+    y = block(x)
+    y.backward(gout)
+    return y.detach(), x.grad, {n: p.grad.clone() for n, p in block.named_parameters()}
+
+
+def _close(a, b, name):
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9 * max(b.abs().max().item(), 1.0), msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("kind", sorted(BLOCKS))
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_blocks_match_torchvision_in_fp64(emulated, kind, mode):
+    block, fused = _pair(kind)
+    block.train(mode == "train"), fused.train(mode == "train")
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, _in_channels(block), 9, 9, generator=g, dtype=torch.float64)
+    x = x.contiguous(memory_format=torch.channels_last)
+    gout = torch.randn(block(x).shape, generator=g, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    block.load_state_dict(fused.state_dict())  # the probe forward above moved the running statistics
+    want, got = _step(block, x, gout), _step(fused, x, gout)
+    assert fused.backend == "cuda" and emulated.calls, "the block did not run on the (emulated) cuda backend"
+    _close(got[0], want[0], "output")
+    _close(got[1], want[1], "input gradient")
+    for n in want[2]:
+        _close(got[2][n], want[2][n], f"gradient of {n}")
+    for (n, a), (_, b) in zip(block.named_buffers(), fused.named_buffers()):
+        _close(b.double(), a.double(), f"buffer {n}")
+
+
+@pytest.mark.parametrize("kind,calls", [
+    ("bottleneck", (3, 2, 2, 3)),
+    # conv2's stride-2 data gradient is not instantiated: cuDNN and a bn_act_backward pass take it.
+    ("bottleneck_s2_proj", (4, 1, 2, 4)),
+])
+def test_a_training_step_takes_the_fused_kernels_a_gpu_would(emulated, kind, calls):
+    """CUTLASS convolutions with statistics in the epilogue, fused data gradients and mainloop
+    weight gradients for the prologue convolutions, wherever a GPU would take them."""
+    block, fused = _pair(kind)
+    fused.train()
+    x = torch.randn(2, _in_channels(block), 9, 9, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    gout = torch.randn_like(fused(x))
+    emulated.calls.clear()
+    _step(fused, x, gout)
+    c = emulated.calls
+    assert (c["conv"], c["conv_dgrad"], c["conv_wgrad"], c["conv_output_grad"]) == calls, c
