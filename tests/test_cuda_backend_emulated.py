@@ -19,58 +19,37 @@ import copy
 import pytest
 import torch
 
-from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
-
 from fused_resnet import _ext, backends, benchmark, reference
 from fused_resnet.backends import cuda
 from fused_resnet.blocks import FUSED_TWIN
-from fused_resnet.models import PlainBasicBlock, PlainPreActBasicBlock, PreActBasicBlock, PreActBottleneck, ShortcutA
 
 from helpers import randomize_bn
-from test_blocks import _in_channels, _proj
+from test_blocks import _in_channels, block_zoo
 
-# Every block kind, with channel counts the CUTLASS kernels take (multiples of 8), so that
-# the GPU's choice between them and cuDNN is the one under test.
-BLOCKS = {
-    "basic": lambda: BasicBlock(16, 16),
-    "basic_s2_proj": lambda: BasicBlock(16, 32, 2, _proj(16, 32, 2)),
-    "basic_optionA": lambda: BasicBlock(16, 32, 2, ShortcutA(16, 32, 2)),
-    "bottleneck": lambda: Bottleneck(32, 8),
-    "bottleneck_s2_proj": lambda: Bottleneck(16, 8, 2, _proj(16, 32, 2)),
-    "resnext": lambda: Bottleneck(32, 16, 1, _proj(32, 64, 1), groups=2, base_width=64),
-    "dilated": lambda: Bottleneck(32, 8, 1, None, dilation=2),
-    "preact_basic": lambda: PreActBasicBlock(16, 16),
-    "preact_basic_s2_conv": lambda: PreActBasicBlock(16, 32, 2, conv1x1(16, 32, 2)),
-    "preact_bottleneck": lambda: PreActBottleneck(32, 8),
-    "preact_bottleneck_s2_proj": lambda: PreActBottleneck(16, 8, 2, _proj(16, 32, 2)),
-    "preact_optionA": lambda: PreActBasicBlock(16, 32, 2, ShortcutA(16, 32, 2)),
-    "plain": lambda: PlainBasicBlock(16, 32, 2, None),
-    "plain_preact": lambda: PlainPreActBasicBlock(16, 16),
-}
+# Channel counts the CUTLASS kernels take (multiples of 8), so that the GPU's choice
+# between them and cuDNN is the one under test.
+BLOCKS = block_zoo(8)
 
-pytestmark = pytest.mark.skipif(not _ext.status()[0], reason="fused_resnet._C is not built "
-                                "(test_cuda_ext says whether it should be)")
 
 class EmulatedC:
-    """torch.ops.fused_resnet_cuda, each op computed in PyTorch from its contract and counted."""
+    """torch.ops.fused_resnet_cuda, each op computed in PyTorch from its contract and counted.
+
+    An op with a fused_resnet:: twin has its twin's contract, so the reference computes it
+    (conv included: the kernels take a ReLU with a residual only in the broadcast epilogue,
+    where it comes last, as in the reference; conv_gap refuses the rest); the extra pieces
+    of conv_backward are written out below.
+    """
 
     def __init__(self):
         self.calls: collections.Counter = collections.Counter()
 
     def __getattr__(self, name):
-        impl = getattr(self, "_" + name)
+        impl = getattr(type(self), "_" + name, None) or getattr(reference, name)
 
         def call(*args):
             self.calls[name] += 1
             return impl(*args)
         return call
-
-    @staticmethod
-    def _conv(x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu, stats):
-        # [relu](conv(relu(x*s+t), W) + bias + residual): the kernels take a ReLU with a residual
-        # only in the broadcast epilogue, where it comes last, as here (conv_gap refuses the rest).
-        return reference.conv(x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups,
-                              relu, stats)
 
     @staticmethod
     def _conv_wgrad(g, x, weight, in_scale, in_shift, stride, padding, dilation):
@@ -90,14 +69,6 @@ class EmulatedC:
     def _conv_output_grad(dy, dmean, dvar, y, mean):
         g = reference.conv_output_grad(dy, dmean, dvar, y, mean, False, True)
         return g.to(y.dtype).contiguous(memory_format=torch.channels_last)
-
-    _batch_stats = staticmethod(reference.batch_stats)
-    _batch_stats_backward = staticmethod(reference.batch_stats_backward)
-    _bn_finalize = staticmethod(reference.bn_finalize)
-    _bn_finalize_backward = staticmethod(reference.bn_finalize_backward)
-    _bn_update_running = staticmethod(reference.bn_update_running)
-    _bn_act = staticmethod(reference.bn_act)
-    _bn_act_backward = staticmethod(reference.bn_act_backward)
 
 
 class EmulatedCuda(cuda.CudaBackend):
@@ -123,7 +94,6 @@ def emulated(monkeypatch):
 def _pair(kind, seed=0):
     torch.manual_seed(seed)
     block = randomize_bn(BLOCKS[kind](), seed).double()
-    # Channel counts the CUTLASS kernels take (multiples of 8) keep them in play for every block.
     fused = FUSED_TWIN[type(block)].from_block(copy.deepcopy(block), backend="cuda")
     return block, fused
 
