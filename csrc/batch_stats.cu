@@ -100,13 +100,14 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Pass 2 (and the merge of a convolution epilogue's slab statistics): block
-// (32, 8), channel = blockIdx.x*32 + tx, group g = blockIdx.y of chunks
+// (32, 8), channel = blockIdx.y*32 + tx, group g = blockIdx.x of chunks
 // [g*per_group, (g+1)*per_group) of a [2, nchunks, C] partials buffer (means, then
-// M2s). Thread ty merges the group's chunks ty, ty+8, ... in order, then a fixed
-// tree merges the 8 rows; fp64 throughout. Chunk j holds the values of units
-// [j*upc, (j+1)*upc) (clipped to `units`), unit_elems values each. Output: the
-// group's (mean, M2) into group_out ([2, gridDim.y, C]), or, when group_out is null
-// (one group), the mean (+ shift[c] when shift is given) and the biased variance.
+// M2s); the groups on grid x, which takes up to 2^31 - 1 of them. Thread ty merges
+// the group's chunks ty, ty+8, ... in order, then a fixed tree merges the 8 rows;
+// fp64 throughout. Chunk j holds the values of units [j*upc, (j+1)*upc) (clipped to
+// `units`), unit_elems values each. Output: the group's (mean, M2) into group_out
+// ([2, gridDim.x, C], rounded to fp32), or, when group_out is null (one group), the
+// mean (+ shift[c] when shift is given) and the biased variance.
 constexpr int kFx = 32, kFy = 8;
 
 struct MergeShape {
@@ -118,8 +119,8 @@ __global__ void __launch_bounds__(kFx* kFy)
                        float* __restrict__ group_out, float* __restrict__ mean_out, float* __restrict__ var_out) {
   __shared__ double smem[kFx * kFy * 3];
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t c = (int64_t)blockIdx.x * kFx + tx;
-  const int64_t j0 = (int64_t)blockIdx.y * m.per_group, j1 = min64(m.nchunks, j0 + m.per_group);
+  const int64_t c = (int64_t)blockIdx.y * kFx + tx;
+  const int64_t j0 = (int64_t)blockIdx.x * m.per_group, j1 = min64(m.nchunks, j0 + m.per_group);
   double n = 0.0, mean = 0.0, m2 = 0.0;
   if (c < m.C) {
     for (int64_t j = j0 + ty; j < j1; j += kFy) {
@@ -146,8 +147,8 @@ __global__ void __launch_bounds__(kFx* kFy)
   }
   if (ty != 0 || c >= m.C) return;
   if (group_out != nullptr) {
-    group_out[(int64_t)blockIdx.y * m.C + c] = (float)mean;
-    group_out[((int64_t)gridDim.y + blockIdx.y) * m.C + c] = (float)m2;
+    group_out[(int64_t)blockIdx.x * m.C + c] = (float)mean;
+    group_out[((int64_t)gridDim.x + blockIdx.x) * m.C + c] = (float)m2;
   } else {
     mean_out[c] = (float)((shift != nullptr ? (double)shift[c] : 0.0) + mean);
     var_out[c] = (float)(m2 / n);
@@ -156,7 +157,7 @@ __global__ void __launch_bounds__(kFx* kFy)
 
 void launch_merge(const float* partial, const MergeShape& m, const float* shift, float* group_out, float* mean,
                   float* var, cudaStream_t stream) {
-  const dim3 grid((unsigned)ceil_div64(m.C, kFx), (unsigned)ceil_div64(m.nchunks, m.per_group));
+  const dim3 grid((unsigned)ceil_div64(m.nchunks, m.per_group), (unsigned)ceil_div64(m.C, kFx));
   stats_merge_kernel<<<grid, dim3(kFx, kFy), 0, stream>>>(partial, m, shift, group_out, mean, var);
 }
 
@@ -186,24 +187,18 @@ void launch_typed(const StatsArgs& a, cudaStream_t stream) {
   launch_merge(a.partial, m, a.shift, nullptr, a.mean, a.var, stream);
 }
 
-}  // namespace
-
-cudaError_t launch_batch_stats(const StatsArgs& a, cudaStream_t stream) {
-  return dispatch_act(a.dtype, [&](auto tag) { launch_typed<decltype(tag)>(a, stream); });
-}
-
-// Fixed-order sums of slab partials: block (32, 8), channel = blockIdx.x*32 + tx,
-// quantity q = blockIdx.z of the [2, nchunks, C] partials, group g = blockIdx.y of
+// Fixed-order sums of slab partials: block (32, 8), channel = blockIdx.y*32 + tx,
+// quantity q = blockIdx.z of the [2, nchunks, C] partials, group g = blockIdx.x of
 // chunks [g*per_group, (g+1)*per_group). Thread ty adds the group's chunks ty, ty+8,
 // ... in fp64, a fixed tree adds the 8 rows, and the group's sum goes to
-// out[q][g*C + c].
+// out[q][g*C + c] (rounded to fp32).
 __global__ void __launch_bounds__(kFx* kFy)
     slab_sum_kernel(const float* __restrict__ partial, int64_t C, int64_t nchunks, int64_t per_group,
                     float* __restrict__ out0, float* __restrict__ out1) {
   __shared__ double smem[kFx * kFy];
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t c = (int64_t)blockIdx.x * kFx + tx;
-  const int64_t j0 = (int64_t)blockIdx.y * per_group, j1 = min64(nchunks, j0 + per_group);
+  const int64_t c = (int64_t)blockIdx.y * kFx + tx;
+  const int64_t j0 = (int64_t)blockIdx.x * per_group, j1 = min64(nchunks, j0 + per_group);
   const float* src = partial + (int64_t)blockIdx.z * nchunks * C;
   double sum = 0.0;
   if (c < C) {
@@ -215,37 +210,43 @@ __global__ void __launch_bounds__(kFx* kFy)
     if (ty < s) smem[ty * kFx + tx] += smem[(ty + s) * kFx + tx];
     __syncthreads();
   }
-  if (ty == 0 && c < C) (blockIdx.z == 0 ? out0 : out1)[(int64_t)blockIdx.y * C + c] = (float)smem[tx];
+  if (ty == 0 && c < C) (blockIdx.z == 0 ? out0 : out1)[(int64_t)blockIdx.x * C + c] = (float)smem[tx];
 }
 
 void launch_sum(const float* partial, int64_t C, int64_t nchunks, int64_t per_group, float* out0, float* out1,
                 cudaStream_t stream) {
-  const dim3 grid((unsigned)ceil_div64(C, kFx), (unsigned)ceil_div64(nchunks, per_group), 2);
+  const dim3 grid((unsigned)ceil_div64(nchunks, per_group), (unsigned)ceil_div64(C, kFx), 2);
   slab_sum_kernel<<<grid, dim3(kFx, kFy), 0, stream>>>(partial, C, nchunks, per_group, out0, out1);
+}
+
+}  // namespace
+
+cudaError_t launch_batch_stats(const StatsArgs& a, cudaStream_t stream) {
+  return dispatch_act(a.dtype, [&](auto tag) { launch_typed<decltype(tag)>(a, stream); });
 }
 
 cudaError_t launch_slab_sums(const SlabSumArgs& a, cudaStream_t stream) {
   if (a.slabs <= kMergeChunksPerGroup) {
     launch_sum(a.partial, a.C, a.slabs, a.slabs, a.sum0, a.sum1, stream);
-    return cudaPeekAtLastError();
+    return cudaGetLastError();
   }
   const int64_t groups = ceil_div64(a.slabs, kMergeChunksPerGroup);
   launch_sum(a.partial, a.C, a.slabs, kMergeChunksPerGroup, a.groups, a.groups + groups * a.C, stream);
   launch_sum(a.groups, a.C, groups, groups, a.sum0, a.sum1, stream);
-  return cudaPeekAtLastError();
+  return cudaGetLastError();
 }
 
 cudaError_t launch_stats_merge(const SlabStatsArgs& a, cudaStream_t stream) {
   const MergeShape slabs{a.C, a.slabs, kMergeChunksPerGroup, a.rows, a.slab_rows, 1};
   if (a.slabs <= kMergeChunksPerGroup) {
     launch_merge(a.partial, slabs, nullptr, nullptr, a.mean, a.var, stream);
-    return cudaPeekAtLastError();
+    return cudaGetLastError();
   }
   const int64_t groups = ceil_div64(a.slabs, kMergeChunksPerGroup);
   launch_merge(a.partial, slabs, nullptr, a.groups, nullptr, nullptr, stream);
   const MergeShape merged{a.C, groups, groups, a.rows, a.slab_rows * kMergeChunksPerGroup, 1};
   launch_merge(a.groups, merged, nullptr, nullptr, a.mean, a.var, stream);
-  return cudaPeekAtLastError();
+  return cudaGetLastError();
 }
 
 }  // namespace fused_resnet

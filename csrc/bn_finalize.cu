@@ -55,6 +55,8 @@ __device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(
 
 // One block. Mirrors the reference's type promotion: running * (1 - factor) in
 // the running dtype, the batch term in fp32, their sum in the wider of the two.
+// factor: momentum; 1/num_batches_tracked without one; 0 with neither (momentum is
+// then passed as 0), as the reference.
 template <typename T>
 __global__ void update_running_kernel(const float* __restrict__ mean, const float* __restrict__ var, int64_t C,
                                       float bessel, T* __restrict__ rmean, int64_t rm_stride, T* __restrict__ rvar,

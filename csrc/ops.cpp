@@ -295,8 +295,6 @@ void bn_update_running(const at::Tensor& mean_in, const at::Tensor& var_in, c10:
                 "got shape ", t.sizes());
     nbt = t.mutable_data_ptr<int64_t>();
   }
-  TORCH_CHECK(momentum.has_value() || nbt != nullptr, "fused_resnet_cuda::bn_update_running: momentum=None (a "
-              "cumulative average) needs num_batches_tracked, got None");
   const c10::cuda::CUDAGuard guard(mean_in.device());
   const at::Tensor mean = mean_in.contiguous(), var = var_in.contiguous();
   RunningArgs a;
