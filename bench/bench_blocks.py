@@ -17,9 +17,9 @@ the measured copy bandwidth. For every uncompiled variant, in both modes, one
 more step is run with its operators' bytes counted (benchmark.op_traffic: each
 operator's tensor inputs and outputs once, a fused op as one operator, the
 traffic bench/traffic.py tabulates): "op GB" per step, and "GB/s (op bytes)" =
-op GB / time, how close that variant's own kernels come to streaming. ``GBps_per_act`` (input + output only) is the
-quantity in the peer anchors. Inputs rotate among 3 buffers so that repeated
-steps do not run out of L2.
+op GB / time, how close that variant's own kernels come to streaming.
+``GBps_per_act`` (input + output only) is the quantity in the peer anchors.
+Inputs rotate among 3 buffers so that repeated steps do not run out of L2.
 
     python bench/bench_blocks.py --json $OUT/blocks.json          # GPU: bf16, N=128
     python bench/bench_blocks.py --quick                           # CPU smoke run (N=2)
