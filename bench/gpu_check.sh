@@ -36,7 +36,9 @@
 #
 # The stages run in order of what they tell: the CUDA extension's kernel tests first
 # (tests-cuda: no Triton compiling, the kernels no other stage isolates), whole-model
-# parity, the rest of the GPU tests, then the benchmarks. Every stage runs under
+# parity, the block benchmarks (both backends, training too, and the speed table),
+# the rest of the GPU tests (most ran on 2026-11-23), then the model benchmarks and
+# the diagnostics. Every stage runs under
 # `timeout`; the stages share a budget (BUDGET_S, default 540 s) so that the whole
 # script ends inside a 10-minute device call, and a stage that no longer fits is
 # skipped and says so. Exit code 1 if any stage failed or timed out.
@@ -47,9 +49,9 @@
 # and, only if at least 5 minutes are left right after it (the machine is then
 # still warm and keeps the build), a short second one:
 #   1. (timeout_s 600, carry [".whl"])
-#      SKIP="bench-graphs profile host-overhead" TESTS_GPU_S=170 BENCH_MODELS=resnet50 BUDGET_S=560 bash bench/gpu_check.sh --quick
+#      SKIP="bench-graphs profile host-overhead" TESTS_GPU_S=150 BENCH_MODELS=resnet50 BUDGET_S=560 bash bench/gpu_check.sh --quick
 #   2. (timeout_s 240, at once, same carry)
-#      SKIP="check-resnet50-fp32 check-resnet50-bf16-train tests-cuda tests-gpu bench-blocks bench-models" BUDGET_S=220 bash bench/gpu_check.sh --quick --no-build
+#      SKIP="check-resnet50-fp32 check-resnet50-bf16-train tests-cuda bench-blocks tests-gpu bench-models" BUDGET_S=220 bash bench/gpu_check.sh --quick --no-build
 set -u -o pipefail
 export PYTHONUNBUFFERED=1
 
@@ -71,7 +73,7 @@ done
 
 # Every stage's name, in the order they run: SKIP may name only these.
 ALL_STAGES="env wheels cutlass-headers build info tests-cuda check-resnet50-bf16-train check-resnet50-fp32
-  check-cifar56-bf16-train tests-gpu bench-blocks bench-models bench-graphs profile host-overhead tests-rest"
+  check-cifar56-bf16-train bench-blocks tests-gpu bench-models bench-graphs profile host-overhead tests-rest"
 for name in ${SKIP:-}; do
   if [[ " $(echo $ALL_STAGES) " != *" $name "* ]]; then
     echo "gpu_check.sh: SKIP names '$name', which is no stage; stages: $(echo $ALL_STAGES)" >&2
@@ -166,7 +168,7 @@ PYTEST=("$PY" -m pytest -q -rfE -p no:cacheprovider --durations=10)
 # The CUDA extension's kernels against fp64 and the reference, on their own: they
 # compile no Triton kernel, so they come back in a minute whatever follows.
 CUDA_TESTS=(tests/test_cuda_conv.py tests/test_cuda_ext.py)
-stage tests-cuda 150 "$TESTS" "${PYTEST[@]}" -m gpu "${CUDA_TESTS[@]}"
+stage tests-cuda 180 "$TESTS" "${PYTEST[@]}" -m gpu "${CUDA_TESTS[@]}"
 
 # Whole-model parity against torchvision (TF32 off for fp32; fp64 reference and the 2x rule for bf16/fp16).
 # Parity does not depend on which Triton configuration is fastest: the heuristic one
@@ -177,13 +179,6 @@ stage check-resnet50-fp32 120 "$CHECK" "${NOTUNE[@]}" "${FR[@]}" check --model r
 if (( ! QUICK )); then
   stage check-cifar56-bf16-train 90 "$CHECK" "${NOTUNE[@]}" "${FR[@]}" check --model cifar_resnet56 --dtype bf16 --train --batch 128
 fi
-
-# The rest of the GPU tests (the files tests-cuda ran are left out unless it was skipped).
-REST=(tests)
-if [[ " ${SKIP:-} " != *" tests-cuda "* ]]; then
-  for f in "${CUDA_TESTS[@]}"; do REST+=(--ignore "$f"); done
-fi
-stage tests-gpu "${TESTS_GPU_S:-240}" "$TESTS" "${PYTEST[@]}" -m gpu "${REST[@]}"
 
 BLOCK_ARGS=(--json "$OUT/blocks.json" --table "$OUT/speed_table.json")
 MODEL_ARGS=(--json "$OUT/models.json" --backend triton,cuda,auto)
@@ -197,6 +192,14 @@ else
   (( COMPILE )) && MODEL_ARGS+=(--compile)
 fi
 stage bench-blocks 150 "$BENCH" "$PY" bench/bench_blocks.py "${BLOCK_ARGS[@]}"
+
+# The rest of the GPU tests (the files tests-cuda ran are left out unless it was skipped).
+REST=(tests)
+if [[ " ${SKIP:-} " != *" tests-cuda "* ]]; then
+  for f in "${CUDA_TESTS[@]}"; do REST+=(--ignore "$f"); done
+fi
+stage tests-gpu "${TESTS_GPU_S:-240}" "$TESTS" "${PYTEST[@]}" -m gpu "${REST[@]}"
+
 stage bench-models 240 "$BENCH" "$PY" bench/bench_models.py "${MODEL_ARGS[@]}"
 stage bench-graphs 240 "$BENCH" "$PY" bench/bench_models.py "${GRAPH_ARGS[@]}"
 # The kernels of one layer1 step per variant: where the fused blocks lose their time.

@@ -151,15 +151,17 @@ def _stages_run(stdout: str) -> list[str]:
 
 
 def test_gpu_check_plan_runs_its_stages_in_order(tmp_path):
-    """The documented two-call plan: the first call builds, runs the CUDA kernel tests before
-    the rest of the GPU tests (which then leave those files out) and benchmarks; the second
-    reuses the build and runs only what the first skipped."""
+    """The documented two-call plan: the first call builds, runs the CUDA kernel tests, model
+    parity, the block benchmarks, the rest of the GPU tests (leaving those files out) and the
+    model benchmarks, in that order; the second reuses the build and runs only what the first
+    skipped."""
     first, second = _gpu_check_plan()
     out = _dry_run(first, tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     ran = _stages_run(out.stdout)
     assert ran[:5] == ["env", "cutlass-headers", "build", "info", "tests-cuda"], ran
-    assert ran.index("tests-cuda") < ran.index("tests-gpu") < ran.index("bench-blocks") < ran.index("bench-models")
+    assert ran.index("tests-cuda") < ran.index("check-resnet50-bf16-train") < ran.index("bench-blocks") \
+        < ran.index("tests-gpu") < ran.index("bench-models")
     gpu_cmd = out.stdout.split("--- tests-gpu")[1].splitlines()[1]
     assert "--ignore tests/test_cuda_conv.py --ignore tests/test_cuda_ext.py" in gpu_cmd, gpu_cmd
     assert "--models resnet50" in out.stdout.split("--- bench-models")[1].splitlines()[1]
