@@ -18,10 +18,12 @@ import copy
 
 import pytest
 import torch
+import torchvision
 
-from fused_resnet import _ext, backends, benchmark, reference
+from fused_resnet import _ext, backends, benchmark, convert, reference
 from fused_resnet.backends import cuda
 from fused_resnet.blocks import FUSED_TWIN
+from fused_resnet.models import cifar_resnet
 
 from helpers import randomize_bn
 from test_blocks import _in_channels, block_zoo
@@ -145,3 +147,27 @@ def test_a_training_step_takes_the_fused_kernels_a_gpu_would(emulated, kind, cal
     _step(fused, x, gout)
     c = emulated.calls
     assert (c["conv"], c["conv_dgrad"], c["conv_wgrad"], c["conv_output_grad"]) == calls, c
+
+
+@pytest.mark.parametrize("name", ["resnet18", "cifar_resnet20_A", "cifar_resnet20_v2_B"])
+def test_models_match_torchvision_in_fp64(emulated, name):
+    """Whole converted models on the emulated cuda backend: one training step's logits and
+    every gradient, then the eval logits, against the unconverted model in fp64."""
+    torch.manual_seed(0)
+    if name == "resnet18":
+        model, size = torchvision.models.resnet18(weights=None, num_classes=10), 48
+    else:
+        model, size = cifar_resnet(20, version=2 if "v2" in name else 1, shortcut=name[-1]), 32
+    model = benchmark.perturb_batchnorm(model, 1).double()
+    fused = convert(model, backend="cuda")
+    x = torch.randn(2, 3, size, size, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    for mode in ("train", "eval"):
+        model.train(mode == "train"), fused.train(mode == "train")
+        gout = torch.randn(2, 10, dtype=torch.float64)
+        want, got = _step(model, x, gout), _step(fused, x, gout)
+        _close(got[0], want[0], f"{mode} logits")
+        _close(got[1], want[1], f"{mode} input gradient")
+        for n in want[2]:
+            _close(got[2][n], want[2][n], f"{mode} gradient of {n}")
+        model.zero_grad(), fused.zero_grad()
+    assert emulated.calls["conv_dgrad"] > 0 and emulated.calls["conv_wgrad"] > 0
