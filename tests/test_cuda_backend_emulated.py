@@ -151,8 +151,8 @@ def test_a_training_step_takes_the_fused_kernels_a_gpu_would(emulated, kind, cal
 
 @pytest.mark.parametrize("name", ["resnet18", "cifar_resnet20_A", "cifar_resnet20_v2_B"])
 def test_models_match_torchvision_in_fp64(emulated, name):
-    """Whole converted models on the emulated cuda backend: one training step's logits and
-    every gradient, then the eval logits, against the unconverted model in fp64."""
+    """Whole converted models on the emulated cuda backend: a training step, then an eval step
+    (BN folded), each one's logits and every gradient against the unconverted model in fp64."""
     torch.manual_seed(0)
     if name == "resnet18":
         model, size = torchvision.models.resnet18(weights=None, num_classes=10), 48
