@@ -247,7 +247,13 @@ size_t workspace_bytes(const CutlassConvArgs& a) {
 }
 
 template <typename Conv>
-constexpr int stats_slab_rows();
+constexpr int stats_slab_rows() {
+  if constexpr (requires { Conv::kStatsSlabRows; }) {
+    return Conv::kStatsSlabRows;
+  } else {
+    return 0;
+  }
+}
 
 template <typename Conv>
 const char* can_run(const CutlassConvArgs& a) {
@@ -262,15 +268,6 @@ const char* run(const CutlassConvArgs& a, cudaStream_t stream) {
   auto args = Conv::arguments(a);
   if (auto s = op.initialize(args, a.workspace, stream); s != cutlass::Status::kSuccess) return status_text(s);
   return status_text(op.run(stream));
-}
-
-template <typename Conv>
-constexpr int stats_slab_rows() {
-  if constexpr (requires { Conv::kStatsSlabRows; }) {
-    return Conv::kStatsSlabRows;
-  } else {
-    return 0;
-  }
 }
 
 template <typename Conv>
