@@ -87,3 +87,21 @@ def sgd_step(block, x, seed, lr=0.1):
             p -= lr * p.grad
             p.grad = None
     return y.detach(), x.grad, grads
+
+
+def load_bench_script(name: str):
+    """bench/<name>.py as a module (bench/ is no package; its scripts import each other, so
+    the folder is on sys.path while the script loads)."""
+    import importlib.util
+    import os
+    import sys
+
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+    spec = importlib.util.spec_from_file_location(name, os.path.join(bench, name + ".py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, bench)
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(bench)
+    return mod

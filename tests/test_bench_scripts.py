@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import load_bench_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -194,17 +196,9 @@ def test_traffic_of_a_fused_eval_block_is_its_two_convolutions():
     """bench/traffic.py on the meta device: an eval BasicBlock fused is two conv ops, the first
     reading x, its folded weight and bias and writing t, the second reading t, its weight and
     bias and x again (the residual) and writing the output; eager moves three times that."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("traffic", ROOT / "bench" / "traffic.py")
-    traffic = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        spec.loader.exec_module(traffic)
-        rows = {r["variant"]: r for r in (traffic.count("basic", "infer", v, batch=2, dtype=torch.bfloat16)
-                                          for v in ("eager", "fused"))}
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    traffic = load_bench_script("traffic")
+    rows = {r["variant"]: r for r in (traffic.count("basic", "infer", v, batch=2, dtype=torch.bfloat16)
+                                      for v in ("eager", "fused"))}
     act, w, vec = 2 * 64 * 56 * 56 * 2, 64 * 64 * 9 * 2, 64 * 4
     assert rows["fused"]["by_op"] == {"fused_resnet::conv": [2, 5 * act + 2 * (w + vec)]}
     assert rows["fused"]["ops"] == 2 and rows["eager"]["ops"] == 7

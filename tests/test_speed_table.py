@@ -7,7 +7,6 @@ the cuda backend first.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -18,6 +17,7 @@ import torchvision
 import fused_resnet
 from fused_resnet import backends
 from fused_resnet.backends import speed_table
+from helpers import load_bench_script
 
 DEVICE = "Some GPU 80GB"
 LAYER1 = "FusedBottleneck 256-64-64-256 s1 g1 d1"
@@ -107,16 +107,8 @@ def test_tables_apply_only_on_gpus(table_file):
     assert order == backends.AUTO_ORDER
 
 
-def _load_bench_blocks():
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "bench_blocks.py")
-    spec = importlib.util.spec_from_file_location("bench_blocks", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_bench_writes_a_table_auto_reads(table_file, tmp_path, monkeypatch):
-    bb = _load_bench_blocks()
+    bb = load_bench_script("bench_blocks")
     rows = [
         {"key": "layer1", "mode": "train", "variant": "eager", "compiled": False, "N": 128, "median_ms": 6.0},
         {"key": "layer1", "mode": "train", "variant": "fused[triton]", "compiled": False, "N": 128, "median_ms": 3.1},
