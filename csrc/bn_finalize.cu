@@ -3,8 +3,6 @@
 // bn_update_running: the in-place running-statistics update of nn.BatchNorm2d,
 // exactly as fused_resnet/reference.py bn_update_running computes it, reading
 // num_batches_tracked on the device (no host synchronisation: CUDA-graph safe).
-// output_grad_coeffs: the per-channel coefficients of the batch-statistics terms of
-// a convolution's output gradient.
 #include <type_traits>
 
 #include "device.cuh"
@@ -82,27 +80,7 @@ __global__ void update_running_kernel(const float* __restrict__ mean, const floa
   }
 }
 
-// With M rows a channel, mean = sum(y)/M and var = sum((y - mean)^2)/M give
-//   g = dy + dmean/M + 2 dvar (y - mean)/M = y * gb + (dmean/M - gb * mean) + dy,
-// gb = 2 dvar/M: one bn_act pass over y with residual dy, these two its scale and shift.
-__global__ void output_grad_coeffs_kernel(const float* __restrict__ dmean, const float* __restrict__ dvar,
-                                          const float* __restrict__ mean, int64_t C, float inv_m,
-                                          float* __restrict__ scale, float* __restrict__ shift) {
-  const int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= C) return;
-  const float gb = 2.f * dvar[c] * inv_m;
-  scale[c] = gb;
-  shift[c] = dmean[c] * inv_m - gb * mean[c];
-}
-
 }  // namespace
-
-cudaError_t launch_output_grad_coeffs(const OutputGradCoeffArgs& a, cudaStream_t stream) {
-  const int threads = 256;
-  output_grad_coeffs_kernel<<<(unsigned)ceil_div64(a.C, threads), threads, 0, stream>>>(
-      a.dmean, a.dvar, a.mean, a.C, a.inv_m, a.scale, a.shift);
-  return cudaGetLastError();
-}
 
 cudaError_t launch_bn_finalize(const FinalizeArgs& a, cudaStream_t stream) {
   const int threads = 256;

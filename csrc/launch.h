@@ -70,15 +70,20 @@ struct SlabSumArgs {
 };
 cudaError_t launch_slab_sums(const SlabSumArgs& a, cudaStream_t stream);
 
-// The scale and shift of g = y * scale + shift + dy, the output gradient of a
-// convolution whose batch statistics (mean, var over M rows) were used.
-struct OutputGradCoeffArgs {
+// out = [dy +] dmean/M + 2 dvar (y - mean)/M: the gradient at y through its batch
+// statistics (mean, var over M = numel / C values per channel), plus dy when given.
+struct StatsGradArgs {
+  DType dtype;
+  const void* dy;  // may be null
+  const void* y;
   const float *dmean, *dvar, *mean;
-  int64_t C;
   float inv_m;  // 1 / M
-  float *scale, *shift;
+  void* out;
+  int64_t numel, C, HW;
+  bool nhwc, vec;
+  int64_t blocks;
 };
-cudaError_t launch_output_grad_coeffs(const OutputGradCoeffArgs& a, cudaStream_t stream);
+cudaError_t launch_stats_grad(const StatsGradArgs& a, cudaStream_t stream);
 
 struct FinalizeArgs {
   const float *mean, *var, *weight, *bias;  // weight, bias may be null

@@ -466,26 +466,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 namespace {
 
-// y * scale + shift [+ dy] with (scale, shift) the per-channel coefficients of the
-// statistics' gradient (launch_output_grad_coeffs): two launches.
-at::Tensor stats_grad(const std::optional<at::Tensor>& dy, const at::Tensor& dmean, const at::Tensor& dvar,
-                      const at::Tensor& y, const at::Tensor& mean, const char* op, const char* y_name) {
-  check_act(y, op, y_name);
-  if (dy.has_value()) check_like(*dy, op, "dy", y, y_name);
-  const int64_t C = y.size(1);
-  check_vec(dmean, op, "dmean", C, y, y_name);
-  check_vec(dvar, op, "dvar", C, y, y_name);
-  check_vec(mean, op, "mean", C, y, y_name);
-  const c10::cuda::CUDAGuard guard(y.device());
-  if (y.numel() == 0) return at::empty(y.sizes(), y.options().memory_format(output_format(y)));
-  at::Tensor coeffs = at::empty({2, C}, y.options().dtype(at::kFloat));
+// [dy +] dmean/M + 2 dvar (y - mean)/M (stats_grad.cu): one pass.
+at::Tensor stats_grad(const std::optional<at::Tensor>& dy_in, const at::Tensor& dmean, const at::Tensor& dvar,
+                      const at::Tensor& y_in, const at::Tensor& mean, const char* op, const char* y_name) {
+  check_act(y_in, op, y_name);
+  if (dy_in.has_value()) check_like(*dy_in, op, "dy", y_in, y_name);
+  const int64_t C = y_in.size(1);
+  check_vec(dmean, op, "dmean", C, y_in, y_name);
+  check_vec(dvar, op, "dvar", C, y_in, y_name);
+  check_vec(mean, op, "mean", C, y_in, y_name);
+  const c10::cuda::CUDAGuard guard(y_in.device());
+  const auto fmt = output_format(y_in);
+  at::Tensor out = at::empty(y_in.sizes(), y_in.options().memory_format(fmt));
+  if (y_in.numel() == 0) return out;
+  const at::Tensor y = y_in.contiguous(fmt);
+  const at::Tensor dy = dy_in.has_value() ? dy_in->contiguous(fmt) : at::Tensor();
   // dmean/dvar may be autograd's expanded (stride-0) gradients: made dense.
   const at::Tensor dm = dmean.contiguous(), dv = dvar.contiguous(), mu = mean.contiguous();
-  OutputGradCoeffArgs a{dm.const_data_ptr<float>(), dv.const_data_ptr<float>(), mu.const_data_ptr<float>(), C,
-                        static_cast<float>(1.0 / static_cast<double>(y.numel() / C)),
-                        coeffs.mutable_data_ptr<float>(), coeffs.mutable_data_ptr<float>() + C};
-  check_launch(launch_output_grad_coeffs(a, c10::cuda::getCurrentCUDAStream()), op);
-  return bn_act(y, coeffs[0], coeffs[1], dy, std::nullopt, std::nullopt, false);
+  StatsGradArgs a;
+  a.dtype = dtype_of(y.scalar_type());
+  a.dy = dy.defined() ? dy.const_data_ptr() : nullptr;
+  a.y = y.const_data_ptr();
+  a.dmean = dm.const_data_ptr<float>();
+  a.dvar = dv.const_data_ptr<float>();
+  a.mean = mu.const_data_ptr<float>();
+  a.inv_m = static_cast<float>(1.0 / static_cast<double>(y.numel() / C));
+  a.out = out.mutable_data_ptr();
+  a.numel = y.numel();
+  a.C = C;
+  a.HW = y.size(2) * y.size(3);
+  a.nhwc = fmt == at::MemoryFormat::ChannelsLast;
+  const int V = vec_width(a.dtype);
+  a.vec = aligned16(a.y) && aligned16(a.out) && (a.dy == nullptr || aligned16(a.dy)) &&
+          (a.nhwc ? C % V == 0 : a.HW % V == 0);
+  const int64_t nvec = a.vec ? a.numel / V : a.numel;
+  a.blocks = std::max<int64_t>(1, std::min<int64_t>(ceil_div(nvec, kThreads), (int64_t)sm_count() * 16));
+  check_launch(launch_stats_grad(a, c10::cuda::getCurrentCUDAStream()), op);
+  return out;
 }
 
 }  // namespace
