@@ -546,7 +546,8 @@ std::string operand_gap(const at::Tensor& x, const at::Tensor& weight, int64_t g
   if (x.size(1) % 8 != 0 || weight.size(0) % 8 != 0)
     return words("channels in=", x.size(1), ", out=", weight.size(0),
                  ": both must be multiples of 8 (16-byte vector loads)");
-  if (output_format(x) != at::MemoryFormat::ChannelsLast || !aligned16(x.const_data_ptr()))
+  // An empty batch reads nothing (and PyTorch calls any empty tensor contiguous).
+  if (x.numel() > 0 && (output_format(x) != at::MemoryFormat::ChannelsLast || !aligned16(x.const_data_ptr())))
     return "x is not a 16-byte aligned channels_last (NHWC) tensor";
   if (x.numel() >= std::numeric_limits<int32_t>::max()) return words("x has ", x.numel(), " elements (>= 2^31)");
   return "";
@@ -562,24 +563,40 @@ std::string device_gap(const at::Tensor& x) {
   return "";
 }
 
+// Why stride, padding and dilation do not describe a convolution of x with weight
+// ("" when they do), as torch.conv2d would refuse them.
+std::string geometry_gap(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                         at::IntArrayRef padding, at::IntArrayRef dilation) {
+  if (stride.size() != 2 || padding.size() != 2 || dilation.size() != 2)
+    return words("stride, padding and dilation must have 2 values each, got ", stride, ", ", padding, ", ", dilation);
+  for (int i = 0; i < 2; ++i) {
+    if (stride[i] < 1 || dilation[i] < 1 || padding[i] < 0)
+      return words("stride ", stride, ", padding ", padding, ", dilation ", dilation,
+                   ": strides and dilations must be positive, paddings non-negative");
+    const int64_t extent = x.size(2 + i) + 2 * padding[i], span = dilation[i] * (weight.size(2 + i) - 1) + 1;
+    if (extent < span)
+      return words("the padded input (", extent, " pixels) is smaller than the dilated kernel (", span, ")");
+  }
+  return "";
+}
+
 struct ConvGeometry {
   int N, H, W, C, K, R, S, P, Q, ph, pw, sh, sw, dh, dw;
 };
 
 ConvGeometry geometry(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
                       at::IntArrayRef dilation, const char* op) {
-  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, "fused_resnet_cuda::", op,
-              ": stride, padding and dilation must have 2 values each, got ", stride, ", ", padding, ", ", dilation);
   TORCH_CHECK(x.dim() == 4 && weight.dim() == 4 && weight.size(1) == x.size(1), "fused_resnet_cuda::", op,
               ": weight must be [K, C, R, S] with C = ", x.dim() == 4 ? x.size(1) : -1,
               " (the channels of x), got shape ", weight.sizes());
+  const std::string gap = geometry_gap(x, weight, stride, padding, dilation);
+  TORCH_CHECK(gap.empty(), "fused_resnet_cuda::", op, ": ", gap);
   ConvGeometry g;
   g.N = x.size(0), g.H = x.size(2), g.W = x.size(3), g.C = x.size(1);
   g.K = weight.size(0), g.R = weight.size(2), g.S = weight.size(3);
   g.sh = stride[0], g.sw = stride[1], g.ph = padding[0], g.pw = padding[1], g.dh = dilation[0], g.dw = dilation[1];
   g.P = (g.H + 2 * g.ph - g.dh * (g.R - 1) - 1) / g.sh + 1;
   g.Q = (g.W + 2 * g.pw - g.dw * (g.S - 1) - 1) / g.sw + 1;
-  TORCH_CHECK(g.P > 0 && g.Q > 0, "fused_resnet_cuda::", op, ": the output would be empty (", g.P, "x", g.Q, ")");
   return g;
 }
 
@@ -625,6 +642,7 @@ KernelChoice choose_fprop(const at::Tensor& x, const at::Tensor& weight, const s
                                !aligned16(residual->const_data_ptr())))
     return {nullptr, "the residual is not a 16-byte aligned channels_last tensor of x's dtype"};
   if (std::string gap = operand_gap(x, weight, groups); !gap.empty()) return {nullptr, gap};
+  if (std::string gap = geometry_gap(x, weight, stride, padding, dilation); !gap.empty()) return {nullptr, gap};
   const ConvGeometry g = geometry(x, weight, stride, padding, dilation, "conv");
   const auto& kernel =
       cutlass_conv_kernel(kind, element_of(x.scalar_type()), g.K > 64 ? ConvTile::kWide : ConvTile::kNarrow);
@@ -636,6 +654,7 @@ KernelChoice choose_fprop(const at::Tensor& x, const at::Tensor& weight, const s
 KernelChoice choose_dgrad(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
                           at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   if (std::string gap = operand_gap(x, weight, groups); !gap.empty()) return {nullptr, gap};
+  if (std::string gap = geometry_gap(x, weight, stride, padding, dilation); !gap.empty()) return {nullptr, gap};
   const ConvGeometry g = geometry(x, weight, stride, padding, dilation, "conv_dgrad");
   if (g.sh != 1 || g.sw != 1)
     return {nullptr, words("stride ", stride, ": only unit-stride data gradients are instantiated")};
@@ -649,6 +668,7 @@ KernelChoice choose_dgrad(const at::Tensor& x, const at::Tensor& weight, at::Int
 // The output gradient g of a convolution with geometry geo, checked, channels_last.
 at::Tensor output_grad(const at::Tensor& g, const at::Tensor& x, const ConvGeometry& geo, const char* op) {
   check_act(g, op, "g");
+  check_same_device(g, op, "g", x, "x");
   TORCH_CHECK(g.scalar_type() == x.scalar_type(), "fused_resnet_cuda::", op, ": g must have dtype ", x.scalar_type(),
               " (the dtype of x), got ", g.scalar_type());
   TORCH_CHECK(g.sizes() == at::IntArrayRef({geo.N, geo.K, geo.P, geo.Q}), "fused_resnet_cuda::", op, ": g must have "
@@ -742,7 +762,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv(const at::Tensor& x, const a
   TORCH_CHECK(choice.kernel != nullptr, "fused_resnet_cuda::conv: these inputs are not served: ", choice.gap);
   const c10::cuda::CUDAGuard guard(x.device());
   const ConvGeometry g = geometry(x, weight, stride, padding, dilation, op);
-  at::Tensor y = at::empty({g.N, g.K, g.P, g.Q}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  // channels_last: a served x is, unless the batch is empty (then the layout of the fake).
+  at::Tensor y = at::empty({g.N, g.K, g.P, g.Q}, x.options().memory_format(output_format(x)));
   if (residual.has_value()) check_like(*residual, op, "residual", y, "the output");
   const at::Tensor w = krsc(weight);
   at::Tensor scale, shift, b;
@@ -791,6 +812,7 @@ at::Tensor conv_wgrad(const at::Tensor& g_in, const at::Tensor& x, const at::Ten
   check_act(x, op, "x");
   check_same_device(weight, op, "weight", x, "x");
   std::string gap = operand_gap(x, weight, 1);
+  if (gap.empty()) gap = geometry_gap(x, weight, stride, padding, dilation);
   if (gap.empty()) gap = device_gap(x);
   TORCH_CHECK(gap.empty(), "fused_resnet_cuda::conv_wgrad: these inputs are not served: ", gap);
   const c10::cuda::CUDAGuard guard(x.device());
@@ -835,7 +857,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_dgrad(const at::Tensor& g_in
   const at::Tensor shift = mainloop_vec(in_shift, x, op, "in_shift");
   const at::Tensor w = krsc(weight);
   const auto vec_opts = x.options().dtype(at::kFloat);
-  at::Tensor dx = at::empty({geo.N, geo.C, geo.H, geo.W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor dx = at::empty({geo.N, geo.C, geo.H, geo.W}, x.options().memory_format(output_format(x)));
   if (dx.numel() == 0) return {dx, at::zeros({geo.C}, vec_opts), at::zeros({geo.C}, vec_opts)};  // sums of no rows
   at::Tensor dscale = at::empty({geo.C}, vec_opts), dshift = at::empty({geo.C}, vec_opts);
   SlabSumArgs s{};

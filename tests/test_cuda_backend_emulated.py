@@ -21,6 +21,7 @@ import torch
 import torchvision
 
 from fused_resnet import _ext, backends, benchmark, convert, reference
+from fused_resnet._layout import like_layout
 from fused_resnet.backends import cuda
 from fused_resnet.blocks import FUSED_TWIN
 from fused_resnet.models import cifar_resnet
@@ -65,12 +66,12 @@ class EmulatedC:
         # da = g (*) W^T; g_u = da where x*s + t > 0; dx = g_u * s, dscale = sum(g_u x), dshift = sum(g_u).
         dx, _, _, dscale, dshift, _ = reference.conv_backward_from_output_grad(
             g, x, weight, in_scale, in_shift, stride, padding, dilation, 1, [True, False, False, True, True, False])
-        return dx.contiguous(memory_format=torch.channels_last), dscale, dshift
+        return like_layout(dx, x), dscale, dshift
 
     @staticmethod
     def _conv_output_grad(dy, dmean, dvar, y, mean):
         g = reference.conv_output_grad(dy, dmean, dvar, y, mean, False, True)
-        return g.to(y.dtype).contiguous(memory_format=torch.channels_last)
+        return like_layout(g.to(y.dtype), y)
 
 
 class EmulatedCuda(cuda.CudaBackend):

@@ -45,12 +45,12 @@ GOOD = dict(n=2, c=64, h=8, w=8, k=64, dtype=torch.bfloat16)
 
 
 def _gap(C, *, n=2, c=64, h=8, w=8, k=64, r=3, dtype=torch.bfloat16, wdtype=None, cl=True, groups=1,
-         bias=False, prologue=True, residual=None, relu=False, stats=False):
+         bias=False, prologue=True, residual=None, relu=False, stats=False, stride=1, padding=1, dilation=1):
     x = torch.zeros(n, c, h, w, dtype=dtype)
     x = _cl(x) if cl else x
     weight = torch.zeros(k, c // groups, r, r, dtype=wdtype or dtype)
     return C.conv_gap(x, weight, torch.zeros(k) if bias else None, torch.ones(c) if prologue else None, residual,
-                      [1, 1], [1, 1], [1, 1], groups, relu, stats)
+                      [stride] * 2, [padding] * 2, [dilation] * 2, groups, relu, stats)
 
 
 _RES = _cl(torch.zeros(2, 64, 8, 8, dtype=torch.bfloat16))
@@ -79,6 +79,16 @@ GAPS = [
     (dict(prologue=False, residual=_RES), "x is on cpu, not a CUDA device"),
     (dict(prologue=False, residual=_RES, stats=True), "x is on cpu, not a CUDA device"),
     (dict(dtype=torch.float16, residual=_cl(torch.zeros(2, 64, 8, 8, dtype=torch.float16))), "x is on cpu"),
+    # Geometry torch.conv2d refuses is named, never divided by (stride 0) or rounded toward zero.
+    (dict(stride=0), "strides and dilations must be positive, paddings non-negative"),
+    (dict(dilation=0), "strides and dilations must be positive, paddings non-negative"),
+    (dict(padding=-1), "strides and dilations must be positive, paddings non-negative"),
+    (dict(h=2, w=2, padding=0), "the padded input (2 pixels) is smaller than the dilated kernel (3)"),
+    (dict(h=2, w=2, padding=0, stride=2), "the padded input (2 pixels) is smaller than the dilated kernel (3)"),
+    (dict(h=4, w=4, padding=0, dilation=2), "the padded input (4 pixels) is smaller than the dilated kernel (5)"),
+    # An empty batch reads nothing: served in either layout (PyTorch calls it contiguous).
+    (dict(n=0), "x is on cpu, not a CUDA device"),
+    (dict(n=0, cl=False), "x is on cpu, not a CUDA device"),
 ]
 
 
@@ -103,13 +113,15 @@ DGRAD_GAPS = [
     (dict(cl=False), "x is not a 16-byte aligned channels_last"),
     # The device is asked last: on a CPU the stride is still named (benchmark.gpu_gap relies on it).
     (dict(stride=2), "stride [2, 2]: only unit-stride data gradients are instantiated"),
+    (dict(stride=0), "strides and dilations must be positive, paddings non-negative"),
+    (dict(n=0), "x is on cpu, not a CUDA device"),
     (dict(), "x is on cpu, not a CUDA device"),
 ]
 
 
 @pytest.mark.parametrize("kwargs,reason", DGRAD_GAPS, ids=[g[1][:40] for g in DGRAD_GAPS])
 def test_conv_dgrad_gap_reasons(C, kwargs, reason):
-    n, c, k, groups = 2, kwargs.get("c", 64), 64, kwargs.get("groups", 1)
+    n, c, k, groups = kwargs.get("n", 2), kwargs.get("c", 64), 64, kwargs.get("groups", 1)
     x = torch.zeros(n, c, 8, 8, dtype=kwargs.get("dtype", torch.bfloat16))
     x = _cl(x) if kwargs.get("cl", True) else x
     weight = torch.zeros(k, c // groups, 3, 3, dtype=x.dtype)
@@ -767,7 +779,7 @@ def test_unserved_inputs_raise(C):
     with pytest.raises(RuntimeError, match="not served: stride \\[2, 2\\]: only unit-stride data gradients"):
         ns.conv_dgrad(x[:, :, ::2, ::2].contiguous(memory_format=torch.channels_last), x, weight, scale, shift,
                       [2, 2], pad, dil)
-    with pytest.raises(RuntimeError, match="not served: no prologue, bias or statistics to fuse"):
+    with pytest.raises(RuntimeError, match="not served: nothing to fuse"):
         ns.conv(x, weight, None, None, None, None, stride, pad, dil, 1, False, False)
     with pytest.raises(RuntimeError, match=r"in_scale must have shape \[64\]"):
         ns.conv(x, weight, None, scale[:8], shift, None, stride, pad, dil, 1, False, False)

@@ -89,7 +89,7 @@ def _conv_wgrad_fake(g, x, weight, in_scale, in_shift, stride, padding, dilation
 
 def _conv_dgrad_fake(g, x, weight, in_scale, in_shift, stride, padding, dilation):
     vec = x.new_empty((x.shape[1],), dtype=torch.float32)
-    return torch.empty_like(x, memory_format=torch.channels_last), vec, torch.empty_like(vec)
+    return torch.empty_like(x, memory_format=output_format(x)), vec, torch.empty_like(vec)
 
 
 def _conv_output_grad_fake(dy, dmean, dvar, y, mean):
