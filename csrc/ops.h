@@ -39,13 +39,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     c10::List<bool> output_mask);
 
 // The output gradient of a convolution whose batch statistics were used:
-// g = dy + dmean/M + 2 dvar (y - mean)/M, in y's dtype and layout (two launches: the
-// per-channel coefficients, then one bn_act pass).
+// g = dy + dmean/M + 2 dvar (y - mean)/M, in y's dtype and layout (one pass,
+// stats_grad.cu).
 at::Tensor conv_output_grad(const at::Tensor& dy, const at::Tensor& dmean, const at::Tensor& dvar,
                             const at::Tensor& y, const at::Tensor& mean);
 
 // dx of batch_stats: (dmean + 2 dvar (x - mean)) / M, in x's dtype and layout (the
-// same two launches, without dy).
+// same pass, without dy).
 at::Tensor batch_stats_backward(const at::Tensor& dmean, const at::Tensor& dvar, const at::Tensor& x,
                                 const at::Tensor& mean);
 
