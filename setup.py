@@ -147,7 +147,9 @@ def extension_build():
     include_dirs = list(dict.fromkeys(include_dirs))
 
     cxx_flags = ["-O3", "-g0"]  # -g0: no debug info (Python's CFLAGS carry -g)
-    # No --use_fast_math: the statistics need IEEE division and rounding.
+    # No --use_fast_math: the statistics need IEEE division and rounding. The language
+    # standard is torch's: C++17 in torch 2.11, C++20 in 2.14, so the
+    # sources must compile as both (CMakeLists.txt, which CI builds, takes C++17 for .cu).
     nvcc_flags = ["-O3", "-lineinfo"]
     ext = cpp_extension.CUDAExtension(
         name="fused_resnet._C",

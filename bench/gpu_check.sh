@@ -161,7 +161,8 @@ SHOW=1 stage info 60 "$SETUP" "${FR[@]}" info
 # Test processes in parallel (pytest-xdist, when installed): most of the GPU suite's
 # time is Triton compiling kernels on the CPU.
 # A test that hangs is stopped (pytest-timeout, when installed) instead of eating the budget.
-PYTEST=("$PY" -m pytest -q -rfE -p no:cacheprovider --durations=10)
+# -v: one line per finished test, so a stage cut short by its limit still says what passed.
+PYTEST=("$PY" -m pytest -v -rfE -p no:cacheprovider --durations=10)
 "$PY" -c "import xdist" 2>/dev/null && PYTEST+=(-n "${XDIST_N:-14}")
 "$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST+=(--timeout 150)
 
@@ -194,12 +195,22 @@ fi
 stage bench-blocks 150 "$BENCH" "$PY" bench/bench_blocks.py "${BLOCK_ARGS[@]}"
 
 # The rest of the GPU tests (the files tests-cuda ran are left out unless it was skipped).
-REST=(tests)
-if [[ " ${SKIP:-} " != *" tests-cuda "* ]]; then
-  for f in "${CUDA_TESTS[@]}"; do REST+=(--ignore "$f"); done
-fi
+# The files holding GPU tests that have never run go first: pytest-xdist hands tests
+# out in collection order, so a stage cut short by its limit loses the others.
+FIRST=(tests/test_gpu_models.py tests/test_triton_backward.py)
+REST=("${FIRST[@]}")
+for f in tests/test_*.py; do
+  [[ " ${FIRST[*]} " == *" $f "* ]] && continue
+  [[ " ${SKIP:-} " != *" tests-cuda "* && " ${CUDA_TESTS[*]} " == *" $f "* ]] && continue
+  REST+=("$f")
+done
 stage tests-gpu "${TESTS_GPU_S:-240}" "$TESTS" "${PYTEST[@]}" -m gpu "${REST[@]}"
 
+# backend="auto" follows the speed table bench-blocks just measured on this GPU (the
+# shipped tables name other devices), so the auto rows test this machine's choice.
+if [[ -s $OUT/speed_table.json ]]; then
+  export FUSED_RESNET_SPEED_TABLES=$OUT/speed_table.json
+fi
 stage bench-models 240 "$BENCH" "$PY" bench/bench_models.py "${MODEL_ARGS[@]}"
 stage bench-graphs 240 "$BENCH" "$PY" bench/bench_models.py "${GRAPH_ARGS[@]}"
 # The kernels of one layer1 step per variant: where the fused blocks lose their time.

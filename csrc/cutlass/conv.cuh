@@ -9,6 +9,8 @@
 // each, so the build compiles them in parallel.
 #pragma once
 
+#include <type_traits>
+
 #include "../cutlass_conv.h"
 #include "fused_epilogues.cuh"
 #include "scale_bias_fp32.cuh"
@@ -246,13 +248,17 @@ size_t workspace_bytes(const CutlassConvArgs& a) {
   return Conv::Op::get_workspace_size(Conv::arguments(a));
 }
 
+// Conv::kStatsSlabRows where the kernel declares it, else 0. A C++17 detection idiom,
+// not a requires-expression: torch 2.11 builds extensions with -std=c++17.
+template <typename Conv, typename = void>
+struct SlabRows : std::integral_constant<int, 0> {};
+template <typename Conv>
+struct SlabRows<Conv, std::void_t<decltype(Conv::kStatsSlabRows)>> : std::integral_constant<int, Conv::kStatsSlabRows> {
+};
+
 template <typename Conv>
 constexpr int stats_slab_rows() {
-  if constexpr (requires { Conv::kStatsSlabRows; }) {
-    return Conv::kStatsSlabRows;
-  } else {
-    return 0;
-  }
+  return SlabRows<Conv>::value;
 }
 
 template <typename Conv>
