@@ -154,9 +154,9 @@ def _stages_run(stdout: str) -> list[str]:
 
 def test_gpu_check_plan_runs_its_stages_in_order(tmp_path):
     """The documented two-call plan: the first call builds, runs the CUDA kernel tests, model
-    parity, the block benchmarks, the rest of the GPU tests (leaving those files out) and the
-    model benchmarks, in that order; the second reuses the build and runs only what the first
-    skipped."""
+    parity, the block benchmarks, the rest of the GPU tests (leaving those files out, the files
+    of never-run tests first) and the model benchmarks, in that order; the second reuses the
+    build and runs only what the first skipped."""
     first, second = _gpu_check_plan()
     out = _dry_run(first, tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -165,7 +165,11 @@ def test_gpu_check_plan_runs_its_stages_in_order(tmp_path):
     assert ran.index("tests-cuda") < ran.index("check-resnet50-bf16-train") < ran.index("bench-blocks") \
         < ran.index("tests-gpu") < ran.index("bench-models")
     gpu_cmd = out.stdout.split("--- tests-gpu")[1].splitlines()[1]
-    assert "--ignore tests/test_cuda_conv.py --ignore tests/test_cuda_ext.py" in gpu_cmd, gpu_cmd
+    files = [a for a in gpu_cmd.split() if a.startswith("tests/")]
+    assert files[:2] == ["tests/test_gpu_models.py", "tests/test_triton_backward.py"], gpu_cmd
+    every = {f"tests/{p.name}" for p in Path(__file__).resolve().parent.glob("test_*.py")}
+    expected = sorted(every - {"tests/test_cuda_conv.py", "tests/test_cuda_ext.py"})
+    assert sorted(files) == expected and len(set(files)) == len(files), gpu_cmd
     assert "--models resnet50" in out.stdout.split("--- bench-models")[1].splitlines()[1]
 
     out = _dry_run(second, tmp_path)
