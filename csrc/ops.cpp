@@ -820,6 +820,8 @@ at::Tensor conv_wgrad(const at::Tensor& g_in, const at::Tensor& x, const at::Ten
   const at::Tensor g = output_grad(g_in, x, geo, op);
   const at::Tensor scale = mainloop_vec(in_scale, x, op, "in_scale");
   const at::Tensor shift = mainloop_vec(in_shift, x, op, "in_shift");
+  // An empty batch: a sum over no rows, without launching a GEMM whose K is 0.
+  if (x.numel() == 0) return at::zeros(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
   at::Tensor dw = at::empty({geo.K, geo.R, geo.S, geo.C}, x.options().dtype(at::kFloat));
   CutlassConvArgs a = conv_args(geo);
   a.x = x.const_data_ptr();

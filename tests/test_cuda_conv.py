@@ -492,8 +492,9 @@ def test_bias_output_grad_and_weight_may_be_unaligned_views(C):
 
 @pytest.mark.gpu
 def test_empty_batch_launches_nothing(C):
-    """A batch of 0 images: an empty output, NaN statistics (as torch.var_mean of no rows), and a
-    data gradient whose scale/shift sums are zeros, with no kernel launched on an empty problem."""
+    """A batch of 0 images: an empty output, NaN statistics (as torch.var_mean of no rows), a data
+    gradient whose scale/shift sums are zeros and a zero weight gradient, with no kernel launched
+    on an empty problem."""
     x, weight, scale, shift, stride, pad, dil = _inputs(CASES[2], torch.bfloat16)
     x = x[:0]
     ns = cuda_backend.ops()
@@ -501,6 +502,8 @@ def test_empty_batch_launches_nothing(C):
     assert y.shape == (0, 64, 15, 15) and mean.isnan().all() and var.isnan().all()
     dx, dscale, dshift = ns.conv_dgrad(y, x, weight, scale, shift, stride, pad, dil)
     assert dx.shape == x.shape and not dscale.any() and not dshift.any()
+    dw = ns.conv_wgrad(y, x, weight, scale, shift, stride, pad, dil)
+    assert dw.shape == weight.shape and dw.dtype == weight.dtype and not dw.any()
     torch.cuda.synchronize()
 
 
