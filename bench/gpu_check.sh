@@ -207,11 +207,10 @@ done
 stage tests-gpu "${TESTS_GPU_S:-240}" "$TESTS" "${PYTEST[@]}" -m gpu "${REST[@]}"
 
 # backend="auto" follows the speed table bench-blocks just measured on this GPU (the
-# shipped tables name other devices), so the auto rows test this machine's choice.
-if [[ -s $OUT/speed_table.json ]]; then
-  export FUSED_RESNET_SPEED_TABLES=$OUT/speed_table.json
-fi
-stage bench-models 240 "$BENCH" "$PY" bench/bench_models.py "${MODEL_ARGS[@]}"
+# shipped tables name other devices), so the auto rows time this machine's choice.
+TABLE_ENV=(env)
+[[ -s $OUT/speed_table.json ]] && TABLE_ENV+=(FUSED_RESNET_SPEED_TABLES="$OUT/speed_table.json")
+stage bench-models 240 "$BENCH" "${TABLE_ENV[@]}" "$PY" bench/bench_models.py "${MODEL_ARGS[@]}"
 stage bench-graphs 240 "$BENCH" "$PY" bench/bench_models.py "${GRAPH_ARGS[@]}"
 # The kernels of one layer1 step per variant: where the fused blocks lose their time.
 stage profile 120 "$BENCH" "$PY" bench/profile_blocks.py --blocks layer1
