@@ -55,20 +55,14 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename T>
 void launch_typed(const BnActArgs& a, cudaStream_t stream) {
-  constexpr int V = 16 / sizeof(T);
   const T* y = static_cast<const T*>(a.y);
   const T* r = static_cast<const T*>(a.res);
   T* out = static_cast<T*>(a.out);
-  const int64_t nvec = a.vec ? a.numel / V : a.numel;
-  const dim3 grid((unsigned)a.blocks), block(kThreads);
-#define FR_LAUNCH(VW, L)                                                                                      \
-  bn_act_kernel<T, VW, L><<<grid, block, 0, stream>>>(y, a.scale, a.shift, r, a.rscale, a.rshift, out, nvec, \
-                                                      a.C, a.HW, a.res_mode, a.relu)
-  if (a.vec && a.nhwc) FR_LAUNCH(V, true);
-  else if (a.vec) FR_LAUNCH(V, false);
-  else if (a.nhwc) FR_LAUNCH(1, true);
-  else FR_LAUNCH(1, false);
-#undef FR_LAUNCH
+  const ElementwiseShape& s = a.shape;
+  dispatch_elementwise<16 / sizeof(T)>(s, [&](auto vec, auto nhwc) {
+    bn_act_kernel<T, decltype(vec)::value, decltype(nhwc)::value><<<(unsigned)s.blocks, kThreads, 0, stream>>>(
+        y, a.scale, a.shift, r, a.rscale, a.rshift, out, s.nvec, s.C, s.HW, a.res_mode, a.relu);
+  });
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "launch.h"
 
@@ -23,6 +24,18 @@ cudaError_t dispatch_act(DType t, F&& f) {
     default: return cudaErrorInvalidValue;
   }
   return cudaGetLastError();
+}
+
+// Calls launch(VEC, NHWC), both std::integral_constant, with the vector width (V, or 1
+// for single values) and layout of an elementwise pass.
+template <int V, typename F>
+void dispatch_elementwise(const ElementwiseShape& s, F&& launch) {
+  using Nhwc = std::true_type;
+  using Nchw = std::false_type;
+  if (s.vec && s.nhwc) launch(std::integral_constant<int, V>{}, Nhwc{});
+  else if (s.vec) launch(std::integral_constant<int, V>{}, Nchw{});
+  else if (s.nhwc) launch(std::integral_constant<int, 1>{}, Nhwc{});
+  else launch(std::integral_constant<int, 1>{}, Nchw{});
 }
 
 __host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }

@@ -31,6 +31,15 @@ struct Plan {
   int64_t nchunks = 1;
 };
 
+// An elementwise pass over an activation of numel = N*C*HW values, NHWC or NCHW: nvec
+// units (16-byte vectors when `vec`, else single values) in a grid-stride loop over
+// `blocks` blocks of kThreads threads (ops.cpp elementwise_shape).
+struct ElementwiseShape {
+  int64_t numel, C, HW;
+  bool nhwc, vec;
+  int64_t nvec, blocks;
+};
+
 struct StatsArgs {
   DType dtype;
   const void* x;
@@ -79,9 +88,7 @@ struct StatsGradArgs {
   const float *dmean, *dvar, *mean;
   float inv_m;  // 1 / M
   void* out;
-  int64_t numel, C, HW;
-  bool nhwc, vec;
-  int64_t blocks;
+  ElementwiseShape shape;
 };
 cudaError_t launch_stats_grad(const StatsGradArgs& a, cudaStream_t stream);
 
@@ -124,11 +131,9 @@ struct BnActArgs {
   const void* res;                 // null unless res_mode != kNoRes
   const float *rscale, *rshift;    // null unless res_mode == kResAffine
   void* out;
-  int64_t numel, C, HW;
-  bool nhwc, vec;
+  ElementwiseShape shape;
   int res_mode;
   bool relu;
-  int64_t blocks;
 };
 cudaError_t launch_bn_act(const BnActArgs& a, cudaStream_t stream);
 

@@ -147,6 +147,22 @@ Plan make_plan(int64_t units, int64_t unit_elems, int64_t cvecs, int64_t channel
   return p;
 }
 
+// An elementwise pass over y, already in layout fmt: 16-byte vectors when every tensor
+// it touches is 16-byte aligned (`aligned`) and the channels (NHWC) or the pixels of a
+// plane (NCHW) fill whole vectors; up to 16 blocks per SM.
+ElementwiseShape elementwise_shape(const at::Tensor& y, at::MemoryFormat fmt, bool aligned) {
+  ElementwiseShape s;
+  s.numel = y.numel();
+  s.C = y.size(1);
+  s.HW = y.size(2) * y.size(3);
+  s.nhwc = fmt == at::MemoryFormat::ChannelsLast;
+  const int V = vec_width(dtype_of(y.scalar_type()));
+  s.vec = aligned && (s.nhwc ? s.C % V == 0 : s.HW % V == 0);
+  s.nvec = s.vec ? s.numel / V : s.numel;
+  s.blocks = std::max<int64_t>(1, std::min<int64_t>(ceil_div(s.nvec, kThreads), (int64_t)sm_count() * 16));
+  return s;
+}
+
 at::Tensor empty_vec(const at::Tensor& ref) { return at::empty({0}, ref.options().dtype(at::kFloat)); }
 
 }  // namespace
@@ -357,16 +373,8 @@ at::Tensor bn_act(const at::Tensor& y_in, const at::Tensor& scale_in, const at::
   a.rscale = rscale.defined() ? rscale.const_data_ptr<float>() : nullptr;
   a.rshift = rshift.defined() ? rshift.const_data_ptr<float>() : nullptr;
   a.out = out.mutable_data_ptr();
-  a.numel = y.numel();
-  a.C = C;
-  a.HW = y.size(2) * y.size(3);
-  a.nhwc = fmt == at::MemoryFormat::ChannelsLast;
   a.relu = relu;
-  const int V = vec_width(a.dtype);
-  a.vec = aligned16(a.y) && aligned16(a.out) && (a.res == nullptr || aligned16(a.res)) &&
-          (a.nhwc ? C % V == 0 : a.HW % V == 0);
-  const int64_t nvec = a.vec ? a.numel / V : a.numel;
-  a.blocks = std::max<int64_t>(1, std::min<int64_t>(ceil_div(nvec, kThreads), (int64_t)sm_count() * 16));
+  a.shape = elementwise_shape(y, fmt, aligned16(a.y) && aligned16(a.out) && (a.res == nullptr || aligned16(a.res)));
   check_launch(launch_bn_act(a, c10::cuda::getCurrentCUDAStream()), op);
   return out;
 }
@@ -492,15 +500,7 @@ at::Tensor stats_grad(const std::optional<at::Tensor>& dy_in, const at::Tensor& 
   a.mean = mu.const_data_ptr<float>();
   a.inv_m = static_cast<float>(1.0 / static_cast<double>(y.numel() / C));
   a.out = out.mutable_data_ptr();
-  a.numel = y.numel();
-  a.C = C;
-  a.HW = y.size(2) * y.size(3);
-  a.nhwc = fmt == at::MemoryFormat::ChannelsLast;
-  const int V = vec_width(a.dtype);
-  a.vec = aligned16(a.y) && aligned16(a.out) && (a.dy == nullptr || aligned16(a.dy)) &&
-          (a.nhwc ? C % V == 0 : a.HW % V == 0);
-  const int64_t nvec = a.vec ? a.numel / V : a.numel;
-  a.blocks = std::max<int64_t>(1, std::min<int64_t>(ceil_div(nvec, kThreads), (int64_t)sm_count() * 16));
+  a.shape = elementwise_shape(y, fmt, aligned16(a.y) && aligned16(a.out) && (a.dy == nullptr || aligned16(a.dy)));
   check_launch(launch_stats_grad(a, c10::cuda::getCurrentCUDAStream()), op);
   return out;
 }

@@ -40,27 +40,18 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename T>
-void launch_typed(const StatsGradArgs& a, cudaStream_t stream) {
-  constexpr int V = 16 / sizeof(T);
-  const T* dy = static_cast<const T*>(a.dy);
-  const T* y = static_cast<const T*>(a.y);
-  T* out = static_cast<T*>(a.out);
-  const int64_t nvec = a.vec ? a.numel / V : a.numel;
-  const dim3 grid((unsigned)a.blocks), block(kThreads);
-#define FR_LAUNCH(VW, L) \
-  stats_grad_kernel<T, VW, L><<<grid, block, 0, stream>>>(dy, y, a.dmean, a.dvar, a.mean, a.inv_m, out, nvec, a.C, a.HW)
-  if (a.vec && a.nhwc) FR_LAUNCH(V, true);
-  else if (a.vec) FR_LAUNCH(V, false);
-  else if (a.nhwc) FR_LAUNCH(1, true);
-  else FR_LAUNCH(1, false);
-#undef FR_LAUNCH
-}
-
 }  // namespace
 
 cudaError_t launch_stats_grad(const StatsGradArgs& a, cudaStream_t stream) {
-  return dispatch_act(a.dtype, [&](auto tag) { launch_typed<decltype(tag)>(a, stream); });
+  return dispatch_act(a.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const ElementwiseShape& s = a.shape;
+    dispatch_elementwise<16 / sizeof(T)>(s, [&](auto vec, auto nhwc) {
+      stats_grad_kernel<T, decltype(vec)::value, decltype(nhwc)::value><<<(unsigned)s.blocks, kThreads, 0, stream>>>(
+          static_cast<const T*>(a.dy), static_cast<const T*>(a.y), a.dmean, a.dvar, a.mean, a.inv_m,
+          static_cast<T*>(a.out), s.nvec, s.C, s.HW);
+    });
+  });
 }
 
 }  // namespace fused_resnet
