@@ -561,7 +561,8 @@ def test_conv_dgrad_bn_relu(C, case, dtype):
 def test_conv_output_grad(C, dtype, layout, channels):
     """g = dy + dmean/M + 2 dvar (y - mean)/M in one pass, against the reference's formula in
     fp64 (the 2x rule), in y's layout; expanded (stride-0) dmean/dvar as autograd passes them.
-    60 channels of 9x9 take the scalar kernel in both layouts, 64 the NHWC vector one."""
+    NHWC: 64 channels fill 16-byte vectors, 60 do not in fp16/bf16 (8 a vector); NCHW: 9x9 planes
+    (81 pixels) take the scalar kernel."""
     y = randn(4, channels, 9, 9, device=DEV, seed=1).mul(2).add(1).to(dtype)
     y = _cl(y) if layout == "nhwc" else y.contiguous()
     dy = randn(4, channels, 9, 9, device=DEV, seed=2).to(dtype)
