@@ -533,36 +533,6 @@ std::string words(const Args&... args) {
   return os.str();
 }
 
-// Why the CUTLASS convolutions cannot take x and weight as operands, the device aside
-// ("" when they can).
-std::string operand_gap(const at::Tensor& x, const at::Tensor& weight, int64_t groups) {
-  const auto st = x.scalar_type();
-  if (st != at::kHalf && st != at::kBFloat16)
-    return words("x has dtype ", st, "; the CUTLASS kernels run float16/bfloat16 tensor cores");
-  if (weight.scalar_type() != st) return words("weight has dtype ", weight.scalar_type(), ", x has ", st);
-  if (x.dim() != 4 || weight.dim() != 4)
-    return words("x and weight must be 4-D, got ", x.dim(), "-D and ", weight.dim(), "-D");
-  if (groups != 1) return words("groups=", groups, ": grouped convolutions are not instantiated");
-  if (x.size(1) % 8 != 0 || weight.size(0) % 8 != 0)
-    return words("channels in=", x.size(1), ", out=", weight.size(0),
-                 ": both must be multiples of 8 (16-byte vector loads)");
-  // An empty batch reads nothing (and PyTorch calls any empty tensor contiguous).
-  if (x.numel() > 0 && (output_format(x) != at::MemoryFormat::ChannelsLast || !aligned16(x.const_data_ptr())))
-    return "x is not a 16-byte aligned channels_last (NHWC) tensor";
-  if (x.numel() >= std::numeric_limits<int32_t>::max()) return words("x has ", x.numel(), " elements (>= 2^31)");
-  return "";
-}
-
-// Why the CUTLASS convolutions cannot run on x's device ("" when they can). Every gap
-// function asks it last, so that on CPU or meta tensors it is the one objection left
-// when the inputs are otherwise served (benchmark.gpu_gap relies on that).
-std::string device_gap(const at::Tensor& x) {
-  if (!x.is_cuda()) return words("x is on ", x.device(), ", not a CUDA device");
-  const auto* prop = at::cuda::getDeviceProperties(x.device().index());
-  if (prop->major < 8) return words("compute capability ", prop->major, ".", prop->minor, " is below 8.0");
-  return "";
-}
-
 // Why stride, padding and dilation do not describe a convolution of x with weight
 // ("" when they do), as torch.conv2d would refuse them.
 std::string geometry_gap(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
@@ -580,17 +550,46 @@ std::string geometry_gap(const at::Tensor& x, const at::Tensor& weight, at::IntA
   return "";
 }
 
+// Why the CUTLASS convolutions cannot take x and weight as operands of a convolution
+// with this geometry, the device aside ("" when they can).
+std::string operand_gap(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const auto st = x.scalar_type();
+  if (st != at::kHalf && st != at::kBFloat16)
+    return words("x has dtype ", st, "; the CUTLASS kernels run float16/bfloat16 tensor cores");
+  if (weight.scalar_type() != st) return words("weight has dtype ", weight.scalar_type(), ", x has ", st);
+  if (x.dim() != 4 || weight.dim() != 4)
+    return words("x and weight must be 4-D, got ", x.dim(), "-D and ", weight.dim(), "-D");
+  if (groups != 1) return words("groups=", groups, ": grouped convolutions are not instantiated");
+  if (x.size(1) % 8 != 0 || weight.size(0) % 8 != 0)
+    return words("channels in=", x.size(1), ", out=", weight.size(0),
+                 ": both must be multiples of 8 (16-byte vector loads)");
+  // An empty batch reads nothing (and PyTorch calls any empty tensor contiguous).
+  if (x.numel() > 0 && (output_format(x) != at::MemoryFormat::ChannelsLast || !aligned16(x.const_data_ptr())))
+    return "x is not a 16-byte aligned channels_last (NHWC) tensor";
+  if (x.numel() >= std::numeric_limits<int32_t>::max()) return words("x has ", x.numel(), " elements (>= 2^31)");
+  return geometry_gap(x, weight, stride, padding, dilation);
+}
+
+// Why the CUTLASS convolutions cannot run on x's device ("" when they can). Every gap
+// function asks it last, so that on CPU or meta tensors it is the one objection left
+// when the inputs are otherwise served (benchmark.gpu_gap relies on that).
+std::string device_gap(const at::Tensor& x) {
+  if (!x.is_cuda()) return words("x is on ", x.device(), ", not a CUDA device");
+  const auto* prop = at::cuda::getDeviceProperties(x.device().index());
+  if (prop->major < 8) return words("compute capability ", prop->major, ".", prop->minor, " is below 8.0");
+  return "";
+}
+
 struct ConvGeometry {
   int N, H, W, C, K, R, S, P, Q, ph, pw, sh, sw, dh, dw;
 };
 
+// The geometry of operands operand_gap accepts.
 ConvGeometry geometry(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
                       at::IntArrayRef dilation, const char* op) {
-  TORCH_CHECK(x.dim() == 4 && weight.dim() == 4 && weight.size(1) == x.size(1), "fused_resnet_cuda::", op,
-              ": weight must be [K, C, R, S] with C = ", x.dim() == 4 ? x.size(1) : -1,
-              " (the channels of x), got shape ", weight.sizes());
-  const std::string gap = geometry_gap(x, weight, stride, padding, dilation);
-  TORCH_CHECK(gap.empty(), "fused_resnet_cuda::", op, ": ", gap);
+  TORCH_CHECK(weight.size(1) == x.size(1), "fused_resnet_cuda::", op, ": weight must be [K, C, R, S] with C = ",
+              x.size(1), " (the channels of x), got shape ", weight.sizes());
   ConvGeometry g;
   g.N = x.size(0), g.H = x.size(2), g.W = x.size(3), g.C = x.size(1);
   g.K = weight.size(0), g.R = weight.size(2), g.S = weight.size(3);
@@ -608,10 +607,11 @@ CutlassConvArgs conv_args(const ConvGeometry& g) {
   return a;
 }
 
-// The kernel for these inputs, or why there is none (kernel == nullptr).
+// The kernel for these inputs and their geometry, or why there is none (kernel == nullptr).
 struct KernelChoice {
   const CutlassConvKernel* kernel = nullptr;
   std::string gap;
+  ConvGeometry geo{};
 };
 
 KernelChoice choose_fprop(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -641,20 +641,18 @@ KernelChoice choose_fprop(const at::Tensor& x, const at::Tensor& weight, const s
                                output_format(*residual) != at::MemoryFormat::ChannelsLast ||
                                !aligned16(residual->const_data_ptr())))
     return {nullptr, "the residual is not a 16-byte aligned channels_last tensor of x's dtype"};
-  if (std::string gap = operand_gap(x, weight, groups); !gap.empty()) return {nullptr, gap};
-  if (std::string gap = geometry_gap(x, weight, stride, padding, dilation); !gap.empty()) return {nullptr, gap};
+  if (std::string gap = operand_gap(x, weight, stride, padding, dilation, groups); !gap.empty()) return {nullptr, gap};
   const ConvGeometry g = geometry(x, weight, stride, padding, dilation, "conv");
   const auto& kernel =
       cutlass_conv_kernel(kind, element_of(x.scalar_type()), g.K > 64 ? ConvTile::kWide : ConvTile::kNarrow);
   if (const char* why = kernel.can_run(conv_args(g))) return {nullptr, words(kernel.name, " cannot run it: ", why)};
   if (std::string gap = device_gap(x); !gap.empty()) return {nullptr, gap};
-  return {&kernel, ""};
+  return {&kernel, "", g};
 }
 
 KernelChoice choose_dgrad(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
                           at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  if (std::string gap = operand_gap(x, weight, groups); !gap.empty()) return {nullptr, gap};
-  if (std::string gap = geometry_gap(x, weight, stride, padding, dilation); !gap.empty()) return {nullptr, gap};
+  if (std::string gap = operand_gap(x, weight, stride, padding, dilation, groups); !gap.empty()) return {nullptr, gap};
   const ConvGeometry g = geometry(x, weight, stride, padding, dilation, "conv_dgrad");
   if (g.sh != 1 || g.sw != 1)
     return {nullptr, words("stride ", stride, ": only unit-stride data gradients are instantiated")};
@@ -662,7 +660,7 @@ KernelChoice choose_dgrad(const at::Tensor& x, const at::Tensor& weight, at::Int
   const auto& kernel = cutlass_conv_kernel(ConvKind::kDgradBnRelu, element_of(x.scalar_type()), tile);
   if (const char* why = kernel.can_run(conv_args(g))) return {nullptr, words(kernel.name, " cannot run it: ", why)};
   if (std::string gap = device_gap(x); !gap.empty()) return {nullptr, gap};
-  return {&kernel, ""};
+  return {&kernel, "", g};
 }
 
 // The output gradient g of a convolution with geometry geo, checked, channels_last.
@@ -761,7 +759,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv(const at::Tensor& x, const a
       choose_fprop(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu, stats);
   TORCH_CHECK(choice.kernel != nullptr, "fused_resnet_cuda::conv: these inputs are not served: ", choice.gap);
   const c10::cuda::CUDAGuard guard(x.device());
-  const ConvGeometry g = geometry(x, weight, stride, padding, dilation, op);
+  const ConvGeometry& g = choice.geo;
   // channels_last: a served x is, unless the batch is empty (then the layout of the fake).
   at::Tensor y = at::empty({g.N, g.K, g.P, g.Q}, x.options().memory_format(output_format(x)));
   if (residual.has_value()) check_like(*residual, op, "residual", y, "the output");
@@ -811,8 +809,7 @@ at::Tensor conv_wgrad(const at::Tensor& g_in, const at::Tensor& x, const at::Ten
   constexpr const char* op = "conv_wgrad";
   check_act(x, op, "x");
   check_same_device(weight, op, "weight", x, "x");
-  std::string gap = operand_gap(x, weight, 1);
-  if (gap.empty()) gap = geometry_gap(x, weight, stride, padding, dilation);
+  std::string gap = operand_gap(x, weight, stride, padding, dilation, 1);
   if (gap.empty()) gap = device_gap(x);
   TORCH_CHECK(gap.empty(), "fused_resnet_cuda::conv_wgrad: these inputs are not served: ", gap);
   const c10::cuda::CUDAGuard guard(x.device());
@@ -853,7 +850,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_dgrad(const at::Tensor& g_in
   const KernelChoice choice = choose_dgrad(x, weight, stride, padding, dilation, 1);
   TORCH_CHECK(choice.kernel != nullptr, "fused_resnet_cuda::conv_dgrad: these inputs are not served: ", choice.gap);
   const c10::cuda::CUDAGuard guard(x.device());
-  const ConvGeometry geo = geometry(x, weight, stride, padding, dilation, op);
+  const ConvGeometry& geo = choice.geo;
   const at::Tensor g = output_grad(g_in, x, geo, op);
   const at::Tensor scale = mainloop_vec(in_scale, x, op, "in_scale");
   const at::Tensor shift = mainloop_vec(in_shift, x, op, "in_shift");
