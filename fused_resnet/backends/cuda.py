@@ -256,9 +256,10 @@ class CudaBackend(Backend):
     def _output_grad(self, dy, dmean, dvar, y, mean, stats, relu, returned):
         """g, the gradient at the convolution's sum, in y's dtype and layout (never both stats and relu).
 
-        stats: g = dy + dmean/M + 2 dvar (y - mean)/M (conv_output_grad, one pass). relu (y = relu(z), an eval-mode block whose
-        parameters train): g = dy where y > 0, else 0. Neither: g is dy, copied only when it is
-        ``returned`` (as dresidual: an op's output must not alias its input)."""
+        stats: g = dy + dmean/M + 2 dvar (y - mean)/M (conv_output_grad, one pass). relu
+        (y = relu(z), an eval-mode block whose parameters train): g = dy where y > 0, else 0.
+        Neither: g is dy, copied only when it is ``returned`` (as dresidual: an op's output
+        must not alias its input)."""
         if relu:
             return torch.where(y > 0, dy, 0).contiguous(memory_format=output_format(y))
         if not stats:
