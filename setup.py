@@ -34,6 +34,7 @@ SOURCES = [
     "csrc/bn_act.cu",
     "csrc/bn_act_backward.cu",
     "csrc/stats_grad.cu",
+    "csrc/wgrad_reduce.cu",
     "csrc/cutlass_conv.cpp",
 ] + sorted(f"csrc/cutlass/{f}" for f in os.listdir(os.path.join(ROOT, "csrc", "cutlass")) if f.endswith(".cu"))
 PACKAGES = ["fused_resnet", "fused_resnet.backends", "fused_resnet.models", "fused_resnet.kernels"]

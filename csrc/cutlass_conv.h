@@ -22,7 +22,8 @@
 //                   gradients of scale and shift) into partial ([2, slabs, C]); scale and
 //                   shift fp32.
 //   wgrad_prologue: dw[k,r,s,c] = sum_{n,p,q} dy[n,p,q,k] * relu(x*scale+shift)[n, ..., c],
-//                   the activation transformed in the mainloop as for fprop; dw fp32.
+//                   the activation transformed in the mainloop as for fprop; fp32, one
+//                   partial dw per split-K slice of the rows (launch_wgrad_reduce sums them).
 // y is stored in x's dtype. fprop_prologue (without a residual) and fprop_stats
 // also take y's per-channel batch statistics in the epilogue when given a
 // partials buffer: every warp writes the (mean, M2) of its slab of
@@ -48,11 +49,13 @@ struct CutlassConvArgs {
   const void* w;         // fprop: the filter [K, R, S, C]
   const void* residual;  // fprop: [N, P, Q, K] added in the epilogue, or nullptr
   const void* dy;        // wgrad, dgrad: the output gradient [N, P, Q, K]
-  void* out;             // fprop: y [N, P, Q, K]; wgrad: dw [K, R, S, C] (fp32); dgrad: dx [N, H, W, C]
-  int split_k;           // wgrad: serial split-K slices over N*P*Q (1 for fprop)
+  void* out;             // fprop: y [N, P, Q, K]; wgrad: the partials [split_k, K, R, S, C] (fp32);
+                         // dgrad: dx [N, H, W, C]
+  int split_k;           // wgrad: parallel split-K slices over N*P*Q (1 for fprop and dgrad)
   float* partial;        // fprop: the statistics' [2, slabs, K] partials, or nullptr (none taken);
                          // dgrad: the [2, slabs, C] sums (required)
-  void* workspace;       // workspace_bytes() bytes, or nullptr when that is 0
+  void* workspace;       // workspace_bytes() bytes, or nullptr when that is 0 (run_kernel allocates it
+                         // unless the caller set it: wgrad passes its partials)
 };
 
 // One CUTLASS convolution, instantiated for one element type and one tile shape.

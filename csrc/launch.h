@@ -79,6 +79,17 @@ struct SlabSumArgs {
 };
 cudaError_t launch_slab_sums(const SlabSumArgs& a, cudaStream_t stream);
 
+// dw[k, c, r, s] = sum over slices of partial[slice, k, r, s, c], in a fixed order: the
+// weight gradient from the parallel split-K slices of the wgrad convolution
+// (cutlass_conv.h), in the weight's dtype and [K, C, R, S] layout.
+struct WgradReduceArgs {
+  DType dtype;  // of dw
+  const float* partial;  // [slices, K, R, S, C]
+  int64_t slices, K, RS, C;
+  void* dw;
+};
+cudaError_t launch_wgrad_reduce(const WgradReduceArgs& a, cudaStream_t stream);
+
 // out = [dy +] dmean/M + 2 dvar (y - mean)/M: the gradient at y through its batch
 // statistics (mean, var over M = numel / C values per channel), plus dy when given.
 struct StatsGradArgs {

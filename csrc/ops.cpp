@@ -693,7 +693,7 @@ at::Tensor mainloop_vec(const at::Tensor& v, const at::Tensor& x, const char* op
 
 void run_kernel(const CutlassConvKernel& k, CutlassConvArgs& a, const at::Tensor& ref, const char* op) {
   at::Tensor ws;
-  if (const size_t bytes = k.workspace_bytes(a); bytes > 0) {
+  if (const size_t bytes = k.workspace_bytes(a); bytes > 0 && a.workspace == nullptr) {
     ws = at::empty({(int64_t)bytes}, ref.options().dtype(at::kByte));
     a.workspace = ws.mutable_data_ptr();
   }
@@ -724,8 +724,10 @@ at::Tensor slab_scratch(int64_t channels, int64_t slabs, const at::Tensor& ref, 
   return t;
 }
 
-// Serial split-K over N*P*Q for wgrad: enough slices for about two waves of its
+// Parallel split-K over N*P*Q for wgrad: enough slices for about two waves of its
 // 128x128 tiles, each slice at least 1024 rows (a K loop long enough to pipeline).
+// The slices run side by side; their partials take slices * K*R*S*C floats, at most
+// about 2 * SMs * 128*128 (17 MB on 132 SMs) for problems of fewer tiles than that.
 int wgrad_split(const ConvGeometry& g) {
   const int64_t tiles = ceil_div(g.K, 128) * ceil_div((int64_t)g.C * g.R * g.S, 128);
   const int64_t rows = (int64_t)g.N * g.P * g.Q;
@@ -819,20 +821,31 @@ at::Tensor conv_wgrad(const at::Tensor& g_in, const at::Tensor& x, const at::Ten
   const at::Tensor shift = mainloop_vec(in_shift, x, op, "in_shift");
   // An empty batch: a sum over no rows, without launching a GEMM whose K is 0.
   if (x.numel() == 0) return at::zeros(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
-  at::Tensor dw = at::empty({geo.K, geo.R, geo.S, geo.C}, x.options().dtype(at::kFloat));
   CutlassConvArgs a = conv_args(geo);
+  a.split_k = wgrad_split(geo);
+  at::Tensor partial = at::empty({a.split_k, geo.K, geo.R, geo.S, geo.C}, x.options().dtype(at::kFloat));
   a.x = x.const_data_ptr();
   a.dy = g.const_data_ptr();
   a.scale = scale.const_data_ptr<float>();
   a.shift = shift.const_data_ptr<float>();
-  a.out = dw.mutable_data_ptr();
-  a.split_k = wgrad_split(geo);
+  a.out = partial.mutable_data_ptr();
+  a.workspace = a.out;
   const auto& kernel = cutlass_conv_kernel(ConvKind::kWgradPrologue, element_of(x.scalar_type()), ConvTile::kWide);
   if (const char* why = kernel.can_run(a)) TORCH_CHECK(false, "fused_resnet_cuda::conv_wgrad: ", kernel.name,
                                                       " cannot run it: ", why);
   run_kernel(kernel, a, x, op);
-  // [K, R, S, C] fp32 -> the weight's dtype and (contiguous) layout.
-  return dw.permute({0, 3, 1, 2}).to(weight.scalar_type()).contiguous();
+  // The slices summed in order, in the weight's dtype and (contiguous) [K, C, R, S] layout.
+  at::Tensor dw = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
+  WgradReduceArgs r{};
+  r.dtype = dtype_of(weight.scalar_type());
+  r.partial = partial.const_data_ptr<float>();
+  r.slices = a.split_k;
+  r.K = geo.K;
+  r.RS = (int64_t)geo.R * geo.S;
+  r.C = geo.C;
+  r.dw = dw.mutable_data_ptr();
+  check_launch(launch_wgrad_reduce(r, c10::cuda::getCurrentCUDAStream()), op);
+  return dw;
 }
 
 std::string conv_dgrad_gap(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,

@@ -151,8 +151,10 @@ struct FpropStats {
   }
 };
 
-// wgrad: dw = dy^T (x) relu(x*scale+shift), accumulated and stored in fp32 (serial
-// split-K passes partial sums through dw, which must not round them to 16 bits).
+// wgrad: dw = dy^T (x) relu(x*scale+shift), accumulated and stored in fp32, parallel
+// split-K: slice k of the rows writes its own [K, R, S, C] partial at a.out + k * K*R*S*C
+// (no slice waits for another; wgrad_reduce sums them in order). a.workspace, which
+// CUTLASS zeroes before the launch and, in this mode, never reads, is that buffer.
 template <typename T, typename TileShape, typename WarpShape, int Stages>
 struct WgradPrologue {
   using Epilogue = cutlass::epilogue::thread::LinearCombination<float, 4, float, float>;
@@ -182,7 +184,8 @@ struct WgradPrologue {
             vec<float>(a.shift, a.C),
             dw,
             dw,
-            {1.0f, 0.0f}};
+            {1.0f, 0.0f},
+            cutlass::conv::SplitKMode::kParallel};
   }
 };
 
