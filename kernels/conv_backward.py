@@ -62,6 +62,12 @@ sum_partials_kernel
     out_s[c] = sum_t p[s, t, c], t in increasing order (BLOCK_T rows at a time), one
     output vector per s.
 
+sum_partials_chunks_kernel
+    q[s, j, c] = sum of p[s, t, c] over the ROWS rows t of chunk j, in increasing
+    order: the first level of a two-level sum when p has many rows (the launcher
+    then runs sum_partials_kernel over q). Program = (channel block, s, chunk), so a
+    sum over thousands of partial rows runs on thousands of programs, not on a few.
+
 Offsets are int32: the launcher refuses tensors of 2**31 elements or more.
 """
 from __future__ import annotations
@@ -458,6 +464,28 @@ def sum_partials_kernel(
     tl.store(out2_ptr + offs_c, acc, mask=c_ok & (s == 2))
 
 
+@triton.jit
+def sum_partials_chunks_kernel(
+    p_ptr, q_ptr, T, C, NCH, ROWS,
+    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """q[s, j, c] = sum of p[s, t, c] over t in [j*ROWS, (j+1)*ROWS) ∩ [0, T), BLOCK_T rows at a
+    time in order (p: [S, T, C], q: [S, NCH, C], dense; ROWS a multiple of BLOCK_T)."""
+    offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    s = tl.program_id(1)
+    j = tl.program_id(2)
+    c_ok = offs_c < C
+    acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    base = p_ptr + s * T * C
+    t_end = tl.minimum(j * ROWS + ROWS, T)
+    for t0 in range(j * ROWS, t_end, BLOCK_T):
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        mask = (offs_t < t_end)[:, None] & c_ok[None, :]
+        v = tl.load(base + offs_t[:, None] * C + offs_c[None, :], mask=mask, other=0.0)
+        acc += tl.sum(v, axis=0)
+    tl.store(q_ptr + (s * NCH + j) * C + offs_c, acc, mask=c_ok)
+
+
 # ----------------------------------------------------------------------------- configurations
 
 # dgrad: (BLOCK_M, BLOCK_N (input channels), BLOCK_K (output channels), num_warps, num_stages)
@@ -653,6 +681,10 @@ def backward_specializations():
                 {"p_ptr": "*fp32", "out0_ptr": "*fp32", "out1_ptr": "*fp32", "out2_ptr": "*fp32", "T": "i32",
                  "C": "i32", "BLOCK_T": "constexpr",
                  "BLOCK_C": "constexpr"}, {"BLOCK_T": 64, "BLOCK_C": 32}, {"num_warps": 4}, {}))
+    out.append(("sum_partials_chunks", sum_partials_chunks_kernel,
+                {"p_ptr": "*fp32", "q_ptr": "*fp32", "T": "i32", "C": "i32", "NCH": "i32", "ROWS": "i32",
+                 "BLOCK_T": "constexpr", "BLOCK_C": "constexpr"}, {"BLOCK_T": 16, "BLOCK_C": 64}, {"num_warps": 4},
+                {}))
     for dtype in ("bf16", "fp16", "fp32"):
         out.append((f"wgrad_reduce_{dtype}", wgrad_reduce_kernel,
                     {"part_ptr": "*fp32", "dw_ptr": f"*{dtype}", "S": "i32", "KHW": "i32", "CIN_G": "i32",

@@ -173,3 +173,19 @@ def test_expanded_vectors_read_as_their_values():
     got = _tb().bn_act(x, weight, bias, x, weight, bias, True)
     want = reference.bn_act(x, weight.contiguous(), bias.contiguous(), x, weight.contiguous(), bias.contiguous(), True)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("s, t", [(1, 7), (2, 33), (3, 301)])
+def test_sum_partials_in_one_or_two_levels(s, t):
+    # Many rows go through a first level of chunk sums (t > 2 * rows per chunk): both paths
+    # must give the column sums of every s, repeatably, and separate tensors per s.
+    from fused_resnet.backends import triton as tb
+
+    g = torch.Generator().manual_seed(t)
+    p = (torch.randn(s, t, C, generator=g) * 3 + 1).to(DEVICE)
+    got = tb._sum_partials(p)
+    assert len(got) == s and len({v.data_ptr() for v in got}) == s
+    want = p.double().sum(1)
+    for i in range(s):
+        torch.testing.assert_close(got[i].double(), want[i], rtol=1e-6, atol=1e-5)
+        assert torch.equal(got[i], tb._sum_partials(p)[i])

@@ -740,15 +740,32 @@ def _bwd_candidates(cands: list) -> list:
     return cands[:1] if _deterministic() else cands
 
 
+# Partial rows per chunk of the first level of _sum_partials: at least this many, and
+# enough that the second level reads at most _SUM_MAX_CHUNKS rows. Fixed numbers, not
+# the GPU's size: the summation order, and so the bits, are the same on every device.
+_SUM_CHUNK_ROWS = 16
+_SUM_MAX_CHUNKS = 1024
+
+
 def _sum_partials(p: Tensor) -> list[Tensor]:
-    """[S, T, C] fp32 partials (S <= 3) -> S separate [C] vectors, summed over T in order
-    (deterministic)."""
+    """[S, T, C] fp32 partials (S <= 3) -> S separate [C] vectors, summed over T in a fixed
+    order (deterministic). Many rows go through two levels: chunks of rows summed on
+    (C blocks x S x chunks) programs, then the chunk sums in order, so the work is spread
+    over the GPU instead of a few programs looping over every row."""
     s_, t_, c_ = p.shape
+    kb = backward_kernels()
     outs = [torch.empty(c_, dtype=torch.float32, device=p.device) for _ in range(s_)]
     ptrs = outs + [outs[0]] * (3 - s_)  # rows beyond S are never stored
     bt, bc = (4, 16) if _interpreting() else (32, 64)
-    backward_kernels().sum_partials_kernel[(triton_cdiv(c_, bc), s_)](p, *ptrs, t_, c_, BLOCK_T=bt, BLOCK_C=bc,
-                                                                       num_warps=4)
+    chunk_bt = 4 if _interpreting() else _SUM_CHUNK_ROWS
+    rows = max(_SUM_CHUNK_ROWS, triton_cdiv(triton_cdiv(t_, _SUM_MAX_CHUNKS), chunk_bt) * chunk_bt)
+    if t_ > 2 * rows:
+        nch = triton_cdiv(t_, rows)
+        q = torch.empty((s_, nch, c_), dtype=torch.float32, device=p.device)
+        kb.sum_partials_chunks_kernel[(triton_cdiv(c_, bc), s_, nch)](p, q, t_, c_, nch, rows, BLOCK_T=chunk_bt,
+                                                                      BLOCK_C=bc, num_warps=4)
+        p, t_ = q, nch
+    kb.sum_partials_kernel[(triton_cdiv(c_, bc), s_)](p, *ptrs, t_, c_, BLOCK_T=bt, BLOCK_C=bc, num_warps=4)
     return outs
 
 
