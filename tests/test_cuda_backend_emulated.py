@@ -22,7 +22,7 @@ import torchvision
 
 from fused_resnet import _ext, backends, benchmark, convert, reference
 from fused_resnet._layout import like_layout
-from fused_resnet.backends import cuda
+from fused_resnet.backends import choice, cuda
 from fused_resnet.blocks import FUSED_TWIN
 from fused_resnet.models import cifar_resnet
 
@@ -172,3 +172,69 @@ def test_models_match_torchvision_in_fp64(emulated, name):
             _close(got[2][n], want[2][n], f"{mode} gradient of {n}")
         model.zero_grad(), fused.zero_grad()
     assert emulated.calls["conv_dgrad"] > 0 and emulated.calls["conv_wgrad"] > 0
+
+
+@pytest.fixture
+def timed(monkeypatch):
+    """choice.py times on the CPU: each candidate runs once and 'takes' FAKE_MS[its name] ms;
+    returns the list of timed problems."""
+    timed_keys = []
+    monkeypatch.setattr(choice, "measurable", lambda device: True)
+
+    def fake_time(candidates):
+        timed_keys.append(sorted(candidates))
+        return {name: (run(), FAKE_MS[name])[1] for name, run in candidates.items()}
+
+    monkeypatch.setattr(choice, "_time_candidates", fake_time)
+    choice.clear()
+    yield timed_keys
+    choice.clear()
+
+
+FAKE_MS = {}
+
+
+@pytest.mark.parametrize("faster,calls", [("fused", (3, 2, 2, 3)), ("unfused", (0, 0, 0, 3))])
+def test_a_training_step_takes_the_faster_of_fused_and_unfused(emulated, timed, monkeypatch, faster, calls):
+    """Each fused convolution is timed against cuDNN plus its separate passes once per problem
+    and the faster runs; either way the step matches torchvision in fp64."""
+    monkeypatch.setitem(FAKE_MS, "fused", 1.0 if faster == "fused" else 2.0)
+    monkeypatch.setitem(FAKE_MS, "unfused", 3.0 - FAKE_MS["fused"])
+    block, fused = _pair("bottleneck")
+    block.train(), fused.train()
+    x = torch.randn(2, _in_channels(block), 9, 9, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    gout = torch.randn_like(block(x))
+    block.load_state_dict(fused.state_dict())
+    _step(fused, x, gout)  # the first step times each problem
+    fused.zero_grad()
+    emulated.calls.clear()
+    want, got = _step(block, x, gout), _step(fused, x, gout)
+    c = emulated.calls
+    assert (c["conv"], c["conv_dgrad"], c["conv_wgrad"], c["conv_output_grad"]) == calls, c
+    _close(got[0], want[0], "output")
+    _close(got[1], want[1], "input gradient")
+    for n in want[2]:
+        _close(got[2][n], want[2][n], f"gradient of {n}")
+    taken = choice.choices()
+    assert {key[0] for key in taken} == {"conv", "conv_dgrad", "conv_wgrad"}, taken
+    assert all(t == faster and set(ms) == {"fused", "unfused"} for t, ms in taken.values()), taken
+    # 3 convolutions (conv1 and conv3 share no shape) + 2 data and 2 weight gradients, timed once each.
+    assert len(timed) == len(taken) == 7, (timed, taken)
+
+
+def test_no_choice_is_timed_where_the_clock_must_not_decide(monkeypatch):
+    """Deterministic algorithms (the candidate decides the rounding), FUSED_RESNET_CHOOSE=0 and
+    CPU tensors take the fused kernel untimed."""
+    cuda_dev = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    assert choice.measurable(cuda_dev) and not choice.measurable(torch.device("cpu"))
+    monkeypatch.setenv("FUSED_RESNET_CHOOSE", "0")
+    assert not choice.measurable(cuda_dev)
+    monkeypatch.delenv("FUSED_RESNET_CHOOSE")
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert not choice.measurable(cuda_dev)
+    choice.clear()
+    ran = []
+    taken = choice.choose(("k",), {"fused": lambda: ran.append("f"), "unfused": lambda: ran.append("u")}, "fused",
+                          cuda_dev)
+    assert taken == "fused" and not ran and not choice.choices()

@@ -18,6 +18,12 @@ multiples of 8, NCHW tensors, nothing to fuse, ...) runs on cuDNN between bn_act
 passes (``_cudnn_conv``), statistics from the batch-statistics kernel.
 ``conv_backward`` takes a few passes the same way.
 
+Where a CUTLASS kernel can take a convolution, it is also timed against that
+unfused path (cuDNN and the separate passes, the same contract) on the problem's
+first call, and the faster runs from then on (``choice.py``; ``choice.choices()``
+lists what was taken): a fused kernel never makes a step slower than the unfused
+path it replaces.
+
 The mainloop applies the prologue with fp32 scale and shift in fp32 arithmetic,
 rounded once, as eager PyTorch's BatchNorm does (csrc/cutlass/scale_bias_fp32.cuh).
 CUTLASS's stock fusion reads them in the activation's 16-bit type, a per-channel
@@ -36,6 +42,7 @@ import torch
 
 from .. import _ext, reference
 from .._layout import acc, acc_dtype, empty_vec, output_format
+from . import choice
 from .base import FLOAT_DTYPES, Backend
 
 LIB = "fused_resnet_cuda"
@@ -116,6 +123,28 @@ def conv_dgrad_gap(x, weight, stride, padding, dilation, groups) -> str:
     return _ext.load().conv_dgrad_gap(x, weight, list(stride), list(padding), list(dilation), int(groups))
 
 
+def _activation(x, in_scale, in_shift):
+    """The prologue's activation relu(x*s + t) as one bn_act pass, for cuDNN to read."""
+    return ops().bn_act(x, in_scale, in_shift, None, None, None, True)
+
+
+def _problem_key(op: str, args) -> tuple:
+    """A hashable key of a problem: each tensor by shape, dtype, channels_last-ness and device,
+    sequences as tuples, the rest as given."""
+    def part(a):
+        if isinstance(a, torch.Tensor):
+            return (tuple(a.shape), a.dtype, a.is_contiguous(memory_format=torch.channels_last), str(a.device))
+        return tuple(a) if isinstance(a, (list, tuple)) else a
+    return (op, *map(part, args))
+
+
+def _fused_wins(op: str, args, fused, unfused) -> bool:
+    """Whether the fused kernel runs this problem: timed against its unfused twin once per
+    problem (choice.py), the fused kernel where nothing is timed."""
+    device = next(a.device for a in args if isinstance(a, torch.Tensor))
+    return choice.choose(_problem_key(op, args), {"fused": fused, "unfused": unfused}, "fused", device) == "fused"
+
+
 def _mainloop_serves(x, weight, in_scale, stride, padding, dilation, groups) -> bool:
     """Whether the CUTLASS mainloop applies this prologue (conv_gap; the residual, bias and
     ReLU of the forward do not change the answer for a prologue convolution)."""
@@ -143,14 +172,23 @@ class CudaBackend(Backend):
         return True, ""
 
     def conv(self, x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu, stats):
-        if conv_gap(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu, stats):
-            y = self._cudnn_conv(x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups,
-                                 relu)
-            return (y, *self.batch_stats(y)) if stats else (y, empty_vec(x), empty_vec(x))
+        args = (x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu, stats)
+        if conv_gap(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu, stats) or not (
+                _fused_wins("conv", args, lambda: self._fused_conv(*args), lambda: self._unfused_conv(*args))):
+            return self._unfused_conv(*args)
+        return self._fused_conv(*args)
+
+    @staticmethod
+    def _fused_conv(x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu, stats):
         return tuple(ops().conv(
             x, weight, bias, in_scale, in_shift, residual, list(stride), list(padding), list(dilation),
             int(groups), bool(relu), bool(stats),
         ))
+
+    def _unfused_conv(self, x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu,
+                      stats):
+        y = self._cudnn_conv(x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu)
+        return (y, *self.batch_stats(y)) if stats else (y, empty_vec(x), empty_vec(x))
 
     def _cudnn_conv(self, x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu):
         """What the CUTLASS kernels do not take: the prologue as one bn_act pass, cuDNN's
@@ -218,30 +256,52 @@ class CudaBackend(Backend):
         bn_act_backward pass reads it, the mask taken from a rounded to x's dtype,
         as eager PyTorch's ReLU after a BatchNorm does (the two differ only where
         the rounding flushes a tiny positive to zero).
+
+        Each fused kernel runs only where it beat that unfused twin when the problem
+        was first timed (choice.py).
         """
         need_x, need_w, _, need_scale, need_shift, _ = output_mask
         stride, padding, dilation, groups = geometry
-        need_da = need_x or need_scale or need_shift
-        fused_da = need_da and not conv_dgrad_gap(x, weight, stride, padding, dilation, groups)
-        mainloop = _mainloop_serves(x, weight, in_scale, stride, padding, dilation, groups)
-        cudnn_w = need_w and not mainloop  # cuDNN's dW reads the activation; its data gradient reads no values
-        cudnn_da = need_da and not fused_da
-        a = ops().bn_act(x, in_scale, in_shift, None, None, None, True) if cudnn_da or cudnn_w else None
-        da, dw = self._cudnn_backward(g, a if cudnn_w else x, weight, stride, padding, dilation, groups, cudnn_da,
-                                      cudnn_w)
-        if need_w and mainloop:
-            dw = ops().conv_wgrad(g, x, weight, in_scale, in_shift, list(stride), list(padding), list(dilation))
-        if fused_da:
-            dx, dscale, dshift = ops().conv_dgrad(g, x, weight, in_scale, in_shift, list(stride), list(padding),
-                                                  list(dilation))
-            return tuple(t if need else empty_vec(x) for t, need in
-                         ((dx, need_x), (dw, need_w), (dscale, need_scale), (dshift, need_shift)))
+        da_mask = (need_x, need_scale, need_shift)
+        need_da = any(da_mask)
+        problem = (g, x, weight, in_scale, stride, padding, dilation, groups, da_mask)
+        fused_da = need_da and not conv_dgrad_gap(x, weight, stride, padding, dilation, groups) and _fused_wins(
+            "conv_dgrad", problem, lambda: self._fused_dgrad(g, x, weight, in_scale, in_shift, geometry),
+            lambda: self._unfused_dgrad(g, _activation(x, in_scale, in_shift), x, weight, in_scale, geometry, da_mask))
+        fused_w = need_w and _mainloop_serves(x, weight, in_scale, stride, padding, dilation, groups) and _fused_wins(
+            "conv_wgrad", problem, lambda: self._fused_wgrad(g, x, weight, in_scale, in_shift, geometry),
+            lambda: self._cudnn_backward(g, _activation(x, in_scale, in_shift), weight, *geometry, False, True))
+        cudnn_da, cudnn_w = need_da and not fused_da, need_w and not fused_w
+        a = _activation(x, in_scale, in_shift) if cudnn_da or cudnn_w else None
+        dw = empty_vec(x)
+        if fused_w:
+            dw = self._fused_wgrad(g, x, weight, in_scale, in_shift, geometry)
+        elif cudnn_w:  # cuDNN's dW reads the activation
+            dw = self._cudnn_backward(g, a, weight, *geometry, False, True)[1]
         dx = dscale = dshift = empty_vec(x)
-        if need_da:
-            dx, dscale, dshift = ops().bn_act_backward(
-                da, a, x, in_scale, None, None, True, [need_x, need_scale, need_shift, False, False, False]
-            )[:3]
-        return dx, dw, dscale, dshift
+        if fused_da:
+            dx, dscale, dshift = self._fused_dgrad(g, x, weight, in_scale, in_shift, geometry)
+        elif cudnn_da:
+            dx, dscale, dshift = self._unfused_dgrad(g, a, x, weight, in_scale, geometry, da_mask)
+        return tuple(t if need else empty_vec(x) for t, need in
+                     ((dx, need_x), (dw, need_w), (dscale, need_scale), (dshift, need_shift)))
+
+    @staticmethod
+    def _fused_wgrad(g, x, weight, in_scale, in_shift, geometry):
+        stride, padding, dilation, _ = geometry
+        return ops().conv_wgrad(g, x, weight, in_scale, in_shift, list(stride), list(padding), list(dilation))
+
+    @staticmethod
+    def _fused_dgrad(g, x, weight, in_scale, in_shift, geometry):
+        stride, padding, dilation, _ = geometry
+        return tuple(ops().conv_dgrad(g, x, weight, in_scale, in_shift, list(stride), list(padding),
+                                      list(dilation)))
+
+    def _unfused_dgrad(self, g, a, x, weight, in_scale, geometry, da_mask):
+        """dx, dscale, dshift through cuDNN's data gradient da (its values are not read, only a's
+        shape) and one bn_act_backward pass, which takes the ReLU mask from a."""
+        da = self._cudnn_backward(g, a, weight, *geometry, True, False)[0]
+        return tuple(ops().bn_act_backward(da, a, x, in_scale, None, None, True, [*da_mask, False, False, False])[:3])
 
     @staticmethod
     def _cudnn_backward(g, x, weight, stride, padding, dilation, groups, need_dx, need_w):
