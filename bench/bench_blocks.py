@@ -45,6 +45,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from fused_resnet import benchmark as B  # noqa: E402
+from fused_resnet.backends import choice  # noqa: E402
 
 BLOCKS = {
     "layer1": ("layer1 bottleneck 256-64-256 56x56", "bottleneck", 256, 64, 56),
@@ -287,6 +288,7 @@ def main(argv=None) -> int:
                        "train_step": "forward under autocast + backward of a fixed random dout, no optimizer"},
             "note": B.CPU_NOTE.format(backend="reference") if on_cpu else None,
             "results": rows, "table": table(rows),
+            "cuda_choices": choice.choices_table(),
         }
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

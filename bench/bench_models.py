@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from fused_resnet import benchmark as B  # noqa: E402
+from fused_resnet.backends import choice  # noqa: E402
 
 DEFAULT_MODELS = "resnet18,resnet50,resnet101,cifar_resnet56"
 QUICK_MODELS = "resnet50,cifar_resnet56"
@@ -48,6 +49,8 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true", help="add torch.compile of eager and fused")
     p.add_argument("--compile-models", default=DEFAULT_COMPILE,
                    help="with --compile, which models to compile ('all' for every one)")
+    p.add_argument("--compile-variants", default="eager,fused",
+                   help="which of eager, fused --compile compiles (the fused model takes longest to build)")
     p.add_argument("--compile-mode", default=None)
     p.add_argument("--graphs", action="store_true",
                    help="add steps replayed from a CUDA graph, eager and fused, inference and training "
@@ -66,6 +69,9 @@ def main(argv=None) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     steps = args.steps or (1 if on_cpu else (8 if args.quick else 15))
     warmup = args.warmup if args.warmup is not None else (1 if on_cpu else 3)
+    compile_variants = [v.strip() for v in args.compile_variants.split(",") if v.strip()]
+    if not set(compile_variants) <= {"eager", "fused"}:
+        p.error(f"--compile-variants takes eager and/or fused, got {args.compile_variants!r}")
     compile_set = set(models if args.compile_models == "all" else args.compile_models.split(","))
     show = not args.quiet
     for m in models:
@@ -91,6 +97,7 @@ def main(argv=None) -> int:
                        "infer_step": "model.eval().to(dtype) under torch.inference_mode"},
             "note": B.CPU_NOTE.format(backend="reference") if on_cpu else None,
             "results": rows, "table": B.results_table(rows), "wall_s": time.perf_counter() - t0,
+            "cuda_choices": choice.choices_table(),
         }
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
@@ -106,7 +113,7 @@ def main(argv=None) -> int:
         image = args.image_size or (64 if on_cpu else 224)
         variants = ["eager", "fused"]
         if args.compile and name in compile_set:
-            variants += ["eager+compile", "fused+compile"]
+            variants += [f"{v}+compile" for v in compile_variants]
         for mode in modes:
             graphs = ["eager+graphs", "fused+graphs"] if args.graphs else []
             rows += B.bench_model(name, mode=mode, variants=variants + graphs, batch=batch, image_size=image, dtype=dtype,

@@ -31,6 +31,8 @@
 #   failures.log each failing test's id and traceback, written as it fails (so a
 #                stage cut short by its time limit still says what failed)
 # SKIP="name ..." skips the named stages (e.g. SKIP="bench-models tests-rest").
+# BLOCK_ARGS_EXTRA, MODEL_ARGS_EXTRA: more arguments for bench_blocks.py / bench_models.py
+# (e.g. "--modes train"); PROFILE_ARGS: profile_blocks.py's arguments (default --blocks layer1).
 # DRY_RUN=1 prints each stage's command instead of running it (no GPU needed).
 # BENCH_MODELS="resnet50" limits bench-models to those models (default: the script's).
 #
@@ -42,6 +44,17 @@
 # `timeout`; the stages share a budget (BUDGET_S, default 540 s) so that the whole
 # script ends inside a 10-minute device call, and a stage that no longer fits is
 # skipped and says so. Exit code 1 if any stage failed or timed out.
+#
+# The training plan (2026-12-04: one call inside 9 minutes, training first; what the
+# training issues measure): build, the CUDA kernel tests, the three benchmark blocks'
+# training steps on eager, cuda and triton (heuristic Triton configurations: autotuning
+# a whole model takes minutes), the layer1/layer3 training profile, then ResNet-50
+# training beside eager and torch.compile of eager, then inference:
+#   (timeout_s 600, carry [".whl"])
+#      SKIP="check-resnet50-bf16-train check-resnet50-fp32 tests-gpu bench-graphs host-overhead" \
+#      FUSED_RESNET_TRITON_AUTOTUNE=0 BLOCK_ARGS_EXTRA="--modes train" PROFILE_ARGS="--blocks layer1,layer3 --modes train" \
+#      BENCH_MODELS=resnet50 MODEL_ARGS_EXTRA="--backend cuda,triton --modes train,infer --compile --compile-variants eager" \
+#      BUDGET_S=540 bash bench/gpu_check.sh --quick
 #
 # A session's device time is 15 minutes, machine start (1-2 min) and idle included.
 # On the H100 of 2026-11-23 the build took 38 s and the GPU tests needed more than
@@ -73,7 +86,7 @@ done
 
 # Every stage's name, in the order they run: SKIP may name only these.
 ALL_STAGES="env wheels cutlass-headers build info tests-cuda check-resnet50-bf16-train check-resnet50-fp32
-  check-cifar56-bf16-train bench-blocks tests-gpu bench-models bench-graphs profile host-overhead tests-rest"
+  check-cifar56-bf16-train bench-blocks profile tests-gpu bench-models bench-graphs host-overhead tests-rest"
 for name in ${SKIP:-}; do
   if [[ " $(echo $ALL_STAGES) " != *" $name "* ]]; then
     echo "gpu_check.sh: SKIP names '$name', which is no stage; stages: $(echo $ALL_STAGES)" >&2
@@ -192,7 +205,12 @@ else
   (( COMPILE )) || BLOCK_ARGS+=(--no-compile)
   (( COMPILE )) && MODEL_ARGS+=(--compile)
 fi
+BLOCK_ARGS+=(${BLOCK_ARGS_EXTRA:-})
+MODEL_ARGS+=(${MODEL_ARGS_EXTRA:-})
 stage bench-blocks 150 "$BENCH" "$PY" bench/bench_blocks.py "${BLOCK_ARGS[@]}"
+# The kernels of one block step per variant, with the CUTLASS kernels named by operator,
+# mainloop and tile: where the fused blocks lose their time.
+stage profile 120 "$BENCH" "$PY" bench/profile_blocks.py ${PROFILE_ARGS:---blocks layer1}
 
 # The rest of the GPU tests (the files tests-cuda ran are left out unless it was skipped).
 # The files holding GPU tests that have never run go first: pytest-xdist hands tests
@@ -212,8 +230,6 @@ TABLE_ENV=(env)
 [[ -s $OUT/speed_table.json ]] && TABLE_ENV+=(FUSED_RESNET_SPEED_TABLES="$OUT/speed_table.json")
 stage bench-models 240 "$BENCH" "${TABLE_ENV[@]}" "$PY" bench/bench_models.py "${MODEL_ARGS[@]}"
 stage bench-graphs 240 "$BENCH" "$PY" bench/bench_models.py "${GRAPH_ARGS[@]}"
-# The kernels of one layer1 step per variant: where the fused blocks lose their time.
-stage profile 120 "$BENCH" "$PY" bench/profile_blocks.py --blocks layer1
 stage host-overhead 90 "$BENCH" "$PY" bench/host_overhead.py --variants eager,null,triton-host,cuda-host --json "$OUT/host_overhead.json"
 
 if (( ! QUICK )); then

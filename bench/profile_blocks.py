@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -44,12 +45,34 @@ def kernel_times(step, *, steps: int, device: torch.device) -> list[tuple[str, i
     return sorted(rows, key=lambda r: -r[2])
 
 
+_CUTLASS_MAINLOOP = re.compile(r"threadblock\d+(ImplicitGemm\w*?(?:Multistage|Pipelined))")
+_CUTLASS_TILE = re.compile(r"GemmShapeILi(\d+)ELi(\d+)ELi(\d+)E")
+_CUTLASS_OPERATOR = re.compile(r"Conv2d(Fprop|Dgrad|Wgrad)")
+
+
+def short_name(name: str, width: int = 110) -> str:
+    """A kernel's name cut to ``width``, except that a CUTLASS convolution's mangled name
+    (whose first 90 characters are the same for every mainloop) becomes its operator,
+    mainloop and threadblock tile, e.g. ``cutlass wgrad ImplicitGemmWgradFusionMultistage
+    128x128x32``."""
+    loop = _CUTLASS_MAINLOOP.search(name)
+    if name.startswith("_ZN7cutlass") and loop:
+        parts = ["cutlass"]
+        if operator := _CUTLASS_OPERATOR.search(name):
+            parts.append(operator.group(1).lower())
+        parts.append(loop.group(1))
+        if tile := _CUTLASS_TILE.search(name):
+            parts.append("x".join(tile.groups()))
+        return " ".join(parts)
+    return name[:width]
+
+
 def report(label: str, rows, *, steps: int, top: int, step_ms: float) -> str:
     launches = sum(r[1] for r in rows) / steps
     total_ms = sum(r[2] for r in rows) / steps / 1e3
     lines = [f"\n== {label}: {launches:.0f} kernels, {total_ms:.3f} ms of kernel time per step "
              f"in a step of {step_ms:.3f} ms (median, unprofiled)"]
-    body = [[name[:90], count / steps, us / steps / 1e3, 100 * us / steps / 1e3 / total_ms]
+    body = [[short_name(name), count / steps, us / steps / 1e3, 100 * us / steps / 1e3 / total_ms]
             for name, count, us in rows[:top]]
     lines.append(B.format_table(["kernel", "launches/step", "ms/step", "% of kernel time"], body))
     return "\n".join(lines)
