@@ -177,7 +177,8 @@ ext_modules, cmdclass = extension_build()
 setup(
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
-    package_data={"fused_resnet": ["speed_tables/*.json"]},  # measured tables for backend="auto"
+    # measured tables: speed tables for backend="auto", tuned Triton configurations
+    package_data={"fused_resnet": ["speed_tables/*.json", "tuned/*.json"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -11,6 +11,8 @@ Batch 256 for ImageNet models at 224x224 and 512 for CIFAR, as in the peer ancho
     python bench/bench_models.py --compile --json $OUT/models.json       # + torch.compile (slow to build)
     python bench/bench_models.py --quick                                 # resnet50 + cifar_resnet56, fewer steps
     python bench/bench_models.py --graphs                                # + steps replayed from CUDA graphs
+    python bench/bench_models.py --backend triton --tuned-table DIR      # + the Triton configurations tuned,
+                                                                         #   a table for fused_resnet/tuned/
 """
 from __future__ import annotations
 
@@ -55,6 +57,9 @@ def main(argv=None) -> int:
     p.add_argument("--graphs", action="store_true",
                    help="add steps replayed from a CUDA graph, eager and fused, inference and training "
                         "(no host work per step: the gap to the plain variant is host time)")
+    p.add_argument("--tuned-table", default=None, metavar="DIR",
+                   help="write the Triton configurations this run tuned to DIR/<GPU>__triton-<version>.json "
+                        "(a table to ship in fused_resnet/tuned/)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help=f"models {QUICK_MODELS}, fewer steps")
     p.add_argument("--seed", type=int, default=0)
@@ -76,6 +81,8 @@ def main(argv=None) -> int:
     show = not args.quiet
     for m in models:
         B.model_spec(m)  # unknown names fail before anything runs
+    if args.tuned_table and device.type != "cuda":
+        p.error(f"--tuned-table needs a CUDA device (the Triton configurations are tuned on a GPU), got {device}")
     if on_cpu:
         B.progress("no CUDA GPU: CPU run with small sizes; CPU numbers say nothing about GPU speed", show)
 
@@ -129,6 +136,10 @@ def main(argv=None) -> int:
     if on_cpu:
         print("NOTE: " + out["note"])
     print(f"wrote {args.json}")
+    if args.tuned_table:
+        from fused_resnet.backends import triton_tuning
+
+        print(f"wrote {triton_tuning.dump(args.tuned_table, device)}")
     return 1 if any(r.get("error") for r in rows) else 0
 
 

@@ -3,22 +3,36 @@
 Without a CUDA GPU the Triton kernels run under the interpreter: TRITON_INTERPRET
 is set here before any test module imports triton, so the kernels' @triton.jit
 decorators see it. On a GPU machine it is left as the caller set it.
+Configurations the GPU tests tune go to a directory of the session's
+(FUSED_RESNET_CACHE_DIR), never to the user's tuning cache.
 """
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
 
 
 _IS_XDIST_WORKER = False
+_SESSION_CACHE_DIR = None
 
 
 def pytest_configure(config):
-    global _IS_XDIST_WORKER
+    global _IS_XDIST_WORKER, _SESSION_CACHE_DIR
     _IS_XDIST_WORKER = hasattr(config, "workerinput")
+    if "FUSED_RESNET_CACHE_DIR" not in os.environ:
+        _SESSION_CACHE_DIR = tempfile.mkdtemp(prefix="fused-resnet-tests-")
+        os.environ["FUSED_RESNET_CACHE_DIR"] = _SESSION_CACHE_DIR
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped without one")
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_unconfigure(config):
+    if _SESSION_CACHE_DIR is not None:
+        shutil.rmtree(_SESSION_CACHE_DIR, ignore_errors=True)
+        del os.environ["FUSED_RESNET_CACHE_DIR"]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -487,7 +487,7 @@ def test_every_autotune_candidate_is_correct(case, dtype, monkeypatch):
                len(triton_backend.backward_kernels().wgrad_configs(cin, cout, x.element_size())))
     for i in range(most):
         monkeypatch.setattr(triton_backend, "_pick_config",
-                            lambda key, cands, launch, i=i: cands[min(i, len(cands) - 1)])
+                            lambda key, cands, launch, device, i=i: cands[min(i, len(cands) - 1)])
         y = _tb().conv(*fwd)[0]
         if dtype == torch.float32:
             assert_close_fp32(y, plain_y, f"y, candidate {i}", atol=1e-5 * max(1.0, plain_y.abs().max().item()))

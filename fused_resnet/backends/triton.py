@@ -5,8 +5,8 @@ do: they check every tensor (device, dtype, shape) and name the offending one,
 bring activations to dense NHWC (channels_last), convert weights to the
 [KH, KW, Cin/groups, Cout] layout the kernel reads (cached per weight version),
 allocate outputs in the memory format ``_layout.output_format`` prescribes,
-pick a tile configuration (autotuned once per problem key on a GPU, one small
-fixed one under TRITON_INTERPRET=1) and launch.
+pick a tile configuration (on a GPU, autotuned once per problem key and remembered
+on disk: ``triton_tuning``; one small fixed one under TRITON_INTERPRET=1) and launch.
 
 fp32 convolutions use TF32 tensor cores exactly when
 ``torch.backends.cudnn.allow_tf32`` is set (the flag PyTorch consults for its
@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from .._layout import conv_out_hw, empty_like_layout, empty_vec, output_format
+from . import triton_tuning
 from .base import FLOAT_DTYPES, Backend
 
 _ROOT = Path(__file__).resolve().parents[2]
@@ -201,44 +202,17 @@ def clear_weight_cache() -> None:
 
 # ----------------------------------------------------------------------------- autotuning
 
-_TUNED: dict[tuple, tuple] = {}
-
-
 def _bucket(m: int) -> int:
     return 1 << max(int(m) - 1, 0).bit_length()
 
 
-def _autotune_enabled() -> bool:
-    """FUSED_RESNET_TRITON_AUTOTUNE=0 skips timing and takes the heuristic (first) candidate."""
-    return os.environ.get("FUSED_RESNET_TRITON_AUTOTUNE", "1") != "0"
-
-
-def _pick_config(key: tuple, candidates: list, launch) -> tuple:
-    """The fastest of ``candidates`` for ``key`` (timed once per key), or the heuristic first one
-    (a single candidate, autotuning switched off, or inside a CUDA graph capture)."""
+def _pick_config(key: tuple, candidates: list, launch, device: torch.device) -> tuple:
+    """The configuration to launch ``key``'s problem (``key[0]`` names the kernel) with on
+    ``device``: the only candidate, or triton_tuning's choice (remembered, heuristic, shipped,
+    cached on disk or timed)."""
     if len(candidates) == 1:
         return candidates[0]
-    cfg = _TUNED.get(key)
-    if cfg is not None:
-        return cfg
-    if not _autotune_enabled():
-        return candidates[0]
-    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-        return candidates[0]  # no timing inside a CUDA graph capture; tune on an eager call first
-    from triton.testing import do_bench
-
-    best, best_ms = None, float("inf")
-    for cand in candidates:
-        try:
-            ms = do_bench(lambda: launch(cand), warmup=5, rep=20)
-        except Exception:  # noqa: BLE001 - a config that does not fit (shared memory, registers) is skipped
-            continue
-        if ms < best_ms:
-            best, best_ms = cand, ms
-    if best is None:
-        raise RuntimeError(f"triton conv: no configuration could run the problem {key}")
-    _TUNED[key] = best
-    return best
+    return triton_tuning.choose(key, candidates, launch, device)
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -393,10 +367,10 @@ def conv(
             num_warps=warps, num_stages=stages,
         )
 
-    key = (_bucket(m), cin, cout, kh, kw, sh, sw, ph, pw, dh, dw, groups, dtype, in_scale is not None,
-           bias is not None, residual is not None, bool(relu), bool(stats), prec, device.index)
+    key = ("conv", _bucket(m), cin, cout, kh, kw, sh, sw, ph, pw, dh, dw, groups, dtype, in_scale is not None,
+           bias is not None, residual is not None, bool(relu), bool(stats), prec)
     with torch.cuda.device(device) if device.type == "cuda" else _nullcontext():
-        cfg = _pick_config(key, candidates, launch)
+        cfg = _pick_config(key, candidates, launch, device)
         launch(cfg)
         if stats:
             pmean, pm2 = partials[cfg[0]]
@@ -490,9 +464,9 @@ def conv_shortcut(
         )
 
     key = ("shortcut", _bucket(m), cin, cout, kh, kw, sh, sw, ph, pw, dh, dw, groups, dtype, has_pro,
-           bias is not None, bool(relu), sc_mode, csc, sc_stride, sc_pro, prec, device.index)
+           bias is not None, bool(relu), sc_mode, csc, sc_stride, sc_pro, prec)
     with torch.cuda.device(device) if device.type == "cuda" else _nullcontext():
-        launch(_pick_config(key, candidates, launch))
+        launch(_pick_config(key, candidates, launch, device))
     return _in_format(y, output_format(x))
 
 
@@ -890,8 +864,8 @@ def conv_backward(
                 )
 
             key = ("dgrad", _bucket(m_in), cin, cout, h, w, kh, kw, sh, sw, ph, pw, dh, dw_, groups, dtype, has_pro,
-                   bool(stats), bool(relu), need_x, need_psum, prec, device.index)
-            cfg = _pick_config(key, cands, launch_d)
+                   bool(stats), bool(relu), need_x, need_psum, prec)
+            cfg = _pick_config(key, cands, launch_d, device)
             launch_d(cfg)
             if need_x:
                 dx = _in_format(dx_k, fmt)
@@ -928,8 +902,8 @@ def conv_backward(
                         part, dw_out, splits, kh * kw, cin_g, cout, BLOCK=blk, num_warps=4)
 
             key = ("wgrad", _bucket(m_out), cin, cout, h, w, kh, kw, sh, sw, ph, pw, dh, dw_, groups, dtype, has_pro,
-                   bool(stats), bool(relu), prec, device.index)
-            cfg = _pick_config(key, cands, launch_w)
+                   bool(stats), bool(relu), prec)
+            cfg = _pick_config(key, cands, launch_w, device)
             launch_w(cfg)
             dw = dw_out
 
