@@ -16,7 +16,7 @@
 # then run with carry [".whl"]; the script installs .whl/*.whl before building.
 #
 # Run from anywhere (it cd's to the repo root). Writes under $OUT (default
-# bench/out), 10 files, none nested:
+# bench/out), 11 files, none nested (more than a device call brings back: tar them):
 #   setup.log    nvidia-smi, versions, wheel install, extension build, fused-resnet info
 #   tests.log    fused-resnet check runs (whole-model parity vs torchvision), then
 #                pytest -m gpu, then pytest -m "not gpu" (together: the whole suite)
@@ -27,6 +27,7 @@
 #   host_overhead.json  bench/host_overhead.py: this machine's host time per fused block step
 #   speed_table.json  the fused blocks' times per backend: commit it to
 #                fused_resnet/speed_tables/ and backend="auto" follows it on that GPU
+#   first_step.jsonl  bench/first_step.py: the triton backend's first ResNet-50 training steps
 #   summary.txt  the table printed at the end
 #   failures.log each failing test's id and traceback, written as it fails (so a
 #                stage cut short by its time limit still says what failed)
@@ -49,9 +50,10 @@
 # training issues measure): build, the CUDA kernel tests, the three benchmark blocks'
 # training steps on eager, cuda and triton (heuristic Triton configurations: autotuning
 # a whole model takes minutes), the layer1/layer3 training profile, then ResNet-50
-# training beside eager and torch.compile of eager, then inference:
+# training beside eager and torch.compile of eager, then inference, then the triton
+# backend's first ResNet-50 training steps with autotuning on, cold and warm caches:
 #   (timeout_s 600, carry [".whl"])
-#      SKIP="check-resnet50-bf16-train check-resnet50-fp32 tests-gpu bench-graphs host-overhead" \
+#      SKIP="info check-resnet50-bf16-train check-resnet50-fp32 tests-gpu bench-graphs host-overhead" \
 #      FUSED_RESNET_TRITON_AUTOTUNE=0 BLOCK_ARGS_EXTRA="--modes train" PROFILE_ARGS="--blocks layer1,layer3 --modes train" \
 #      BENCH_MODELS=resnet50 MODEL_ARGS_EXTRA="--backend cuda,triton --modes train,infer --compile --compile-variants eager" \
 #      BUDGET_S=540 bash bench/gpu_check.sh --quick
@@ -62,9 +64,9 @@
 # and, only if at least 5 minutes are left right after it (the machine is then
 # still warm and keeps the build), a short second one:
 #   1. (timeout_s 600, carry [".whl"])
-#      SKIP="bench-graphs profile host-overhead" TESTS_GPU_S=150 BENCH_MODELS=resnet50 BUDGET_S=560 bash bench/gpu_check.sh --quick
+#      SKIP="bench-graphs profile host-overhead first-step-cold first-step-warm" TESTS_GPU_S=150 BENCH_MODELS=resnet50 BUDGET_S=560 bash bench/gpu_check.sh --quick
 #   2. (timeout_s 240, at once, same carry)
-#      SKIP="check-resnet50-fp32 check-resnet50-bf16-train tests-cuda bench-blocks tests-gpu bench-models" BUDGET_S=220 bash bench/gpu_check.sh --quick --no-build
+#      SKIP="check-resnet50-fp32 check-resnet50-bf16-train tests-cuda bench-blocks tests-gpu bench-models first-step-cold first-step-warm" BUDGET_S=220 bash bench/gpu_check.sh --quick --no-build
 set -u -o pipefail
 export PYTHONUNBUFFERED=1
 
@@ -86,7 +88,8 @@ done
 
 # Every stage's name, in the order they run: SKIP may name only these.
 ALL_STAGES="env wheels cutlass-headers build info tests-cuda check-resnet50-bf16-train check-resnet50-fp32
-  check-cifar56-bf16-train bench-blocks profile tests-gpu bench-models bench-graphs host-overhead tests-rest"
+  check-cifar56-bf16-train bench-blocks profile tests-gpu bench-models first-step-cold first-step-warm bench-graphs
+  host-overhead tests-rest"
 for name in ${SKIP:-}; do
   if [[ " $(echo $ALL_STAGES) " != *" $name "* ]]; then
     echo "gpu_check.sh: SKIP names '$name', which is no stage; stages: $(echo $ALL_STAGES)" >&2
@@ -229,6 +232,13 @@ stage tests-gpu "${TESTS_GPU_S:-240}" "$TESTS" "${PYTEST[@]}" -m gpu "${REST[@]}
 TABLE_ENV=(env)
 [[ -s $OUT/speed_table.json ]] && TABLE_ENV+=(FUSED_RESNET_SPEED_TABLES="$OUT/speed_table.json")
 stage bench-models 240 "$BENCH" "${TABLE_ENV[@]}" "$PY" bench/bench_models.py "${MODEL_ARGS[@]}"
+# The triton backend's first steps in fresh processes, autotuning on: a cold tuning and
+# Triton compile cache, then the same caches warm (what a user's second run waits for).
+FIRST_STEP_DIR=$(mktemp -d)
+FIRST_STEP=(env FUSED_RESNET_TRITON_AUTOTUNE=1 FUSED_RESNET_CACHE_DIR="$FIRST_STEP_DIR/tuning"
+            TRITON_CACHE_DIR="$FIRST_STEP_DIR/triton" "$PY" bench/first_step.py --json "$OUT/first_step.jsonl")
+stage first-step-cold 150 "$BENCH" "${FIRST_STEP[@]}" --label cold
+stage first-step-warm 60 "$BENCH" "${FIRST_STEP[@]}" --label warm
 stage bench-graphs 240 "$BENCH" "$PY" bench/bench_models.py "${GRAPH_ARGS[@]}"
 stage host-overhead 90 "$BENCH" "$PY" bench/host_overhead.py --variants eager,null,triton-host,cuda-host --json "$OUT/host_overhead.json"
 

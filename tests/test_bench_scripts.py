@@ -139,8 +139,9 @@ def test_host_overhead_cuda_variant_counts_calls_into_the_extension(tmp_path):
 def _gpu_check_plan() -> list[str]:
     """The command lines of the device-call plan at the top of bench/gpu_check.sh."""
     header = (ROOT / "bench" / "gpu_check.sh").read_text().split("\nset -u")[0]
-    return [line.lstrip("# ").strip() for line in header.splitlines() if "bash bench/gpu_check.sh" in line
-            and "SKIP=" in line]
+    lines = [line.lstrip("# ").strip() for line in header.splitlines()]
+    joined = "\n".join(lines).replace("\\\n", " ")  # continuation lines
+    return [line for line in joined.splitlines() if "bash bench/gpu_check.sh" in line and "SKIP=" in line]
 
 
 def _dry_run(env_and_args: str, tmp_path) -> subprocess.CompletedProcess:
@@ -158,7 +159,7 @@ def test_gpu_check_plan_runs_its_stages_in_order(tmp_path):
     parity, the block benchmarks, the rest of the GPU tests (leaving those files out, the files
     of never-run tests first) and the model benchmarks, in that order; the second reuses the
     build and runs only what the first skipped."""
-    first, second = _gpu_check_plan()
+    _, first, second = _gpu_check_plan()
     out = _dry_run(first, tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     ran = _stages_run(out.stdout)
@@ -175,7 +176,22 @@ def test_gpu_check_plan_runs_its_stages_in_order(tmp_path):
 
     out = _dry_run(second, tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert _stages_run(out.stdout) == ["env", "info", "bench-graphs", "profile", "host-overhead"], out.stdout
+    assert _stages_run(out.stdout) == ["env", "info", "profile", "bench-graphs", "host-overhead"], out.stdout
+
+
+def test_gpu_check_training_plan_runs_training_first(tmp_path):
+    """The training plan: build, the CUDA kernel tests, the blocks' training steps, their
+    profile, ResNet-50 beside eager and torch.compile of eager, then the triton backend's first
+    steps with autotuning on (cold, then warm caches), nothing else."""
+    train = _gpu_check_plan()[0]
+    out = _dry_run(train, tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert _stages_run(out.stdout) == ["env", "cutlass-headers", "build", "tests-cuda", "bench-blocks", "profile",
+                                       "bench-models", "first-step-cold", "first-step-warm"], out.stdout
+    cmd = {name: out.stdout.split(f"--- {name} ")[1].splitlines()[1] for name in ("bench-blocks", "bench-models")}
+    assert "--modes train" in cmd["bench-blocks"], cmd
+    assert all(a in cmd["bench-models"] for a in ("--models resnet50", "--compile", "--compile-variants eager",
+                                                    "--modes train,infer")), cmd
 
 
 def test_gpu_check_refuses_an_unknown_stage_name(tmp_path):
