@@ -734,8 +734,7 @@ def gpu_gap(real_gap: Callable[..., str]) -> Callable[..., str]:
         if not isinstance(t, torch.Tensor):
             return t
         if t.dim() == 4:
-            return torch.empty(t.shape, dtype=torch.bfloat16, device="meta").contiguous(
-                memory_format=torch.channels_last)
+            return torch.empty(t.shape, dtype=torch.bfloat16, device="meta", memory_format=torch.channels_last)
         return torch.empty(t.shape, dtype=torch.float32 if t.is_floating_point() else t.dtype, device="meta")
 
     def gap(*args):
