@@ -107,6 +107,12 @@ class BackendDispatch(TorchDispatchMode):
                     return getattr(backends.get(args[-1]), func._opname)(*args[:-1])
             finally:
                 self.op = outer
+        # Below autograd (inside the ops, under inference_mode) composite operators arrive whole:
+        # decomposed inside the mode, contiguous() shows as the clone it makes, or as nothing.
+        with self:
+            out = func.decompose(*args, **(kwargs or {}))
+        if out is not NotImplemented:
+            return out
         out = func(*args, **(kwargs or {}))
         if B.runs_kernel(func):
             self.report(func, args, kwargs, out)
