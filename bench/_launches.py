@@ -1,6 +1,7 @@
 """Stand-ins that let a fused block step run without its kernels, telling what it would launch.
 
-Used by host_overhead.py, which counts the launches and times the host side:
+Shared by host_overhead.py (counts the launches and times the host side) and
+launch_audit.py (lists every launch with its grid and bytes):
 
   triton_launches(report)   while the context lasts, every Triton kernel of the triton backend
                             is replaced by a stand-in whose ``kernel[grid](*args, **kwargs)``

@@ -135,6 +135,50 @@ def test_host_overhead_cuda_variant_counts_calls_into_the_extension(tmp_path):
     assert rows["train"]["aten_kernels_per_step"] <= 16, rows["train"]["aten_kernels"]
 
 
+def test_launch_audit_lists_the_launches_of_a_training_step(tmp_path):
+    """launch_audit.py on the layer1 bottleneck at N=128 (meta tensors): the triton backend's own
+    launchers size the grids (conv3's forward: 128x128 tiles over 128*56*56 rows and 256 channels,
+    6272 programs); the ordered channel sums of the bn_act backward (4 x 3 programs over 12544
+    partial rows, 38 MB) are flagged. With _C built, the cuda backend too: conv3's forward on
+    CUTLASS's 128x128 tile, the same 6272 programs; its weight gradient a serial split-K of 132
+    slices over 2 tiles, flagged."""
+    import json
+    import math
+
+    from fused_resnet import _ext
+
+    backends = ["triton"] + (["cuda"] if _ext.status()[0] else [])
+    out_json = tmp_path / "audit.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "launch_audit.py"), "--blocks", "layer1", "--backends",
+           ",".join(backends), "--json", str(out_json)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(ROOT))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    results = {r["backend"]: r for r in json.loads(out_json.read_text())["results"]}
+    assert sorted(results) == sorted(backends), results.keys()
+    for r in results.values():
+        assert r["totals"]["launches"] == len(r["launches"]) > 20, r["totals"]
+        for launch in r["launches"]:
+            assert launch["programs"] == (math.prod(launch["grid"]) if launch["grid"] else None), launch
+            assert launch["bytes"] > 0 or launch["kernel"].startswith("cudaMemsetAsync"), launch
+
+    def only(backend, op, kernel):
+        found = [x for x in results[backend]["launches"] if x["op"] == op and x["kernel"] == kernel]
+        assert len(found) == 1, (op, kernel, [(x["op"], x["kernel"]) for x in results[backend]["launches"]])
+        return found[0]
+
+    conv3 = only("triton", "conv 64>256 1x1", "conv_fwd_kernel")
+    assert (conv3["programs"], conv3["tile"], conv3["width"]) == (6272, "M128 N128 K64", "8 warps"), conv3
+    sums = only("triton", "bn_act_backward 256", "sum_partials_kernel")
+    assert sums["programs"] == 12 and sums["flag"] == "few programs", sums
+    wgrad = only("triton", "conv_backward 64>64 3x3", "conv_wgrad_kernel")
+    assert wgrad["splits"] == str(wgrad["grid"][1]) and not wgrad["flag"].endswith("split-K"), wgrad
+    if "cuda" in results:
+        conv3 = only("cuda", "conv 64>256 1x1", "fprop_prologue_bf16_128x128x32")
+        assert (conv3["programs"], conv3["width"]) == (6272, "128 threads"), conv3
+        wgrad = only("cuda", "conv_backward 64>256 1x1", "wgrad_prologue_bf16_128x128x32")
+        assert (wgrad["grid"], wgrad["splits"], wgrad["flag"]) == ([2, 1, 132], "132 serial", "serial split-K"), wgrad
+
+
 def _gpu_check_plan() -> list[str]:
     """The command lines of the device-call plan at the top of bench/gpu_check.sh."""
     header = (ROOT / "bench" / "gpu_check.sh").read_text().split("\nset -u")[0]
