@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import copy
+import contextlib
 import json
 import os
 import statistics
@@ -51,7 +51,8 @@ from torch import nn  # noqa: E402
 import fused_resnet  # noqa: E402
 from fused_resnet import backends, benchmark as B, ops  # noqa: E402
 from fused_resnet.backends.base import Backend  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+import _launches as L  # noqa: E402
 
 # (label, block constructor arguments, input channels, spatial size)
 BLOCKS = {
@@ -70,75 +71,6 @@ def null_backend() -> Backend:
     for name in OP_NAMES:
         attrs[name] = staticmethod((lambda f: lambda *a: f(*a, None))(ops.FAKES[name]))
     return type("NullBackend", (Backend,), attrs)()
-
-
-class _CountingLaunch:
-    """Stands in for a @triton.jit function: ``kernel[grid](...)`` counts instead of launching."""
-
-    def __init__(self, name: str, counts: collections.Counter):
-        self.name, self.counts = name, counts
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.counts[self.name] += 1
-        return launch
-
-
-class _CountingAten(TorchDispatchMode):
-    """Counts the aten ops that would launch a kernel on a GPU (not views, not allocations)."""
-
-    def __init__(self):
-        super().__init__()
-        self.counts: collections.Counter = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.namespace == "fused_resnet":  # count the aten ops of the backend's implementation
-            with self:
-                return getattr(backends.get(args[-1]), func._opname)(*args[:-1])
-        name = func.overloadpacket.__name__
-        if not func.is_view and name not in B.NO_KERNEL_OPS:
-            self.counts[name] += 1
-        return func(*args, **(kwargs or {}))
-
-
-def stub_triton_kernels(counts: collections.Counter) -> None:
-    from fused_resnet.backends import triton as tb
-
-    for mod in (tb.kernels(), tb.backward_kernels()):
-        for attr in dir(mod):
-            if attr.endswith("_kernel"):
-                setattr(mod, attr, _CountingLaunch(attr, counts))
-
-
-class _CountingCudaOps:
-    """Stands in for torch.ops.fused_resnet_cuda: each op answers with its fake implementation
-    (shapes only) and is counted."""
-
-    def __init__(self, counts: collections.Counter):
-        from fused_resnet.backends import cuda
-
-        self.counts = counts
-        self.fakes = {name: (lambda f: lambda *a: f(*a, None))(ops.FAKES[name]) for name in cuda.OP_NAMES}
-        self.fakes.update(cuda.EXTRA_FAKES)
-
-    def __getattr__(self, name):
-        fake = self.fakes[name]
-
-        def call(*args):
-            self.counts[name] += 1
-            return fake(*args)
-        return call
-
-
-def cuda_host_backend(counts: collections.Counter) -> Backend:
-    """The cuda backend on CPU tensors with its _C ops counted, not run (module docstring)."""
-    from fused_resnet.backends import cuda
-
-    cuda.ops = lambda: _CountingCudaOps(counts)
-    cuda.conv_gap = B.gpu_gap(cuda.conv_gap)
-    cuda.conv_dgrad_gap = B.gpu_gap(cuda.conv_dgrad_gap)
-    attrs = {"name": "cuda-host", "available": lambda self: (True, ""), "supports": lambda self, d, t: (True, "")}
-    return type("CudaHostBackend", (cuda.CudaBackend,), attrs)()
 
 
 def make_block(kind: str, cin: int, planes: int) -> nn.Module:
@@ -193,10 +125,11 @@ def measure(key: str, mode: str, variant: str, *, steps: int, repeat: int, count
     us = time_step(step, steps, repeat)
     row = {"block": label, "mode": mode, "variant": variant, "us_per_step": round(us, 1)}
     counts.clear()
-    with _CountingAten() as aten:
+    aten: collections.Counter = collections.Counter()
+    with L.BackendDispatch(lambda func, *_: aten.update([func.overloadpacket.__name__])):
         make_step(module, x, gout, mode, no_grad=True)()
-    row["aten_kernels_per_step"] = sum(aten.counts.values())
-    row["aten_kernels"] = dict(sorted(aten.counts.items()))
+    row["aten_kernels_per_step"] = sum(aten.values())
+    row["aten_kernels"] = dict(sorted(aten.items()))
     if variant in ("triton-host", "cuda-host"):
         kind = "triton_launches" if variant == "triton-host" else "cuda_ext_calls"
         row[f"{kind}_per_step"] = sum(counts.values())
@@ -219,11 +152,24 @@ def main(argv=None) -> int:
     variants = args.variants.split(",")
     if "null" in variants:
         backends.BACKENDS.setdefault("null", null_backend())
-    if "triton-host" in variants:
-        stub_triton_kernels(counts)
-    if "cuda-host" in variants:
-        backends.BACKENDS.setdefault("cuda-host", cuda_host_backend(counts))
     torch.set_num_threads(1)
+    with contextlib.ExitStack() as stack:
+        if "triton-host" in variants:
+            stack.enter_context(L.triton_launches(lambda name, *_: counts.update([name])))
+        if "cuda-host" in variants:
+            stack.enter_context(L.cuda_host_backend(lambda name, *_: counts.update([name])))
+        rows = run_all(args, variants, counts)
+    if args.json:
+        env = B.env_info()
+        env["cpu"] = _cpu_name()
+        with open(args.json, "w") as f:
+            json.dump({"command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
+                       "date": B.utc_now(), "env": env, "rows": rows}, f, indent=1)
+    return 0
+
+
+def run_all(args, variants: list[str], counts: collections.Counter) -> list[dict]:
+    """measure() every block, mode and variant asked for, each row printed as it comes."""
     rows = []
     for key in args.blocks.split(","):
         for mode in args.modes.split(","):
@@ -234,13 +180,7 @@ def main(argv=None) -> int:
                 what = "calls into _C" if variant == "cuda-host" else "Triton kernels"
                 print(f"{r['block']:<24} {mode:<6} {variant:<12} {r['us_per_step']:>9.1f} us/step "
                       f"{r['aten_kernels_per_step']:>4} aten + {own:>3} {what}", flush=True)
-    if args.json:
-        env = B.env_info()
-        env["cpu"] = _cpu_name()
-        with open(args.json, "w") as f:
-            json.dump({"command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
-                       "date": B.utc_now(), "env": env, "rows": rows}, f, indent=1)
-    return 0
+    return rows
 
 
 def _cpu_name() -> str:

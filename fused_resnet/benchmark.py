@@ -696,18 +696,27 @@ class _OpTraffic(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        name = func.overloadpacket.__name__
-        if func.namespace == "fused_resnet" or not (func.is_view or name in NO_KERNEL_OPS):
-            key = f"{func.namespace}::{name}"
-            read = args[1:] if name in _WRITE_ONLY_OPS else args  # their destination is written, not read
-            n = sum(_nbytes(t) for t in pytree.tree_leaves((read, kwargs, out)) if isinstance(t, torch.Tensor))
-            entry = self.ops.setdefault(key, [0, 0])
+        if func.namespace == "fused_resnet" or runs_kernel(func):
+            entry = self.ops.setdefault(f"{func.namespace}::{func.overloadpacket.__name__}", [0, 0])
             entry[0] += 1
-            entry[1] += n
+            entry[1] += op_bytes(func, args, kwargs, out)
         return out
 
 
-def _nbytes(t: torch.Tensor) -> int:
+def runs_kernel(func) -> bool:
+    """Whether the aten operator ``func`` launches a kernel on a GPU (not a view, not an allocation)."""
+    return not (func.is_view or func.overloadpacket.__name__ in NO_KERNEL_OPS)
+
+
+def op_bytes(func, args, kwargs, out) -> int:
+    """The bytes one call of ``func`` moves: its tensor inputs read once and its outputs written
+    once (the destination of a copy or fill is written, not read)."""
+    read = args[1:] if func.overloadpacket.__name__ in _WRITE_ONLY_OPS else args
+    return sum(tensor_bytes(t) for t in pytree.tree_leaves((read, kwargs, out)) if isinstance(t, torch.Tensor))
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    """The bytes a kernel moves reading or writing ``t`` once."""
     # An expanded tensor (autograd's broadcast gradients) moves its storage, not its view.
     return min(t.numel() * t.element_size(), t.untyped_storage().nbytes())
 
@@ -734,8 +743,7 @@ def gpu_gap(real_gap: Callable[..., str]) -> Callable[..., str]:
         if not isinstance(t, torch.Tensor):
             return t
         if t.dim() == 4:
-            return torch.empty(t.shape, dtype=torch.bfloat16, device="meta").contiguous(
-                memory_format=torch.channels_last)
+            return torch.empty(t.shape, dtype=torch.bfloat16, device="meta", memory_format=torch.channels_last)
         return torch.empty(t.shape, dtype=torch.float32 if t.is_floating_point() else t.dtype, device="meta")
 
     def gap(*args):

@@ -91,7 +91,8 @@ def sgd_step(block, x, seed, lr=0.1):
 
 def load_bench_script(name: str):
     """bench/<name>.py as a module (bench/ is no package; its scripts import each other, so
-    the folder is on sys.path while the script loads)."""
+    the folder is on sys.path while the script loads), registered in sys.modules as ``name``
+    (dataclasses look their module up there)."""
     import importlib.util
     import os
     import sys
@@ -99,6 +100,7 @@ def load_bench_script(name: str):
     bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
     spec = importlib.util.spec_from_file_location(name, os.path.join(bench, name + ".py"))
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
     sys.path.insert(0, bench)
     try:
         spec.loader.exec_module(mod)

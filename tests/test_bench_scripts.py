@@ -136,6 +136,63 @@ def test_host_overhead_cuda_variant_counts_calls_into_the_extension(tmp_path):
     assert rows["train"]["aten_kernels_per_step"] <= 16, rows["train"]["aten_kernels"]
 
 
+def test_launch_audit_lists_the_launches_of_a_training_step(tmp_path):
+    """launch_audit.py on the layer1 bottleneck at N=128 (meta tensors): every launch with its grid;
+    the triton backend's own launchers size them (conv3's forward: 128x128 tiles over 128*56*56
+    rows and 256 channels, 6272 programs; the weight gradient's split-K slices are its grid axis
+    1). With _C built, the cuda backend too: conv3's forward on CUTLASS's 128x128 tile, the same
+    6272 programs; its weight gradient 256 x 64 on one column of 2 tiles, times the slices."""
+    import json
+    import math
+
+    from fused_resnet import _ext
+
+    backends = ["triton"] + (["cuda"] if _ext.status()[0] else [])
+    out_json = tmp_path / "audit.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "launch_audit.py"), "--blocks", "layer1", "--backends",
+           ",".join(backends), "--json", str(out_json)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(ROOT))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    results = {r["backend"]: r for r in json.loads(out_json.read_text())["results"]}
+    assert sorted(results) == sorted(backends), results.keys()
+    for r in results.values():
+        assert r["totals"]["launches"] == len(r["launches"]) > 20, r["totals"]
+        for launch in r["launches"]:
+            assert launch["programs"] == (math.prod(launch["grid"]) if launch["grid"] else None), launch
+            assert launch["bytes"] > 0 or launch["kernel"].startswith("cudaMemsetAsync"), launch
+
+    def only(backend, op, kernel):
+        found = [x for x in results[backend]["launches"] if x["op"] == op and x["kernel"] == kernel]
+        assert len(found) == 1, (op, kernel, [(x["op"], x["kernel"]) for x in results[backend]["launches"]])
+        return found[0]
+
+    conv3 = only("triton", "conv 64>256 1x1", "conv_fwd_kernel")
+    assert (conv3["programs"], conv3["tile"], conv3["width"]) == (6272, "M128 N128 K64", "8 warps"), conv3
+    wgrad = only("triton", "conv_backward 64>64 3x3", "conv_wgrad_kernel")
+    assert wgrad["splits"] == str(wgrad["grid"][1]) and wgrad["grid"][0] == 9, wgrad  # taps x 64 x 64 tiles
+    if "cuda" in results:
+        conv3 = only("cuda", "conv 64>256 1x1", "fprop_prologue_bf16_128x128x32")
+        assert (conv3["programs"], conv3["width"]) == (6272, "128 threads"), conv3
+        wgrad = only("cuda", "conv_backward 64>256 1x1", "wgrad_prologue_bf16_128x128x32")
+        assert wgrad["grid"][:2] == [2, 1] and wgrad["splits"].split()[0] == str(wgrad["grid"][2]), wgrad
+
+
+def test_launch_audit_flags():
+    """A launch is flagged when it moves >= 8 MB on fewer than 2 x 132 programs, or when its
+    split-K slices wait for each other; library kernels (no grid of ours) only for the latter."""
+    audit = load_bench_script("launch_audit")
+    launch = audit.Launch("bn_act_backward 256", "sum_partials_kernel", (4, 3), bytes=38_000_000)
+    assert launch.flag == "few programs"
+    assert audit.Launch("op", "k", (264,), bytes=10**9).flag == ""
+    assert audit.Launch("op", "k", (4, 3), bytes=7_900_000).flag == ""
+    assert audit.Launch("op", "k", None, bytes=10**9).flag == ""
+    serial = audit.Launch("op", "wgrad", (2, 1, 132), splits="132 serial", bytes=10**8)
+    assert serial.flag == "serial split-K"
+    assert audit.Launch("op", "wgrad", (2, 1, 100), splits="100 serial", bytes=10**8).flag == \
+        "few programs, serial split-K"
+    assert audit.Launch("op", "wgrad", (2, 131), splits="131", bytes=10**8).flag == "few programs"
+
+
 def _gpu_check_plan() -> list[str]:
     """The command lines of the device-call plan at the top of bench/gpu_check.sh."""
     header = (ROOT / "bench" / "gpu_check.sh").read_text().split("\nset -u")[0]
