@@ -89,7 +89,7 @@ class Launch:
     grid: Optional[tuple] = None
     width: str = ""         # "8 warps" (Triton num_warps) or "256 threads" (a CUDA block)
     tile: str = ""
-    splits: str = ""        # split-K slices, "N serial" where they wait for each other
+    splits: str = ""        # split-K slices: "N serial" where they wait for each other, "N parallel"
     bytes: int = 0
 
     @property
@@ -273,11 +273,12 @@ def _cutlass(family: str, dtype: torch.dtype, wide: bool) -> Cutlass:
     return cutlass_kernels()[(family, dtype, 128 if wide else 64)]
 
 
-def _cutlass_launch(k: Cutlass, m: int, n: int, nbytes: int, split: int = 1) -> Launch:
-    """A CUTLASS implicit GEMM of M x N: grid ceil(M/TileM) x ceil(N/TileN) x split-K slices."""
+def _cutlass_launch(k: Cutlass, m: int, n: int, nbytes: int, split: int = 1, mode: str = "serial") -> Launch:
+    """A CUTLASS implicit GEMM of M x N: grid ceil(M/TileM) x ceil(N/TileN) x split-K slices
+    (``mode``: "serial" slices wait for each other, "parallel" ones write their own partials)."""
     grid = (_cdiv(m, k.tile[0]), _cdiv(n, k.tile[1]), split)
     return Launch("", k.name, grid, f"{k.threads} threads", "x".join(map(str, k.tile)),
-                  f"{split} serial" if split > 1 else "", nbytes)
+                  f"{split} {mode}" if split > 1 else "", nbytes)
 
 
 def _vec_bytes(*vectors) -> int:
@@ -366,25 +367,26 @@ def c_conv(emit, args, out) -> None:
 
 
 def _wgrad_split(k_out: int, crs: int, rows: int) -> int:
-    """ops.cpp wgrad_split: serial slices for about two waves of 128x128 tiles, >= 1024 rows each."""
+    """ops.cpp wgrad_split: parallel slices for about two waves of 128x128 tiles, >= 1024 rows each."""
     tiles = _cdiv(k_out, 128) * _cdiv(crs, 128)
     return max(1, min(_cdiv(2 * SMS, tiles), rows // 1024))
 
 
 def c_conv_wgrad(emit, args, out) -> None:
-    """_C.conv_wgrad: the CUTLASS wgrad with the prologue (fp32 dW, serial split-K; the slices'
-    semaphores zeroed first), then dW to the weight's dtype and layout."""
+    """_C.conv_wgrad: the CUTLASS wgrad with the prologue, parallel split-K (each slice's fp32
+    partial dW in a buffer CUTLASS zeroes first), then wgrad_reduce: the slices summed in order
+    into the weight's dtype and layout (blocks of 32 elements x 8 slice lanes)."""
     g, x, weight, scale, shift = args[:5]
     kout, c, r, s = weight.shape
     rows = g.numel() // kout
     split = _wgrad_split(kout, c * r * s, rows)
-    dw = torch.empty((kout, r, s, c), dtype=torch.float32, device=x.device)
-    nbytes = distinct_bytes([g, x]) + _vec_bytes(scale, shift) + (2 * split - 1) * B.tensor_bytes(dw)
-    launch = _cutlass_launch(_cutlass("WgradPrologue", x.dtype, True), kout, c * r * s, nbytes, split)
-    if split > 1:
-        emit(Launch("", "cudaMemsetAsync (split-K semaphores)", bytes=4 * launch.grid[0] * launch.grid[1]))
+    partial_bytes = split * kout * r * s * c * 4
+    launch = _cutlass_launch(_cutlass("WgradPrologue", x.dtype, True), kout, c * r * s,
+                             distinct_bytes([g, x]) + _vec_bytes(scale, shift) + partial_bytes, split, "parallel")
+    emit(Launch("", "cudaMemsetAsync (split-K partials)", bytes=partial_bytes))
     emit(launch)
-    dw.permute(0, 3, 1, 2).to(weight.dtype).contiguous()  # ops.cpp's conversion, reported by the mode
+    emit(Launch("", "wgrad_reduce_kernel", (_cdiv(kout * r * s * c, 32),), "256 threads", "", "",
+                partial_bytes + B.tensor_bytes(out)))
 
 
 def c_conv_dgrad(emit, args, out) -> None:

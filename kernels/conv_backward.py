@@ -529,15 +529,16 @@ def wgrad_configs(cin_g: int, cout_g: int, elem_size: int) -> list[tuple[int, in
 
 
 def wgrad_splits(m: int, tiles: int, block_m: int, sms: int = 132) -> tuple[int, int]:
-    """(splits, rows per split) so that tiles*splits programs fill the GPU about twice over,
-    each reducing at least 4 blocks of rows (two blocks under the interpreter, so tiny
-    shapes exercise both the in-program loop and the split reduction)."""
+    """(splits, rows per split) so that tiles*splits programs fill the GPU at least twice over
+    (the blocks a split takes are rounded down, so the splits round up), each reducing at
+    least 4 blocks of rows (two blocks under the interpreter, so tiny shapes exercise both
+    the in-program loop and the split reduction)."""
     blocks = triton.cdiv(m, block_m)
     if interpreting():
         per = 2
     else:
         want = max(1, triton.cdiv(2 * sms, max(tiles, 1)))
-        per = max(4, triton.cdiv(blocks, want))
+        per = max(4, blocks // want)
     splits = triton.cdiv(blocks, per)
     return splits, per * block_m
 

@@ -896,10 +896,11 @@ def conv_backward(
                     BLOCK_M=bm, BLOCK_CI=bci, BLOCK_CO=bco, num_warps=warps, num_stages=stages,
                 )
                 if reduce:
+                    # Small weights still spread over 4 x SMs programs: each loops over every split.
                     e = kh * kw * cin_g * cout
-                    blk = 128 if _interpreting() else 512
+                    blk = 128 if _interpreting() else max(32, min(512, triton_next_pow2(triton_cdiv(e, 4 * sms))))
                     kb.wgrad_reduce_kernel[(triton_cdiv(e, blk),)](
-                        part, dw_out, splits, kh * kw, cin_g, cout, BLOCK=blk, num_warps=4)
+                        part, dw_out, splits, kh * kw, cin_g, cout, BLOCK=blk, num_warps=4 if blk >= 512 else 1)
 
             key = ("wgrad", _bucket(m_out), cin, cout, h, w, kh, kw, sh, sw, ph, pw, dh, dw_, groups, dtype, has_pro,
                    bool(stats), bool(relu), prec)
