@@ -146,12 +146,12 @@ def test_mainloop_prologue_is_asked_of_conv_gap(C, monkeypatch):
     geometry = ((1, 1), (1, 1), (1, 1), 1)
     asked = []
     monkeypatch.setattr(cuda_backend, "conv_gap", lambda *a: asked.append(a) or "")
-    assert not cuda_backend._mainloop_serves(x, w, None, *geometry)
+    assert cuda_backend._mainloop_gap(x, w, None, *geometry) == "no prologue"
     assert asked == []
-    assert cuda_backend._mainloop_serves(x, w, torch.ones(64), *geometry)
+    assert cuda_backend._mainloop_gap(x, w, torch.ones(64), *geometry) == ""
     assert len(asked) == 1 and asked[0][2] is None and asked[0][4] is None and asked[0][-2:] == (False, False)
     monkeypatch.setattr(cuda_backend, "conv_gap", lambda *a: "x is on cpu")
-    assert not cuda_backend._mainloop_serves(x, w, torch.ones(64), *geometry)
+    assert cuda_backend._mainloop_gap(x, w, torch.ones(64), *geometry) == "x is on cpu"
 
 
 class _Recorder:
@@ -186,7 +186,8 @@ def test_prologue_backward_takes_the_fused_dgrad(C, monkeypatch, need_w, mainloo
     rec = _Recorder()
     monkeypatch.setattr(cuda_backend, "ops", lambda: rec)
     monkeypatch.setattr(cuda_backend, "conv_dgrad_gap", lambda *a: "")
-    monkeypatch.setattr(cuda_backend, "_mainloop_serves", lambda *a: mainloop)
+    monkeypatch.setattr(cuda_backend, "_mainloop_gap", lambda *a: "" if mainloop else "not served")
+    monkeypatch.setenv("FUSED_RESNET_CHOOSE", "0")  # the fused kernels wherever served, untimed
     backend = cuda_backend.CudaBackend()
     mask = [True, need_w, False, True, True, False]
     dx, dw, dscale, dshift = backend._prologue_backward(g, x, w, torch.ones(64), torch.zeros(64),
