@@ -16,7 +16,7 @@
 # then run with carry [".whl"]; the script installs .whl/*.whl before building.
 #
 # Run from anywhere (it cd's to the repo root). Writes under $OUT (default
-# bench/out), 11 files, none nested (more than a device call brings back: tar them):
+# bench/out), 12 files, none nested (more than a device call brings back: tar them):
 #   setup.log    nvidia-smi, versions, wheel install, extension build, fused-resnet info
 #   tests.log    fused-resnet check runs (whole-model parity vs torchvision), then
 #                pytest -m gpu, then pytest -m "not gpu" (together: the whole suite)
@@ -28,12 +28,14 @@
 #   speed_table.json  the fused blocks' times per backend: commit it to
 #                fused_resnet/speed_tables/ and backend="auto" follows it on that GPU
 #   first_step.jsonl  bench/first_step.py: the triton backend's first ResNet-50 training steps
+#   host_profile.txt  bench/host_profile.py: cProfile of real block steps on this machine
 #   summary.txt  the table printed at the end
 #   failures.log each failing test's id and traceback, written as it fails (so a
 #                stage cut short by its time limit still says what failed)
 # SKIP="name ..." skips the named stages (e.g. SKIP="bench-models tests-rest").
 # BLOCK_ARGS_EXTRA, MODEL_ARGS_EXTRA: more arguments for bench_blocks.py / bench_models.py
-# (e.g. "--modes train"); PROFILE_ARGS: profile_blocks.py's arguments (default --blocks layer1).
+# (e.g. "--modes train"), GRAPH_ARGS_EXTRA for bench-graphs' bench_models.py; PROFILE_ARGS:
+# profile_blocks.py's arguments (default --blocks layer1); HOST_PROFILE_ARGS: host_profile.py's.
 # DRY_RUN=1 prints each stage's command instead of running it (no GPU needed).
 # BENCH_MODELS="resnet50" limits bench-models to those models (default: the script's).
 #
@@ -51,7 +53,8 @@
 # training steps on eager, cuda and triton (heuristic Triton configurations: autotuning
 # a whole model takes minutes), the layer1/layer3 training profile, then ResNet-50
 # training beside eager and torch.compile of eager, then inference, then the triton
-# backend's first ResNet-50 training steps with autotuning on, cold and warm caches:
+# backend's first ResNet-50 training steps with autotuning on, cold and warm caches, then
+# the host profile of a layer3 block step (eager and cuda):
 #   (timeout_s 600, carry [".whl"])
 #      SKIP="info check-resnet50-bf16-train check-resnet50-fp32 tests-gpu bench-graphs host-overhead" \
 #      FUSED_RESNET_TRITON_AUTOTUNE=0 BLOCK_ARGS_EXTRA="--modes train" PROFILE_ARGS="--blocks layer1,layer3 --modes train" \
@@ -89,7 +92,7 @@ done
 # Every stage's name, in the order they run: SKIP may name only these.
 ALL_STAGES="env wheels cutlass-headers build info tests-cuda check-resnet50-bf16-train check-resnet50-fp32
   check-cifar56-bf16-train bench-blocks profile tests-gpu bench-models first-step-cold first-step-warm bench-graphs
-  host-overhead tests-rest"
+  host-overhead host-profile tests-rest"
 for name in ${SKIP:-}; do
   if [[ " $(echo $ALL_STAGES) " != *" $name "* ]]; then
     echo "gpu_check.sh: SKIP names '$name', which is no stage; stages: $(echo $ALL_STAGES)" >&2
@@ -201,7 +204,7 @@ BLOCK_ARGS=(--json "$OUT/blocks.json" --table "$OUT/speed_table.json")
 MODEL_ARGS=(--json "$OUT/models.json" --backend triton,cuda,auto)
 [[ -n ${BENCH_MODELS:-} ]] && MODEL_ARGS+=(--models "$BENCH_MODELS")
 # The same steps replayed from CUDA graphs: the gap to the plain rows is host time.
-GRAPH_ARGS=(--json "$OUT/graphs.json" --backend triton,cuda --graphs --quick)
+GRAPH_ARGS=(--json "$OUT/graphs.json" --backend triton,cuda --graphs --quick ${GRAPH_ARGS_EXTRA:-})
 if (( QUICK )); then
   BLOCK_ARGS+=(--quick); MODEL_ARGS+=(--quick)
 else
@@ -241,6 +244,8 @@ stage first-step-cold 150 "$BENCH" "${FIRST_STEP[@]}" --label cold
 stage first-step-warm 60 "$BENCH" "${FIRST_STEP[@]}" --label warm
 stage bench-graphs 240 "$BENCH" "$PY" bench/bench_models.py "${GRAPH_ARGS[@]}"
 stage host-overhead 90 "$BENCH" "$PY" bench/host_overhead.py --variants eager,null,triton-host,cuda-host --json "$OUT/host_overhead.json"
+# The host side of real block steps on this machine's CPU, function by function.
+stage host-profile 60 "$BENCH" "$PY" bench/host_profile.py --out "$OUT/host_profile.txt" ${HOST_PROFILE_ARGS:-}
 
 if (( ! QUICK )); then
   stage tests-rest 200 "$TESTS" "${PYTEST[@]}" -m "not gpu" tests

@@ -233,18 +233,20 @@ def test_gpu_check_plan_runs_its_stages_in_order(tmp_path):
 
     out = _dry_run(second, tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert _stages_run(out.stdout) == ["env", "info", "profile", "bench-graphs", "host-overhead"], out.stdout
+    assert _stages_run(out.stdout) == ["env", "info", "profile", "bench-graphs", "host-overhead", "host-profile"], \
+        out.stdout
 
 
 def test_gpu_check_training_plan_runs_training_first(tmp_path):
     """The training plan: build, the CUDA kernel tests, the blocks' training steps, their
-    profile, ResNet-50 beside eager and torch.compile of eager, then the triton backend's first
-    steps with autotuning on (cold, then warm caches), nothing else."""
+    profile, ResNet-50 beside eager and torch.compile of eager, the triton backend's first
+    steps with autotuning on (cold, then warm caches), then the host profile of block steps."""
     train = _gpu_check_plan()[0]
     out = _dry_run(train, tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert _stages_run(out.stdout) == ["env", "cutlass-headers", "build", "tests-cuda", "bench-blocks", "profile",
-                                       "bench-models", "first-step-cold", "first-step-warm"], out.stdout
+                                       "bench-models", "first-step-cold", "first-step-warm", "host-profile"],\
+        out.stdout
     cmd = {name: out.stdout.split(f"--- {name} ")[1].splitlines()[1] for name in ("bench-blocks", "bench-models")}
     assert "--modes train" in cmd["bench-blocks"], cmd
     assert all(a in cmd["bench-models"] for a in ("--models resnet50", "--compile", "--compile-variants eager",
