@@ -16,7 +16,7 @@
 # then run with carry [".whl"]; the script installs .whl/*.whl before building.
 #
 # Run from anywhere (it cd's to the repo root). Writes under $OUT (default
-# bench/out), 12 files, none nested (more than a device call brings back: tar them):
+# bench/out), 13 files, none nested (more than a device call brings back: tar them):
 #   setup.log    nvidia-smi, versions, wheel install, extension build, fused-resnet info
 #   tests.log    fused-resnet check runs (whole-model parity vs torchvision), then
 #                pytest -m gpu, then pytest -m "not gpu" (together: the whole suite)
@@ -28,6 +28,8 @@
 #   speed_table.json  the fused blocks' times per backend: commit it to
 #                fused_resnet/speed_tables/ and backend="auto" follows it on that GPU
 #   first_step.jsonl  bench/first_step.py: the triton backend's first ResNet-50 training steps
+#   <GPU>__triton-<version>.json  the Triton configurations that run tuned: commit it to
+#                fused_resnet/tuned/ and that GPU's first steps time nothing
 #   host_profile.txt  bench/host_profile.py: cProfile of real block steps on this machine
 #   summary.txt  the table printed at the end
 #   failures.log each failing test's id and traceback, written as it fails (so a
@@ -242,6 +244,8 @@ FIRST_STEP=(env FUSED_RESNET_TRITON_AUTOTUNE=1 FUSED_RESNET_CACHE_DIR="$FIRST_ST
             TRITON_CACHE_DIR="$FIRST_STEP_DIR/triton" "$PY" bench/first_step.py --json "$OUT/first_step.jsonl")
 stage first-step-cold 150 "$BENCH" "${FIRST_STEP[@]}" --label cold
 stage first-step-warm 60 "$BENCH" "${FIRST_STEP[@]}" --label warm
+# The configurations the cold run tuned, as a table to ship in fused_resnet/tuned/ for this GPU.
+compgen -G "$FIRST_STEP_DIR/tuning/*.json" >/dev/null && cp "$FIRST_STEP_DIR"/tuning/*.json "$OUT/"
 stage bench-graphs 240 "$BENCH" "$PY" bench/bench_models.py "${GRAPH_ARGS[@]}"
 stage host-overhead 90 "$BENCH" "$PY" bench/host_overhead.py --variants eager,null,triton-host,cuda-host --json "$OUT/host_overhead.json"
 # The host side of real block steps on this machine's CPU, function by function.
