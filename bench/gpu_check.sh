@@ -16,7 +16,7 @@
 # then run with carry [".whl"]; the script installs .whl/*.whl before building.
 #
 # Run from anywhere (it cd's to the repo root). Writes under $OUT (default
-# bench/out), 13 files, none nested (more than a device call brings back: tar them):
+# bench/out), 14 files, none nested (more than a device call brings back: tar them):
 #   setup.log    nvidia-smi, versions, wheel install, extension build, fused-resnet info
 #   tests.log    fused-resnet check runs (whole-model parity vs torchvision), then
 #                pytest -m gpu, then pytest -m "not gpu" (together: the whole suite)
@@ -31,6 +31,7 @@
 #   <GPU>__triton-<version>.json  the Triton configurations that run tuned: commit it to
 #                fused_resnet/tuned/ and that GPU's first steps time nothing
 #   host_profile.txt  bench/host_profile.py: cProfile of real block steps on this machine
+#   profile_models.json  bench/profile_models.py: a ResNet-50 inference batch part by part
 #   summary.txt  the table printed at the end
 #   failures.log each failing test's id and traceback, written as it fails (so a
 #                stage cut short by its time limit still says what failed)
@@ -58,7 +59,7 @@
 # backend's first ResNet-50 training steps with autotuning on, cold and warm caches, then
 # the host profile of a layer3 block step (eager and cuda):
 #   (timeout_s 600, carry [".whl"])
-#      SKIP="info check-resnet50-bf16-train check-resnet50-fp32 tests-gpu bench-graphs host-overhead" \
+#      SKIP="info check-resnet50-bf16-train check-resnet50-fp32 profile-models tests-gpu bench-graphs host-overhead" \
 #      FUSED_RESNET_TRITON_AUTOTUNE=0 BLOCK_ARGS_EXTRA="--modes train" PROFILE_ARGS="--blocks layer1,layer3 --modes train" \
 #      BENCH_MODELS=resnet50 MODEL_ARGS_EXTRA="--backend cuda,triton --modes train,infer --compile --compile-variants eager" \
 #      BUDGET_S=540 bash bench/gpu_check.sh --quick
@@ -69,7 +70,7 @@
 # and, only if at least 5 minutes are left right after it (the machine is then
 # still warm and keeps the build), a short second one:
 #   1. (timeout_s 600, carry [".whl"])
-#      SKIP="bench-graphs profile host-overhead first-step-cold first-step-warm" TESTS_GPU_S=150 BENCH_MODELS=resnet50 BUDGET_S=560 bash bench/gpu_check.sh --quick
+#      SKIP="bench-graphs profile profile-models host-overhead first-step-cold first-step-warm" TESTS_GPU_S=150 BENCH_MODELS=resnet50 BUDGET_S=560 bash bench/gpu_check.sh --quick
 #   2. (timeout_s 240, at once, same carry)
 #      SKIP="check-resnet50-fp32 check-resnet50-bf16-train tests-cuda bench-blocks tests-gpu bench-models first-step-cold first-step-warm" BUDGET_S=220 bash bench/gpu_check.sh --quick --no-build
 set -u -o pipefail
@@ -93,7 +94,7 @@ done
 
 # Every stage's name, in the order they run: SKIP may name only these.
 ALL_STAGES="env wheels cutlass-headers build info tests-cuda check-resnet50-bf16-train check-resnet50-fp32
-  check-cifar56-bf16-train bench-blocks profile tests-gpu bench-models first-step-cold first-step-warm bench-graphs
+  check-cifar56-bf16-train bench-blocks profile profile-models tests-gpu bench-models first-step-cold first-step-warm bench-graphs
   host-overhead host-profile tests-rest"
 for name in ${SKIP:-}; do
   if [[ " $(echo $ALL_STAGES) " != *" $name "* ]]; then
@@ -219,6 +220,9 @@ stage bench-blocks 150 "$BENCH" "$PY" bench/bench_blocks.py "${BLOCK_ARGS[@]}"
 # The kernels of one block step per variant, with the CUTLASS kernels named by operator,
 # mainloop and tile: where the fused blocks lose their time.
 stage profile 120 "$BENCH" "$PY" bench/profile_blocks.py ${PROFILE_ARGS:---blocks layer1}
+# A whole ResNet-50 inference batch, part by part (stem, each block, head), eager vs fused.
+stage profile-models 120 "$BENCH" "$PY" bench/profile_models.py --models resnet50 --backends cuda,triton \
+  --json "$OUT/profile_models.json"
 
 # The rest of the GPU tests (the files tests-cuda ran are left out unless it was skipped).
 # The files holding GPU tests that have never run go first: pytest-xdist hands tests

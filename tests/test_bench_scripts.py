@@ -26,6 +26,26 @@ def test_profile_blocks_runs_on_cpu():
     assert "fused_resnet::conv" in fused, "the fused block's own op is missing from its profile"
 
 
+def test_profile_models_splits_a_batch_by_part(tmp_path):
+    """Every top-level module and every block of a stage is a part of the profile, each variant's
+    parts are timed, and the parts account for the batch (CPU smoke run: operator times)."""
+    import json
+
+    out_json = tmp_path / "parts.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "profile_models.py"), "--device", "cpu", "--models",
+           "cifar_resnet20", "--batch", "2", "--steps", "1", "--warmup", "1", "--backends", "reference",
+           "--json", str(out_json)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(ROOT))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    eager, fused = json.loads(out_json.read_text())["models"]["cifar_resnet20"]
+    assert (eager["variant"], fused["variant"]) == ("eager", "fused[reference]")
+    blocks = [f"{stage}.{i}" for stage in ("layer1", "layer2", "layer3") for i in range(3)]
+    for r in (eager, fused):
+        assert set(blocks + ["conv1", "bn1", "fc"]) <= set(r["parts"]), sorted(r["parts"])
+        assert all(ms > 0 for name, (ms, _) in r["parts"].items() if name in blocks), r["parts"]
+    assert "sum of the parts" in out.stdout and "layer2.0" in out.stdout
+
+
 def test_bench_models_graph_variants_need_a_gpu(tmp_path):
     """--graphs adds the CUDA-graph variants (inference and training); off the GPU each is a row
     saying why it could not run (so the script exits 1), and the other variants still run."""
@@ -233,8 +253,8 @@ def test_gpu_check_plan_runs_its_stages_in_order(tmp_path):
 
     out = _dry_run(second, tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert _stages_run(out.stdout) == ["env", "info", "profile", "bench-graphs", "host-overhead", "host-profile"], \
-        out.stdout
+    assert _stages_run(out.stdout) == ["env", "info", "profile", "profile-models", "bench-graphs", "host-overhead",
+                                       "host-profile"], out.stdout
 
 
 def test_gpu_check_training_plan_runs_training_first(tmp_path):
