@@ -7,7 +7,10 @@ candidates once per problem (``key``: the op, the shapes, dtype, flags and devic
 its first call, takes the fastest and remembers it for the process; every later call
 with that key runs the remembered candidate without timing. ``choices()`` lists what
 was taken and the times it was taken on; ``fused_resnet`` logs each new choice at
-DEBUG level.
+DEBUG level. With ``FUSED_RESNET_CHOICE_CACHE=1`` the choices also persist across
+processes, in one JSON file per GPU name, torch and cuDNN version in the tuning cache
+directory (``triton_tuning.cache_dir()``); a file that cannot be read or written costs
+one warning, and the problem is timed.
 
 No timing, and the ``default`` candidate (the fused kernel), when:
 - the tensors are not on a CUDA device, or a CUDA graph is being captured;
@@ -20,12 +23,19 @@ A problem decided without timing is not remembered: the first call that may time
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
+import re
 import statistics
-from typing import Callable, Hashable
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Callable, Hashable, Optional
 
 import torch
+
+from .triton_tuning import cache_dir
 
 log = logging.getLogger("fused_resnet")
 
@@ -52,9 +62,16 @@ def choose(key: Hashable, candidates: dict[str, Callable[[], object]], default: 
         return hit.taken
     if len(candidates) == 1 or not measurable(device):
         return default
+    path = _disk_path(device)
+    stored = _read(path).get(_disk_key(key)) if path else None
+    if stored in candidates:
+        _CHOICES[key] = Choice(stored, {})
+        return stored
     times = _time_candidates(candidates)
     taken = min(times, key=times.get)
     _CHOICES[key] = Choice(taken, times)
+    if path:
+        _write(path, {_disk_key(key): taken})
     log.debug("fused_resnet: %s -> %s (%s)", key, taken,
               ", ".join(f"{n} {t:.3f} ms" for n, t in times.items()))
     return taken
@@ -86,14 +103,84 @@ def _time_ms(run: Callable[[], object]) -> float:
     return statistics.median(times)
 
 
+# ---------------------------------------------------------------- on disk (FUSED_RESNET_CHOICE_CACHE=1)
+
+_FILES: dict[Path, dict[str, str]] = {}  # file -> {disk key: candidate}, as last read or written
+_WARNED: set[Path] = set()
+
+
+def _disk_path(device: torch.device) -> Optional[Path]:
+    """The choices file of this GPU and torch/cuDNN versions, or None when not asked for."""
+    if os.environ.get("FUSED_RESNET_CHOICE_CACHE", "0") != "1":
+        return None
+    name = (f"choices__{torch.cuda.get_device_name(device)}__torch-{torch.__version__}"
+            f"__cudnn-{torch.backends.cudnn.version()}")
+    return cache_dir() / (re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ".json")
+
+
+def _disk_key(key: Hashable) -> str:
+    """``key`` in words, without device indices (the file names the GPU)."""
+    def word(a):
+        if isinstance(a, torch.device):
+            return a.type
+        return tuple(map(word, a)) if isinstance(a, tuple) and not isinstance(a, torch.Size) else a
+    return repr(word(key))
+
+
+def _read(path: Path) -> dict[str, str]:
+    if path not in _FILES:
+        try:
+            _FILES[path] = _load(path)
+        except (OSError, ValueError) as e:
+            _warn(path, f"cannot be read ({e}); its problems are timed again")
+            _FILES[path] = {}
+    return _FILES[path]
+
+
+def _load(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise ValueError("expected a JSON object of problem -> candidate name")
+    return data
+
+
+def _write(path: Path, new: dict[str, str]) -> None:
+    """Merge ``new`` into the file (read again first: another process may have added to it),
+    written atomically; a failure costs one warning."""
+    try:
+        merged = {**_load(path), **new}
+    except (OSError, ValueError):
+        merged = dict(new)
+    _FILES[path] = merged
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(merged, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError as e:
+        _warn(path, f"cannot be written ({e}); choices are not remembered across processes")
+
+
+def _warn(path: Path, what: str) -> None:
+    if path not in _WARNED:
+        _WARNED.add(path)
+        warnings.warn(f"fused_resnet: the cuda backend's choices file {path} {what}", RuntimeWarning, stacklevel=3)
+
+
 def choices() -> dict:
     """Every choice made in this process: key -> (candidate taken, {candidate: median ms})."""
     return {key: (c.taken, dict(c.times_ms)) for key, c in _CHOICES.items()}
 
 
 def clear() -> None:
-    """Forget every choice (the next call of each problem times its candidates again)."""
+    """Forget every choice and every choices file read (as a new process would)."""
     _CHOICES.clear()
+    _FILES.clear()
+    _WARNED.clear()
 
 
 def choices_table() -> list[dict]:
