@@ -9,8 +9,9 @@ extension instead: every kernel of every architecture it holds, the CUTLASS
 convolutions named by family (fprop_prologue, fprop_stats, fprop_bias_relu,
 wgrad_prologue, dgrad_bn_relu), element type and tile. A kernel at the 255-register
 cap with a stack frame spills to local memory; one with many registers per thread
-fits few programs per SM. Both are facts of compilation, not timings: they point at
-candidates to look at in a GPU profile.
+fits few programs per SM; the mma column says whether the matrix products compiled to
+Hopper's wgmma or to the older mma.sync. All are facts of compilation, not timings: they
+point at candidates to look at in a GPU profile.
 
     python bench/kernel_resources.py --filter conv_bf16,dgrad_bf16,wgrad_bf16 --json res.json
     python bench/kernel_resources.py --arch 80
@@ -64,7 +65,15 @@ def resources(spec, arch: int, tool: str) -> dict:
         raise RuntimeError(f"no resource usage in cuobjdump's output for {spec[0]}: {out[-500:]}")
     regs, stack, _, local = (int(v) for v in m.groups())
     return {"name": spec[0], "regs": regs, "stack": stack, "local": local, "shared": compiled.metadata.shared,
-            "num_warps": spec[4].get("num_warps")}
+            "num_warps": spec[4].get("num_warps"), "mma": mma_kind(compiled.asm.get("ptx", ""))}
+
+
+def mma_kind(ptx: str) -> str:
+    """The matrix instructions a kernel's PTX uses: "wgmma" (Hopper's warpgroup MMA, the fast
+    path on sm_90), "mma.sync" (the Ampere-style warp MMA, about half the rate there), or "-"."""
+    if "wgmma.mma_async" in ptx:
+        return "wgmma"
+    return "mma.sync" if "mma.sync" in ptx else "-"
 
 
 def extension_kernel_name(mangled: str) -> str:
@@ -130,12 +139,12 @@ def main(argv=None) -> int:
     tool = cuobjdump()
     rows = []
     print(f"triton {triton.__version__}, sm_{args.arch}, {len(specs)} specialisations")
-    print(f"{'specialisation':<72} {'regs':>4} {'stack':>5} {'shared':>7}")
+    print(f"{'specialisation':<72} {'regs':>4} {'stack':>5} {'shared':>7} {'mma':>8}")
     for spec in specs:
         r = resources(spec, args.arch, tool)
         rows.append(r)
         flag = "  spills" if r["stack"] or r["local"] else ""
-        print(f"{r['name']:<72} {r['regs']:>4} {r['stack']:>5} {r['shared']:>7}{flag}", flush=True)
+        print(f"{r['name']:<72} {r['regs']:>4} {r['stack']:>5} {r['shared']:>7} {r['mma']:>8}{flag}", flush=True)
     spilling = [r["name"] for r in rows if r["stack"] or r["local"]]
     print(f"{len(spilling)} of {len(rows)} specialisations use a stack frame (spills)")
     if args.json:

@@ -103,6 +103,14 @@ def test_kernel_resources_reads_a_compiled_kernel(tmp_path):
     assert set(rows) == {"sum_partials", "sum_partials_chunks", "bn_finalize_11"}, rows
     for r in rows.values():
         assert 0 < r["regs"] <= 255 and r["stack"] >= 0 and r["shared"] >= 0, r
+        assert r["mma"] == "-", r  # reductions: no matrix instruction
+
+
+def test_kernel_resources_names_the_matrix_instructions():
+    kr = load_bench_script("kernel_resources")
+    assert kr.mma_kind("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 ...") == "wgmma"
+    assert kr.mma_kind("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 ...") == "mma.sync"
+    assert kr.mma_kind("ld.global.v4.b32 ...") == "-"
 
 
 def test_kernel_resources_reads_the_cuda_extension(tmp_path):
