@@ -69,22 +69,58 @@ def _bn_reason(bn: nn.Module, name: str) -> str:
     return ""
 
 
+def _relu_reason(relu: nn.Module, name: str) -> str:
+    # Either inplace flag: the block's ReLUs act on intermediates, never on its input.
+    if type(relu) is not nn.ReLU:
+        return f"{name} is {type(relu).__name__}, not nn.ReLU (the fused block computes ReLU)"
+    return ""
+
+
+_HOOKS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
+
+
+def _call_reason(m: nn.Module, name: str) -> str:
+    """Why computing ``m``'s job without calling it would differ from calling it ('' when it would not)."""
+    d = m.__dict__  # read directly: this runs at every forward of every block
+    if "forward" in d:
+        return f"{name} has its own forward (set on the instance), which the fused block would never call"
+    for hooks in _HOOKS:
+        if d[hooks]:
+            return f"{name} has {hooks.strip('_').replace('_', ' ')}, which the fused block would never call"
+    return ""
+
+
+def _computed_in_place(m: nn.Module) -> bool:
+    """Whether the fused path may compute ``m`` (a shortcut module) without calling it."""
+    return not _call_reason(m, "")
+
+
 def _is_conv_bn(m: Optional[nn.Module]) -> bool:
     return (
         isinstance(m, nn.Sequential) and len(m) == 2
         and not _conv_reason(m[0], "") and not _bn_reason(m[1], "")
+        and all(_computed_in_place(c) for c in (m, m[0], m[1]))
     )
 
 
+def _is_option_a(m: Optional[nn.Module]) -> bool:
+    return type(m) is ShortcutA and _computed_in_place(m)
+
+
 def unsupported_reason(block: nn.Module) -> str:
-    """Why ``block`` cannot be fused ('' when it can)."""
-    for name, child in block.named_children():
+    """Why ``block`` cannot be fused ('' when it can): a convolution, BatchNorm or activation
+    the fused block computes differently, or one with hooks it would never call. A
+    shortcut (``downsample``) with hooks or of another type is called as a module."""
+    for name, child in block._modules.items():
         if name.startswith("conv"):
             reason = _conv_reason(child, name)
         elif name.startswith("bn"):
             reason = _bn_reason(child, name)
+        elif name == "relu":
+            reason = _relu_reason(child, name)
         else:
-            reason = ""
+            continue
+        reason = reason or _call_reason(child, name)
         if reason:
             return reason
     return ""
@@ -411,6 +447,9 @@ class _FusedMixin:
         return x.to(dtype), _Run(backend, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
+        reason = unsupported_reason(self)
+        if reason:  # changed since it was fused
+            return self._unfused_forward(x, reason)
         self._check_input(x)
         autocast_dtype = _autocast_dtype(x.device.type)
         x, run = self._run(x, autocast_dtype)
@@ -419,6 +458,21 @@ class _FusedMixin:
         # The fused ops compute in the dtype chosen here; autocast must not recast their operands.
         with torch.autocast(x.device.type, enabled=False):
             return self._fused_forward(x, run)
+
+    def _unfused_forward(self, x: Tensor, reason: str) -> Tensor:
+        """The unfused twin's forward, under backend "auto" (logged once per reason); a named
+        backend raises, as convert does for a block it cannot fuse."""
+        name = type(self).__name__
+        if self.requested_backend != "auto":
+            raise ValueError(f"{name}: backend {self.requested_backend!r} cannot run this block: {reason}; "
+                             "fused_resnet.revert(model) restores the unfused blocks")
+        if (name, reason) not in _logged_unfused:
+            _logged_unfused.add((name, reason))
+            _log.warning("%s runs unfused: %s", name, reason)
+        return self._unfused.forward(self, x)
+
+
+_logged_unfused: set[tuple[str, str]] = set()
 
 
 class _FusedV1(_FusedMixin):
@@ -436,7 +490,7 @@ class _FusedV1(_FusedMixin):
             return _Act(x)
         if _is_conv_bn(ds):
             return _Shortcut(_Act(x), stage=_Stage(self, ds[0], ds[1], relu=False))
-        if type(ds) is ShortcutA:
+        if _is_option_a(ds):
             return _Shortcut(_Act(x), module=ds)
         return _Act(ds(x))
 
@@ -469,11 +523,11 @@ class _FusedPreAct(_FusedMixin):
         ds = self.downsample
         if ds is None:
             return _Act(x)
-        if type(ds) is nn.Conv2d and not _conv_reason(ds, ""):
+        if not _conv_reason(ds, "") and _computed_in_place(ds):
             return _Shortcut(a0, stage=_Stage(self, ds, None, relu=False))
         if _is_conv_bn(ds):
             return _Shortcut(a0, stage=_Stage(self, ds[0], ds[1], relu=False))
-        if type(ds) is ShortcutA:
+        if _is_option_a(ds):
             return _Shortcut(a0, module=ds)
         return _Act(ds(_materialize(a0, run)))
 

@@ -1,0 +1,108 @@
+"""No silent wrong result: what an adversarial user can do to a fused block, on the CPU.
+
+Each test compares with torchvision (or nn.BatchNorm2d) on the same inputs, or checks
+that what cannot be served is refused with an error naming the block or tensor. The
+classes checked:
+
+* module properties the fused path assumes: the activation's type (any inplace flag:
+  the fused block never writes its input, and torchvision's in-place ReLUs act on
+  intermediates only), hooks and instance forwards on the submodules it computes
+  itself, at convert and at every forward;
+"""
+import copy
+import logging
+
+import pytest
+import torch
+import torch.nn.utils.prune
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+import fused_resnet
+from fused_resnet import FusedBasicBlock, convert
+from fused_resnet.models import PreActBasicBlock
+
+
+def _x(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------- module properties
+
+
+def test_convert_leaves_a_non_relu_block_unfused_under_auto(caplog):
+    block = BasicBlock(8, 8).eval()
+    block.relu = nn.SiLU()
+    with caplog.at_level(logging.WARNING, logger="fused_resnet"):
+        fused = convert(nn.Sequential(block))
+    assert type(fused[0]) is BasicBlock
+    assert "relu is SiLU, not nn.ReLU" in caplog.text
+    x = _x(2, 8, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), block(x))
+
+
+def test_convert_by_name_and_from_block_refuse_a_non_relu_block():
+    block = BasicBlock(8, 8)
+    block.relu = nn.LeakyReLU()
+    with pytest.raises(ValueError, match="cannot fuse this BasicBlock: relu is LeakyReLU, not nn.ReLU"):
+        convert(block, backend="reference")
+    with pytest.raises(ValueError, match="BasicBlock cannot be fused: relu is LeakyReLU"):
+        FusedBasicBlock.from_block(block)
+
+
+def test_any_inplace_flag_converts():
+    block = BasicBlock(8, 8).eval()
+    block.relu = nn.ReLU(inplace=False)
+    fused = convert(block)
+    assert type(fused) is FusedBasicBlock
+    x = _x(2, 8, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), block(x))
+
+
+def test_a_hooked_submodule_is_refused():
+    """torch.nn.utils.prune recomputes conv.weight in a forward pre-hook, which a fused block never calls."""
+    block = BasicBlock(8, 8)
+    torch.nn.utils.prune.l1_unstructured(block.conv1, "weight", amount=0.5)
+    with pytest.raises(ValueError, match="conv1 has forward pre hooks, which the fused block would never call"):
+        convert(block, backend="reference", inplace=True)  # a pruned weight cannot be deep-copied
+    block = PreActBasicBlock(8, 8)
+    block.bn2.register_forward_hook(lambda m, i, o: o * 2)
+    with pytest.raises(ValueError, match="bn2 has forward hooks"):
+        convert(block, backend="reference")
+    block = BasicBlock(8, 8)
+    block.bn1.forward = lambda x: x
+    with pytest.raises(ValueError, match="bn1 has its own forward"):
+        convert(block, backend="reference")
+
+
+def test_a_block_changed_after_convert_runs_unfused_under_auto(caplog):
+    block = BasicBlock(8, 8).eval()
+    fused = convert(block)
+    for b in (block, fused):
+        b.relu = nn.SiLU()
+    x = _x(2, 8, 5, 5)
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="fused_resnet"):
+        torch.testing.assert_close(fused(x), block(x))
+        fused(x)
+    assert caplog.text.count("FusedBasicBlock runs unfused: relu is SiLU, not nn.ReLU") == 1
+
+
+def test_a_block_hooked_after_convert_is_refused_by_name():
+    fused = convert(BasicBlock(8, 8), backend="reference")
+    fused.conv2.register_forward_hook(lambda m, i, o: o + 1)
+    with pytest.raises(ValueError, match="FusedBasicBlock: backend 'reference' cannot run this block: "
+                                         "conv2 has forward hooks"):
+        fused(_x(2, 8, 5, 5))
+
+
+def test_a_hooked_shortcut_runs_as_a_module():
+    """The fused path computes a conv+BN shortcut itself; with a hook it calls the module instead."""
+    down = nn.Sequential(nn.Conv2d(8, 16, 1, 2, bias=False), nn.BatchNorm2d(16))
+    block = BasicBlock(8, 16, 2, down).eval()
+    down.register_forward_hook(lambda m, i, o: o * 3)
+    fused = convert(block, backend="reference")
+    x = _x(2, 8, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), block(x))
