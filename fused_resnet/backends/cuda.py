@@ -313,8 +313,8 @@ class CudaBackend(Backend):
                                       list(dilation)))
 
     def _unfused_dgrad(self, g, a, x, weight, in_scale, geometry, da_mask):
-        """dx, dscale, dshift through cuDNN's data gradient da (its values are not read, only a's
-        shape) and one bn_act_backward pass, which takes the ReLU mask from a."""
+        """dx, dscale, dshift through cuDNN's data gradient da (which reads only the shape of the
+        activation a) and one bn_act_backward pass, which takes the ReLU mask from a."""
         da = self._cudnn_backward(g, a, weight, *geometry, True, False)[0]
         return tuple(ops().bn_act_backward(da, a, x, in_scale, None, None, True, [*da_mask, False, False, False])[:3])
 
