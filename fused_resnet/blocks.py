@@ -141,12 +141,12 @@ def _vec_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _eval_scale_shift(bn: nn.Module, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    # Few ops (addcmul: shift = bias - mean*scale in one): eval blocks fold at every forward.
     v = _vec_dtype(dtype)
     invstd = torch.rsqrt(bn.running_var.to(v) + bn.eps)
     scale = invstd * bn.weight.to(v) if bn.weight is not None else invstd
-    shift = -bn.running_mean.to(v) * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias.to(v)
+    mean = bn.running_mean.to(v)
+    shift = torch.addcmul(bn.bias.to(v), mean, scale, value=-1) if bn.bias is not None else -mean * scale
     return scale, shift
 
 
@@ -185,56 +185,11 @@ def _conv_args(conv: nn.Conv2d) -> tuple:
     return list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups
 
 
-class _FoldCache:
-    """Folded (weight, bias) per convolution, and the eval (scale, shift) of a pre-activation
-    block's input BatchNorm, each valid while no parameter or buffer it reads changes.
-
-    Reused only when nothing needs gradients: with autograd recording, folding
-    must stay in the graph so gradients reach the conv weight and BN affine.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[int, tuple] = {}
-
-    @staticmethod
-    def _key(tensors, dtype) -> tuple:
-        return (dtype,) + tuple((t.data_ptr(), t._version) for t in tensors)
-
-    def get(self, conv: nn.Conv2d, bn: nn.Module, dtype: torch.dtype):
-        """_fold(conv, bn, dtype), cached."""
-        tensors = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        return self._cached(conv, tensors, dtype, lambda: _fold(conv, bn, dtype))
-
-    def scale_shift(self, bn: nn.Module, dtype: torch.dtype):
-        """_eval_scale_shift(bn, dtype), cached (a pre-activation block's input BatchNorm)."""
-        tensors = (bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        return self._cached(bn, tensors, dtype, lambda: _eval_scale_shift(bn, dtype))
-
-    def _cached(self, owner: nn.Module, tensors, dtype: torch.dtype, compute):
-        present = [t for t in tensors if t is not None]
-        cacheable = not (
-            torch.compiler.is_compiling()
-            or (torch.is_grad_enabled() and any(t.requires_grad for t in present))
-            or any(t.is_inference() for t in present)  # no version counter to validate an entry
-        )
-        if not cacheable:
-            return compute()
-        key = self._key(present, dtype)
-        hit = self._entries.get(id(owner))
-        if hit is None or hit[0] != key:
-            # Built as normal tensors even under inference_mode: the kernels' own weight
-            # caches can then validate them by version, instead of converting every call.
-            with torch.inference_mode(False), torch.no_grad():
-                hit = (key, compute())
-            self._entries[id(owner)] = hit
-        return hit[1]
-
-
 def _fold(conv: nn.Conv2d, bn: nn.Module, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     # bn(conv(x) + b) = scale * conv(x) + (scale * b + shift) = conv_{W*scale}(x) + bias'
     scale, shift = _eval_scale_shift(bn, dtype)
     weight = (conv.weight.to(scale.dtype) * scale.view(-1, 1, 1, 1)).to(dtype)
-    bias = shift if conv.bias is None else shift + scale * conv.bias.to(scale.dtype)
+    bias = shift if conv.bias is None else torch.addcmul(shift, scale, conv.bias.to(scale.dtype))
     return weight, bias
 
 
@@ -271,10 +226,14 @@ class _Stage:
         return _Act(y)
 
     def folded(self, run: _Run) -> tuple[Tensor, Optional[Tensor]]:
-        """(weight, bias) with a running-statistics BatchNorm folded in (or the conv's own)."""
+        """(weight, bias) with a running-statistics BatchNorm folded in (or the conv's own).
+
+        Folded at every call: no cache could tell a weight written through ``.data``
+        (no version bump) from an unchanged one.
+        """
         if self.bn is None:
             return self.conv.weight.to(run.dtype), _conv_bias(self.conv, run.dtype)
-        return self.block._fold_cache.get(self.conv, self.bn, run.dtype)
+        return _fold(self.conv, self.bn, run.dtype)
 
 
 class _Shortcut(NamedTuple):
@@ -353,11 +312,11 @@ def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
 
 
 class _FusedMixin:
-    """Backend selection, input checks, autocast and the fold cache shared by every fused block."""
+    """Backend selection, input checks and autocast shared by every fused block."""
 
     _unfused: type[nn.Module]
     _has_shortcut = True
-    _FUSED_ATTRS = ("requested_backend", "_last_backend", "_fold_cache", "_speed_key")
+    _FUSED_ATTRS = ("requested_backend", "_last_backend", "_speed_key")
 
     def __init__(self, *args, backend: str = "auto", **kwargs) -> None:
         """The unfused block's constructor and arguments, plus the keyword ``backend``."""
@@ -367,8 +326,12 @@ class _FusedMixin:
     def _init_fused(self, backend: str) -> None:
         self.requested_backend = backends.check_name(backend)
         self._last_backend: Optional[str] = None
-        self._fold_cache = _FoldCache()
         self._speed_key: Optional[str] = None
+
+    def __getstate__(self) -> dict:
+        # What past forwards found (where the original last ran, its signature in the speed
+        # tables) stays behind: a copy, pickled or deep-copied, finds it out afresh.
+        return {**self.__dict__, "_last_backend": None, "_speed_key": None}
 
     @classmethod
     def from_block(cls, block: nn.Module, backend: str = "auto"):
@@ -514,7 +477,7 @@ class _FusedPreAct(_FusedMixin):
             mean, var = ops.batch_stats(x, run.backend)
             scale, shift = _batch_norm_params(x, mean, var, bn, run)
         else:
-            scale, shift = self._fold_cache.scale_shift(bn, run.dtype)
+            scale, shift = _eval_scale_shift(bn, run.dtype)
         return _Act(x, scale, shift, relu=True)
 
     def _shortcut(self, x: Tensor, a0: _Act, run: _Run):

@@ -8,9 +8,14 @@ classes checked:
   the fused block never writes its input, and torchvision's in-place ReLUs act on
   intermediates only), hooks and instance forwards on the submodules it computes
   itself, at convert and at every forward;
+* caches and invalidation: BatchNorm folded into the conv weights at every forward
+  (a ``.data`` write bumps no version counter), nothing of past forwards in a pickle,
+  a deep copy or torch.save, and so a torch.jit.trace that reads the buffers at each call;
 """
 import copy
+import io
 import logging
+import warnings
 
 import pytest
 import torch
@@ -20,7 +25,11 @@ from torchvision.models.resnet import BasicBlock
 
 import fused_resnet
 from fused_resnet import FusedBasicBlock, convert
+from fused_resnet.blocks import FUSED_BLOCKS, FUSED_TWIN
 from fused_resnet.models import PreActBasicBlock
+
+from helpers import randomize_bn
+from test_blocks import BLOCKS
 
 
 def _x(*shape, seed=0):
@@ -106,3 +115,75 @@ def test_a_hooked_shortcut_runs_as_a_module():
     x = _x(2, 8, 6, 6)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), block(x))
+
+
+# ---------------------------------------------------------------- caches and invalidation
+
+
+def _data_writes(kind):
+    """(block, its fused twin in eval mode, writes to apply to both through ``.data``)."""
+    torch.manual_seed(0)
+    block = randomize_bn(BLOCKS[kind]()).eval()
+    fused = FUSED_TWIN[type(block)].from_block(copy.deepcopy(block)).eval()
+    writes = [
+        lambda b: b.conv1.weight.data.mul_(-2),
+        lambda b: b.bn1.running_mean.data.add_(1),
+        lambda b: b.bn2.weight.data.mul_(3),
+        lambda b: [m.running_var.data.mul_(4) for m in b.modules() if isinstance(m, nn.BatchNorm2d)],
+        lambda b: b.bn1.bias.data.sub_(1),
+        lambda b: b.conv2.weight.data.copy_(b.conv2.weight.flip(0)),
+    ]
+    return block, fused, writes
+
+
+@pytest.mark.parametrize("kind", ["basic", "bottleneck_s2_proj", "preact_basic", "preact_bottleneck_s2_proj"])
+def test_a_data_write_is_never_stale(kind):
+    """A ``.data`` write bumps no version counter (mean-teacher and EMA code update weights so)."""
+    block, fused, writes = _data_writes(kind)
+    x = _x(2, block.conv1.in_channels, 6, 6)
+    with torch.no_grad():
+        for i, write in enumerate(writes):
+            fused(x)
+            write(block), write(fused)
+            torch.testing.assert_close(fused(x), block(x), msg=lambda m: f"{kind}, after write {i}: {m}")
+
+
+def test_pickle_and_deepcopy_carry_no_state_of_past_forwards():
+    """torch.save of a converted model after an eval forward is the size it was before, and a
+    copy, saved or deep-copied, computes what the original does after both change."""
+    torch.manual_seed(0)
+    fused = convert(nn.Sequential(BLOCKS["bottleneck_s2_proj"](), BLOCKS["preact_bottleneck"]())).eval()
+    x = _x(2, 8, 6, 6)
+
+    def saved(m):
+        buf = io.BytesIO()
+        torch.save(m, buf)
+        return buf.getvalue()
+
+    before = len(saved(fused))
+    with torch.no_grad():
+        fused(x)
+    data = saved(fused)
+    assert len(data) == before
+    copies = [torch.load(io.BytesIO(data), weights_only=False), copy.deepcopy(fused)]
+    assert all(b._last_backend is None for b in copies[0].modules() if isinstance(b, FUSED_BLOCKS))
+    for m in copies + [fused]:
+        m[0].conv1.weight.data.mul_(-1)
+    with torch.no_grad():
+        for c in copies:
+            torch.testing.assert_close(c(x), fused(x))
+
+
+def test_jit_trace_under_no_grad_follows_the_running_statistics():
+    torch.manual_seed(0)
+    block = randomize_bn(BLOCKS["basic_s2_proj"]()).eval()
+    fused = convert(block)
+    x = _x(2, 8, 6, 6)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # jit.trace's deprecation and shape-to-Python warnings
+        traced = torch.jit.trace(fused, x)  # its sanity check runs the trace twice
+        torch.testing.assert_close(traced(x), block(x))
+        for m in (block, fused):
+            m.bn2.running_mean.add_(1)
+            m.downsample[1].running_var.mul_(2)
+        torch.testing.assert_close(traced(x), block(x))
