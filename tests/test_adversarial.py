@@ -187,3 +187,17 @@ def test_jit_trace_under_no_grad_follows_the_running_statistics():
             m.bn2.running_mean.add_(1)
             m.downsample[1].running_var.mul_(2)
         torch.testing.assert_close(traced(x), block(x))
+
+
+@pytest.mark.usefixtures("no_tf32", "no_autotune_on_tiny_shapes")
+def test_triton_sees_a_data_write_to_a_weight_it_reads_unfolded():
+    """A pre-activation block's last conv has no BatchNorm after it: its weight reaches the kernels as it is."""
+    torch.manual_seed(0)
+    block = randomize_bn(BLOCKS["preact_basic"]()).eval()
+    fused = FUSED_TWIN[type(block)].from_block(copy.deepcopy(block), backend="triton")
+    x = _x(1, 8, 5, 5)
+    with torch.no_grad():
+        fused(x)
+        for b in (block, fused):
+            b.conv2.weight.data.mul_(-1)
+        torch.testing.assert_close(fused(x), block(x), rtol=1e-4, atol=1e-4)

@@ -37,23 +37,3 @@ def test_eval_parity_at_57x57(kind):
     with torch.no_grad():
         _close(fused(x), block(x), f"{kind} 57x57 output", tol=1e-4)
 
-
-def test_inference_mode_converts_each_weight_once():
-    # Folded weights are cached as normal tensors even under inference_mode, so the triton
-    # backend's kernel-layout weights are cached too instead of converted at every call.
-    from fused_resnet.backends import triton as tb
-
-    torch.manual_seed(2)
-    block = randomize_bn(BLOCKS["bottleneck"]()).eval()
-    fused = FUSED_TWIN[type(block)].from_block(copy.deepcopy(block), backend="triton").eval()
-    x = _input(block, 1, 7, seed=3, channels_last=True)
-    tb.clear_weight_cache()
-    with torch.inference_mode():
-        first = fused(x)
-        cached = dict(tb._W_CACHE)
-        second = fused(x)
-    assert len(cached) == 3, list(cached)
-    assert tb._W_CACHE == cached
-    torch.testing.assert_close(second, first, rtol=0, atol=0)
-    with torch.no_grad():
-        _close(second, block(x), "output", tol=1e-4)

@@ -204,13 +204,16 @@ def test_nchw_and_channels_last_layouts():
         assert y.is_contiguous(memory_format=want)
 
 
-def test_weight_cache_sees_in_place_updates():
+def test_weight_updates_are_seen():
     args = list(make_inputs(1, 4, 5, 5, 4, 3, 1, 1, seed=8))
     y1, _, _ = _backend().conv(*args, False, False)
     with torch.no_grad():
-        args[1].mul_(2.0)  # bumps weight._version: the cached NHWC copy must not be reused
+        args[1].mul_(2.0)
     y2, _, _ = _backend().conv(*args, False, False)
-    assert_close_fp32(y2, 2 * y1, "y after weight update")
+    assert_close_fp32(y2, 2 * y1, "y after an in-place weight update")
+    args[1].data.mul_(2.0)  # bumps no version counter
+    y4, _, _ = _backend().conv(*args, False, False)
+    assert_close_fp32(y4, 4 * y1, "y after a weight update through .data")
 
 
 def test_autograd_through_op():

@@ -216,13 +216,16 @@ def test_deterministic_and_empty_batch():
     assert y.shape == (0, 10, 5, 5)
 
 
-def test_weight_cache_sees_in_place_updates():
+def test_weight_updates_are_seen():
     args = make_args(1, 4, 5, 5, 8, 1, 1, 0, 4, 9, 2, True, bias=False, relu=False, seed=8)
     y1 = _backend().conv_shortcut(*args)
     with torch.no_grad():
         args[1].mul_(2.0)
         args[6].mul_(2.0)
-    assert_close_fp32(_backend().conv_shortcut(*args), 2 * y1, "y after weight updates")
+    assert_close_fp32(_backend().conv_shortcut(*args), 2 * y1, "y after in-place weight updates")
+    args[1].data.mul_(2.0)  # bumps no version counter
+    args[6].data.mul_(2.0)
+    assert_close_fp32(_backend().conv_shortcut(*args), 4 * y1, "y after weight updates through .data")
 
 
 # ----------------------------------------------------------------------------- errors

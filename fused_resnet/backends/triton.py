@@ -3,7 +3,7 @@
 The kernels (``kernels/conv.py``) never allocate or validate; the launchers here
 do: they check every tensor (device, dtype, shape) and name the offending one,
 bring activations to dense NHWC (channels_last), convert weights to the
-[KH, KW, Cin/groups, Cout] layout the kernel reads (cached per weight version),
+[KH, KW, Cin/groups, Cout] layout the kernel reads (at every call),
 allocate outputs in the memory format ``_layout.output_format`` prescribes,
 pick a tile configuration (on a GPU, autotuned once per problem key and remembered
 on disk: ``triton_tuning``; one small fixed one under TRITON_INTERPRET=1) and launch.
@@ -28,8 +28,6 @@ import importlib
 import importlib.util
 import os
 import sys
-import weakref
-from collections import OrderedDict
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -156,48 +154,18 @@ def _nhwc(t: Tensor) -> Tensor:
     return t.contiguous(memory_format=torch.channels_last)
 
 
-# ----------------------------------------------------------------------------- weight cache
-
-_W_CACHE: "OrderedDict[tuple, tuple[weakref.ref, Tensor]]" = OrderedDict()
-_W_CACHE_MAX = 256
+# ----------------------------------------------------------------------------- weight layouts
 
 
 def _permuted_weight(weight: Tensor, dims: tuple[int, int, int, int]) -> Tensor:
-    """``weight.permute(dims)`` made dense, cached per (dims, data_ptr, _version).
-
-    A hit also requires the cached tensor object to be alive (so its memory, and
-    the address in the key, cannot have been reused); the cache is skipped while
-    torch.compile traces and for inference tensors, which have no version counter
-    to validate an entry.
-    """
-    def convert():
-        return weight.detach().permute(*dims).contiguous()
-
-    if torch.compiler.is_compiling() or weight.is_inference():
-        return convert()
-    key = (dims, weight.data_ptr(), weight._version, tuple(weight.shape), tuple(weight.stride()), weight.dtype,
-           weight.device)
-    hit = _W_CACHE.get(key)
-    if hit is not None and hit[0]() is weight:
-        _W_CACHE.move_to_end(key)
-        return hit[1]
-    w = convert()
-    _W_CACHE[key] = (weakref.ref(weight), w)
-    if len(_W_CACHE) > _W_CACHE_MAX:
-        for k in [k for k, (r, _) in _W_CACHE.items() if r() is None]:
-            del _W_CACHE[k]
-        while len(_W_CACHE) > _W_CACHE_MAX:
-            _W_CACHE.popitem(last=False)
-    return w
+    """``weight.permute(dims)`` made dense, at every call: no cache could tell a weight
+    written through ``.data`` (no version bump) from an unchanged one."""
+    return weight.detach().permute(*dims).contiguous()
 
 
 def _kernel_weight(weight: Tensor) -> Tensor:
     """[Cout, Cin/g, KH, KW] -> dense [KH, KW, Cin/g, Cout], the forward GEMM's B operand."""
     return _permuted_weight(weight, (2, 3, 1, 0))
-
-
-def clear_weight_cache() -> None:
-    _W_CACHE.clear()
 
 
 # ----------------------------------------------------------------------------- autotuning
