@@ -151,15 +151,26 @@ def _eval_scale_shift(bn: nn.Module, dtype: torch.dtype) -> tuple[Tensor, Tensor
 
 
 def _check_count(count: int, shape) -> None:
-    if count <= 1:
+    # As nn.BatchNorm2d: one value per channel has no variance; none (an empty batch) is served.
+    if count == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {shape}")
 
 
 def _batch_norm_params(y: Tensor, mean: Tensor, var: Tensor, bn: nn.BatchNorm2d, run: _Run):
-    """Per-channel (scale, shift) of a batch-statistics BatchNorm; updates its running statistics."""
+    """Per-channel (scale, shift) of a batch-statistics BatchNorm; updates its running statistics.
+
+    An empty batch, as in nn.BatchNorm2d, is counted in num_batches_tracked and leaves the
+    running statistics alone; its statistics (0/0) are replaced by 0 and 1, so that the
+    affine parameters' gradients are zeros, not NaN.
+    """
     count = y.numel() // y.shape[1]
     _check_count(count, y.shape)
-    if bn.training and bn.track_running_stats:
+    tracking = bn.training and bn.track_running_stats
+    if count == 0:
+        if tracking and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+        mean, var = torch.zeros_like(mean), torch.ones_like(var)
+    elif tracking:
         ops.bn_update_running(
             mean.detach(), var.detach(), count, bn.running_mean, bn.running_var,
             bn.num_batches_tracked, bn.momentum, run.backend,

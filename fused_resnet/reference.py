@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from ._layout import acc, empty_vec, like_layout
+from ._layout import acc, acc_dtype, empty_vec, like_layout
 
 _CHANNEL_DIMS = (0, 2, 3)
 
@@ -30,6 +30,9 @@ def prologue(x: Tensor, in_scale: Optional[Tensor], in_shift: Optional[Tensor]) 
 
 
 def _stats(y: Tensor) -> tuple[Tensor, Tensor]:
+    if y.numel() == 0:  # 0/0, as the other backends return it, without var_mean's warning
+        nan = torch.full((y.shape[1],), float("nan"), dtype=acc_dtype(y), device=y.device)
+        return nan, nan.clone()
     var, mean = torch.var_mean(acc(y), dim=_CHANNEL_DIMS, unbiased=False)
     return mean, var
 
@@ -119,7 +122,7 @@ def conv_output_grad(
       y = relu(z)                -> g_z = g_y * (y > 0)
     """
     g = acc(dy)
-    if stats:
+    if stats and y.numel():  # an empty batch has no rows to take the statistics' gradient
         m = y.numel() // y.shape[1]
         g = g + _per_channel(dmean) / m + _per_channel(dvar) * (2.0 / m) * (acc(y) - _per_channel(mean))
     if relu:

@@ -11,6 +11,8 @@ classes checked:
 * caches and invalidation: BatchNorm folded into the conv weights at every forward
   (a ``.data`` write bumps no version counter), nothing of past forwards in a pickle,
   a deep copy or torch.save, and so a torch.jit.trace that reads the buffers at each call;
+* empty batches: in training mode as nn.BatchNorm2d (an empty output, zero affine
+  gradients, running statistics untouched, the batch counted), on both CPU backends;
 """
 import copy
 import io
@@ -201,3 +203,30 @@ def test_triton_sees_a_data_write_to_a_weight_it_reads_unfolded():
         for b in (block, fused):
             b.conv2.weight.data.mul_(-1)
         torch.testing.assert_close(fused(x), block(x), rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- empty batches
+
+
+def _empty_batch_step(block, x):
+    x = x.clone().requires_grad_()
+    y = block(x)
+    y.sum().backward()
+    return y.detach(), x.grad, {n: p.grad for n, p in block.named_parameters()}
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("kind", ["basic_s2_proj", "bottleneck", "preact_bottleneck_s2_proj"])
+@pytest.mark.usefixtures("no_tf32", "no_autotune_on_tiny_shapes")
+def test_an_empty_batch_trains_like_torchvision(kind, backend):
+    """An empty output, zero parameter gradients, running statistics untouched, batches counted."""
+    torch.manual_seed(0)
+    block = randomize_bn(BLOCKS[kind]()).train()
+    fused = FUSED_TWIN[type(block)].from_block(copy.deepcopy(block), backend=backend)
+    x = _x(0, block.conv1.in_channels, 6, 6)
+    (ya, dxa, ga), (yb, dxb, gb) = _empty_batch_step(block, x), _empty_batch_step(fused, x)
+    assert yb.shape == ya.shape and dxb.shape == dxa.shape
+    for name in ga:
+        torch.testing.assert_close(gb[name], ga[name], msg=lambda m: f"grad of {name}: {m}")
+    for (name, a), (_, b) in zip(block.named_buffers(), fused.named_buffers()):
+        torch.testing.assert_close(b, a, msg=lambda m: f"buffer {name}: {m}")
