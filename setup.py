@@ -6,7 +6,10 @@ convolutions with the BN + ReLU prologue fused into CUTLASS mainloops).
 Metadata and dependencies live in pyproject.toml; this file adds the packages
 (``kernels/`` is installed as ``fused_resnet.kernels``) and the extension.
 
-    MAX_JOBS=2 pip install --no-build-isolation -e .     # or: pip install --no-build-isolation .
+    MAX_JOBS=2 pip install -v --no-build-isolation -e .     # or: pip install -v --no-build-isolation .
+
+pip shows this build's output only with -v. Object files are kept in build/ for every
+build, editable or not, so a build compiles only the sources changed since the last.
 
 Environment:
     FUSED_RESNET_SKIP_EXT=1   build no extension (pure-Python install: reference and triton backends)
@@ -21,6 +24,7 @@ import glob
 import importlib.util
 import os
 import shutil
+import sys
 
 from setuptools import setup
 
@@ -37,6 +41,13 @@ SOURCES = [
     "csrc/wgrad_reduce.cu",
     "csrc/cutlass_conv.cpp",
 ] + sorted(f"csrc/cutlass/{f}" for f in os.listdir(os.path.join(ROOT, "csrc", "cutlass")) if f.endswith(".cu"))
+# Not compiled, but a change to any of them (or to torch) must rebuild _C.
+HEADERS = sorted(glob.glob("csrc/**/*.h", root_dir=ROOT, recursive=True)
+                 + glob.glob("csrc/**/*.cuh", root_dir=ROOT, recursive=True))
+# The object files of every build, editable or not, so that ninja compiles again only the sources
+# changed since the last build (an editable install would otherwise compile in a fresh temporary
+# directory each time).
+OBJECT_DIR = os.path.join("build", f"temp-_C-{sys.implementation.cache_tag}")
 PACKAGES = ["fused_resnet", "fused_resnet.backends", "fused_resnet.models", "fused_resnet.kernels"]
 PACKAGE_DIR = {"fused_resnet": "fused_resnet", "fused_resnet.kernels": "kernels"}
 
@@ -103,6 +114,23 @@ def resolve_cuda_home() -> None:
             return
 
 
+def _build_ext_class(base, plan: str):
+    """torch's BuildExtension compiling into OBJECT_DIR and saying what it compiles (``plan``)."""
+
+    class BuildExt(base):
+        def initialize_options(self):
+            super().initialize_options()
+            self.build_temp = os.path.join(ROOT, OBJECT_DIR)
+
+        def build_extensions(self):
+            say(f"building the CUDA extension fused_resnet._C: {plan}. ninja compiles the sources changed since "
+                f"the last build (their objects are kept in {OBJECT_DIR}): every source, once per architecture, "
+                "the first time, which takes minutes (pip -v shows ninja's [done/total] lines)")
+            super().build_extensions()
+
+    return BuildExt
+
+
 def extension_build():
     """(ext_modules, cmdclass) for setup(), or ([], {}) with the reason printed."""
     if os.environ.get("FUSED_RESNET_SKIP_EXT", "0") not in ("", "0"):
@@ -162,14 +190,12 @@ def extension_build():
         # first time an error message formats a number.
         libraries=[":libstdc++.so.6"],
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+        depends=HEADERS + [os.path.join(os.path.dirname(torch.__file__), "version.py")],
     )
-    say(
-        f"building the CUDA extension fused_resnet._C from {len(SOURCES)} sources with {nvcc} "
-        f"(CUDA {torch.version.cuda} torch {torch.__version__}), CUTLASS headers {cutlass_dir}, "
-        f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')!r}, "
-        f"MAX_JOBS={os.environ.get('MAX_JOBS', '(ninja default)')}"
-    )
-    build_ext = cpp_extension.BuildExtension.with_options(use_ninja=True)
+    plan = (f"{len(SOURCES)} sources with {nvcc} (CUDA {torch.version.cuda}, torch {torch.__version__}), "
+            f"CUTLASS headers {cutlass_dir}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')!r}, "
+            f"MAX_JOBS={os.environ.get('MAX_JOBS', '(ninja default)')}")
+    build_ext = _build_ext_class(cpp_extension.BuildExtension.with_options(use_ninja=True), plan)
     return [ext], {"build_ext": build_ext}
 
 
