@@ -104,8 +104,11 @@ def progress(msg: str, enabled: bool = True) -> None:
 
 
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A plain-text table; the first column left-aligned, the others right-aligned."""
-    body = [[_cell(v) for v in row] for row in rows]
+    """A plain-text table; the first column left-aligned, the others right-aligned. The
+    numbers of a column share one format (``column_format``)."""
+    rows = [list(r) for r in rows]
+    formats = [column_format([r[i] for r in rows if i < len(r)]) for i in range(len(headers))]
+    body = [[_cell(v, f) for v, f in zip(row, formats)] for row in rows]
     widths = [len(h) for h in headers]
     for row in body:
         for i, v in enumerate(row):
@@ -119,19 +122,22 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(out)
 
 
-def _cell(v: Any) -> str:
+def column_format(values: Sequence[Any]) -> str:
+    """One format for every float of a table column: ``.2e`` when one of them is below 1e-2
+    or from 1e5 up, else ``.1f`` when one is from 100 up, else ``.2f``."""
+    mags = [abs(v) for v in values if isinstance(v, float) and math.isfinite(v) and v != 0]
+    if any(m < 1e-2 or m >= 1e5 for m in mags):
+        return ".2e"
+    return ".1f" if any(m >= 100 for m in mags) else ".2f"
+
+
+def _cell(v: Any, fmt: str) -> str:
     if v is None:
         return "-"
     if isinstance(v, bool):
         return "ok" if v else "FAIL"
     if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if v == 0:
-            return "0"
-        if abs(v) >= 1e5 or abs(v) < 1e-2:
-            return f"{v:.2e}"
-        return f"{v:.4g}" if abs(v) < 100 else f"{v:.1f}"
+        return "nan" if math.isnan(v) else format(v, fmt)
     return str(v)
 
 
@@ -596,17 +602,19 @@ def bench_model(name: str, *, mode: str = "infer", variants: Sequence[str] = ("e
 
 
 def results_table(rows: Sequence[dict]) -> str:
+    """The rows of ``bench_model`` as a table; a failed run reads FAILED there, its error in full below."""
     headers = ["model", "mode", "variant", "backend", "batch", "dtype", "median ms", "img/s",
                "x eager", "peak GB"]
-    body = []
+    body, errors = [], []
     for r in rows:
         if r.get("error"):
-            body.append([r["model"], r["mode"], r["variant"], r.get("backend") or "-", r["batch"], r["dtype"],
-                         "FAILED", (r["error"].splitlines() or [""])[0][:60], None, None])
+            body.append([r["model"], r["mode"], r["variant"], r.get("requested_backend") or "-", r["batch"],
+                         r["dtype"], "FAILED", None, None, None])
+            errors.append(f"{r['variant']} FAILED: {(r['error'].splitlines() or [''])[0]}")
             continue
         body.append([r["model"], r["mode"], r["variant"], r.get("backend"), r["batch"], r["dtype"],
                      r.get("median_ms"), r.get("img_per_s"), r.get("speedup_vs_eager"), r.get("peak_GB")])
-    return format_table(headers, body)
+    return "\n".join([format_table(headers, body)] + errors)
 
 
 # ---------------------------------------------------------------- floors and ceilings

@@ -169,7 +169,29 @@ def test_format_table():
     text = B.format_table(["a", "bb"], [["x", 1.5], ["yy", None], ["z", True]])
     lines = text.splitlines()
     assert len(lines) == 5 and lines[0].split() == ["a", "bb"]
-    assert lines[3].split() == ["yy", "-"] and lines[4].split() == ["z", "ok"]
+    assert lines[2].split() == ["x", "1.50"] and lines[3].split() == ["yy", "-"] and lines[4].split() == ["z", "ok"]
+
+
+@pytest.mark.parametrize("values, fmt", [([80.8, 56.97], ".2f"), ([1.0, 0.7349], ".2f"), ([21480.3, 13.0], ".1f"),
+                                         ([0.0, 3e-7, 1.5], ".2e"), ([2e5, 1.0], ".2e"), ([None, 3, "x"], ".2f")])
+def test_column_format(values, fmt):
+    assert B.column_format(values) == fmt
+
+
+def _decimals(cell: str) -> int:
+    return len(cell.split(".")[1]) if "." in cell else 0
+
+
+def test_results_table_one_format_per_column():
+    """Every number of a column has as many decimals as the others (was 80.8 beside 56.97, 1 beside 0.7349)."""
+    rows = [dict(model="m", mode="infer", variant=v, batch=2, dtype="fp32", backend=b, median_ms=ms, img_per_s=ips,
+                 speedup_vs_eager=x, peak_GB=None)
+            for v, b, ms, ips, x in [("eager", "torch", 80.8, 24.75, 1.0), ("fused", "reference", 56.97, 35.1, 0.7349)]]
+    lines = B.results_table(rows).splitlines()
+    cells = [line.split() for line in lines[2:]]
+    for col in (6, 7, 8):
+        assert len({_decimals(c[col]) for c in cells}) == 1, lines
+    assert cells[0][6:9] == ["80.80", "24.75", "1.00"] and cells[1][6:9] == ["56.97", "35.10", "0.73"], lines
 
 
 def test_flops_and_weight_bytes():
