@@ -440,17 +440,14 @@ def train(config: TrainConfig, out: str, resume: bool = False, quiet: bool = Fal
     return summary
 
 
-def draw_curves(out: str, rows: list[dict], title: str) -> Optional[str]:
-    """``out/curves.png``, or None (and a line on stderr) without matplotlib."""
+def draw_curves(out: str, rows: list[dict], title: str) -> None:
+    """``out/curves.png``; without matplotlib, a line on stderr instead."""
     from . import train_plots
 
-    path = os.path.join(out, "curves.png")
     try:
-        train_plots.curves(rows, path, title)
+        train_plots.curves(rows, os.path.join(out, "curves.png"), title)
     except ImportError as e:
         print(f"curves.png not drawn: {e}", file=sys.stderr)
-        return None
-    return path
 
 
 def compare(config: TrainConfig, out: str, against: str = "eager", resume: bool = False,
