@@ -1,6 +1,6 @@
-"""``python -m fused_resnet`` {info, check, bench}: see ``fused_resnet.cli``."""
+"""python -m fused_resnet {info, check, bench}: see fused_resnet.cli."""
 import sys
 
 from .cli import main
 
-sys.exit(main())
+sys.exit(main(prog="python -m fused_resnet"))

@@ -276,6 +276,32 @@ def build_model(spec: ModelSpec | str, seed: int = 0) -> nn.Module:
     return torchvision.models.get_model(spec.name, weights=None)
 
 
+def fusable_blocks(spec: ModelSpec) -> int:
+    """How many blocks ``convert`` fuses in the model, counted on the meta device (no memory,
+    no compute); ValueError when there is none."""
+    import fused_resnet
+
+    with torch.device("meta"):
+        blocks = len(fused_blocks(fused_resnet.convert(build_model(spec), backend="auto")))
+    if not blocks:
+        raise ValueError(f"{spec.name} has no block that fused-resnet fuses (torchvision's BasicBlock and "
+                         "Bottleneck, pre-activation and CIFAR blocks)")
+    return blocks
+
+
+def check_step(spec: ModelSpec, *, batch: int, image_size: int, train: bool) -> None:
+    """One step of the plain model on the meta device: ValueError when it cannot take a batch
+    of ``batch`` images of ``image_size`` pixels (BatchNorm needs 2 values per channel to train)."""
+    with torch.device("meta"):
+        model = build_model(spec).train(train)
+        try:
+            model(torch.empty(batch, 3, image_size, image_size))
+        except Exception as e:
+            mode = "training" if train else "inference"
+            raise ValueError(f"{spec.name} cannot run a {mode} step on a batch of {batch} "
+                             f"{image_size}x{image_size} images: {e}") from None
+
+
 def perturb_batchnorm(model: nn.Module, seed: int = 1) -> nn.Module:
     """Draw BatchNorm affine parameters and running statistics away from (1, 0, 0, 1).
 

@@ -75,11 +75,12 @@ def test_info_json(no_interpret, capsys):
 def test_check_cifar_resnet20_train(no_interpret, capsys, tmp_path):
     from fused_resnet.cli import main
 
-    path = tmp_path / "check.json"
-    rc = main(["check", "--model", "cifar_resnet20", "--train", "-q", "--json", str(path)])
+    path, chart = tmp_path / "check.json", tmp_path / "check.svg"
+    rc = main(["check", "--model", "cifar_resnet20", "--train", "-q", "--json", str(path), "--plot", str(chart)])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "PASS" in out
+    assert chart.read_text().lstrip().startswith("<?xml") and "replay.dx" in chart.read_text()
     for key in ("layer1.0", "layer3.2", "logits", "input", "param.grad", "replay.dx", "running_var"):
         assert key in out, key
     d = json.loads(path.read_text())
@@ -252,12 +253,186 @@ def test_parity_catches_small_errors(monkeypatch, op, where):
     assert expected <= failed, (failed, B.parity_table(r))
 
 
-def test_cli_main_in_process_errors(capsys):
+# ---------------------------------------------------------------- arguments, output files, help, info
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if a benchmark or a parity check starts."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the work started although an argument was refused")
+
+    monkeypatch.setattr(B, "bench_model", refuse)
+    monkeypatch.setattr(B, "run_parity", refuse)
+
+
+BAD_ARGUMENTS = [
+    # (arguments, what the error must say: the argument, what was given, what is allowed)
+    (["bench", "--backend", "cudaa"], ["argument --backend", "'cudaa'", "auto, reference, triton, cuda"]),
+    (["bench", "--backend", "reference,cudaa"], ["argument --backend", "'reference,cudaa'", "comma-separated"]),
+    (["bench", "--batch", "0"], ["argument --batch", "'0'", "a positive integer"]),
+    (["bench", "--batch", "-3"], ["argument --batch", "'-3'", "a positive integer"]),
+    (["check", "--batch", "two"], ["argument --batch", "'two'", "a positive integer"]),
+    (["bench", "--image-size", "0"], ["argument --image-size", "'0'", "a positive integer"]),
+    (["bench", "--steps", "0"], ["argument --steps", "'0'", "a positive integer"]),
+    (["bench", "--warmup", "-1"], ["argument --warmup", "'-1'", "a non-negative integer"]),
+    (["bench", "--seed", "-1"], ["argument --seed", "'-1'", "an integer from 0 to"]),
+    (["bench", "--device", "gpu"], ["argument --device", "'gpu'", "auto, cpu, cuda or cuda:N"]),
+    (["bench", "--device", "cuda:99"], ["argument --device", "'cuda:99'", "visible CUDA GPU"]),
+    (["bench", "--model", "resnet51"], ["argument --model", "'resnet51'", "cifar_resnet<depth>"]),
+    (["check", "--model", "alexnet"], ["argument --model", "alexnet", "BasicBlock and Bottleneck"]),
+    (["bench", "--model", "cifar_resnet21"], ["argument --model", "got 21", "6n+2"]),
+    (["bench", "--model", "cifar_resnet20", "--image-size", "64"], ["argument --image-size", "got 64", "32x32"]),
+    (["bench", "--train", "--batch", "1", "--image-size", "32"],
+     ["arguments --batch/--image-size", "a batch of 1 32x32 images", "more than 1 value per channel"]),
+    (["bench", "--compile-mode", "max-autotune"], ["argument --compile-mode", "'max-autotune'", "--compile only"]),
+    (["bench", "--compile", "--compile-mode", "fast"], ["argument --compile-mode", "'fast'", "reduce-overhead"]),
+    (["check", "--dtype", "bf16", "--rtol", "1e-3"], ["--rtol", "bf16", "--lowp-atol"]),
+    (["check", "--lowp-atol", "0.1"], ["argument --lowp-atol", "fp32", "fp16/bf16 only"]),
+    (["check", "--atol", "-1"], ["argument --atol", "'-1'", "a non-negative number"]),
+    (["bench", "--plot", "chart.txt"], ["argument --plot", "'chart.txt'", ".png"]),
+]
+
+
+@pytest.mark.parametrize("argv, says", BAD_ARGUMENTS, ids=[" ".join(a) for a, _ in BAD_ARGUMENTS])
+def test_arguments_are_refused_before_any_work(no_interpret, no_work, capsys, argv, says):
     from fused_resnet.cli import main
 
-    assert main(["check", "--model", "not_a_model", "-q"]) == 2
-    assert "unknown model" in capsys.readouterr().err
-    assert main(["bench", "--model", "resnet51", "-q"]) == 2
-    assert "unknown model" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["bench", "--train", "--infer"])
+    assert main([*argv, "-q"]) == 2
+    err = capsys.readouterr().err
+    for s in says:
+        assert s in err, (s, err)
+    assert err.startswith(f"usage: fused-resnet {argv[0]}"), err
+
+
+def test_output_paths_are_refused_before_any_work(no_interpret, no_work, capsys, tmp_path):
+    from fused_resnet.cli import main
+
+    assert main(["bench", "--json", str(tmp_path)]) == 2
+    assert "argument --json: expected a file path, got the directory" in capsys.readouterr().err
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    assert main(["check", "--json", str(blocked / "report.json")]) == 2
+    assert "argument --json" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU serves these backends")
+@pytest.mark.parametrize("backend, why", [("cuda", "no CUDA GPU is visible"), ("triton", "TRITON_INTERPRET=1")])
+def test_unusable_backend_is_refused_with_its_reason(no_interpret, no_work, capsys, backend, why):
+    from fused_resnet.cli import main
+
+    assert main(["bench", "--backend", backend]) == 2
+    err = capsys.readouterr().err
+    assert f"argument --backend: '{backend}' cannot run fp32 on cpu" in err and why in err, err
+
+
+def test_plot_without_matplotlib_names_the_package(no_interpret, no_work, monkeypatch, capsys):
+    from fused_resnet.cli import main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    assert main(["bench", "--plot", "chart.png"]) == 2
+    err = capsys.readouterr().err
+    assert "argument --plot: charts need the matplotlib package" in err and "pip install matplotlib" in err, err
+
+
+def _break_reference_conv(monkeypatch, make_wrong):
+    from fused_resnet import backends
+
+    ref = backends.BACKENDS["reference"]
+    monkeypatch.setattr(ref, "conv", make_wrong(ref.conv))
+
+
+def test_failed_bench_keeps_the_earlier_result(no_interpret, monkeypatch, capsys, tmp_path):
+    """A run with a failed variant exits 1, writes NAME.failed.json and .failed.png, and shows the
+    whole error under the table; the earlier result files stay as they were."""
+    from fused_resnet.cli import failed_path, main
+
+    def raising(conv):
+        def wrong(*args, **kwargs):
+            raise RuntimeError("the reference conv is broken on purpose, with a message longer than sixty characters")
+        return wrong
+
+    _break_reference_conv(monkeypatch, raising)
+    path, chart = tmp_path / "bench.json", tmp_path / "bench.png"
+    path.write_text("earlier")
+    chart.write_text("earlier")
+    rc = main(["bench", "--model", "cifar_resnet20", "--steps", "1", "--warmup", "0", "-q", "--json", str(path),
+               "--plot", str(chart)])
+    out = capsys.readouterr().out
+    assert rc == 1, out
+    assert path.read_text() == "earlier" and chart.read_text() == "earlier"
+    rows = {r["variant"]: r for r in json.loads(open(failed_path(str(path))).read())["results"]}
+    assert "broken on purpose" in rows["fused"]["error"] and "error" not in rows["eager"]
+    assert open(failed_path(str(chart)), "rb").read(4) == b"\x89PNG"
+    assert "fused FAILED: RuntimeError: the reference conv is broken on purpose, with a message longer than sixty " \
+           "characters" in out, out
+    assert f"the run failed: wrote its results to {failed_path(str(path))}; {path} is left as it was" in out
+
+
+def test_failed_check_keeps_the_earlier_report(no_interpret, monkeypatch, capsys, tmp_path):
+    from fused_resnet.cli import failed_path, main
+
+    def off_by_a_percent(conv):
+        def wrong(*args, **kwargs):
+            out = list(conv(*args, **kwargs))
+            out[0] = out[0] * 1.01
+            return tuple(out)
+        return wrong
+
+    _break_reference_conv(monkeypatch, off_by_a_percent)
+    path = tmp_path / "check.json"
+    path.write_text("earlier")
+    assert main(["check", "--model", "cifar_resnet20", "-q", "--json", str(path)]) == 1
+    assert "FAIL:" in capsys.readouterr().out
+    assert path.read_text() == "earlier"
+    assert json.loads(open(failed_path(str(path))).read())["ok"] is False
+
+
+def test_quiet_bench_prints_nothing_on_stderr_and_draws_its_chart(no_interpret, capsys, tmp_path, monkeypatch):
+    from fused_resnet.cli import main
+
+    monkeypatch.delenv("FUSED_RESNET_QUIET", raising=False)
+    chart = tmp_path / "bench.png"
+    rc = main(["bench", "--model", "cifar_resnet20", "--steps", "1", "--warmup", "0", "-q",
+               "--json", str(tmp_path / "bench.json"), "--plot", str(chart)])
+    out, err = capsys.readouterr()
+    assert rc == 0, out + err
+    assert err == ""
+    assert chart.read_bytes()[:4] == b"\x89PNG" and f"wrote {chart}" in out
+    assert "FUSED_RESNET_QUIET" not in os.environ  # -q sets it for its own run only
+
+
+def test_help_is_plain_text_with_the_program_name(capsys):
+    from fused_resnet.cli import main
+
+    p = run_cli("--help")
+    assert p.returncode == 0 and p.stdout.startswith("usage: python -m fused_resnet "), _show(p)
+    texts = [p.stdout]
+    for command in ("info", "check", "bench"):
+        assert main([command, "--help"]) == 0
+        texts.append(capsys.readouterr().out)
+        assert texts[-1].startswith(f"usage: fused-resnet {command}"), texts[-1]
+    for text in texts:
+        assert "``" not in text, text
+
+
+def test_info_prints_what_it_knows_before_probing(no_interpret, monkeypatch, capsys):
+    """Versions, the extension and the backends are out before the (on a GPU, slow) probe of the
+    auto backend starts, and the probe says on stderr what it is doing before it runs."""
+    from fused_resnet import cli
+
+    seen = []
+
+    def probe(device, dtype):
+        seen.append(capsys.readouterr())
+        return "reference", None
+
+    monkeypatch.setattr(cli, "_probe_auto", probe)
+    assert cli.main(["info"]) == 0
+    before = seen[0]
+    for key in ("torch", "torchvision", "_C extension", "backends:", "reference"):
+        assert key in before.out, before.out
+    assert "auto backend" not in before.out
+    assert "[fused-resnet] info: running one ResNet-50 bottleneck with backend='auto'" in before.err, before.err
+    assert "auto backend (" in capsys.readouterr().out
