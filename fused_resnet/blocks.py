@@ -140,14 +140,62 @@ def _vec_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _eval_scale_shift(bn: nn.Module, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    # Few ops (addcmul: shift = bias - mean*scale in one): eval blocks fold at every forward.
+class _EvalBN(NamedTuple):
+    """A running-statistics BatchNorm's vectors in the per-channel dtype (gamma, beta may be None)."""
+    mean: Tensor
+    var: Tensor
+    gamma: Optional[Tensor]
+    beta: Optional[Tensor]
+    eps: float
+
+
+def _eval_bn_vectors(bn: nn.Module, dtype: torch.dtype) -> _EvalBN:
+    """bn's vectors as _vec_dtype(dtype): as they are when they have it, else upcast together
+    (two launches, not one per vector: folding runs at every forward)."""
     v = _vec_dtype(dtype)
-    invstd = torch.rsqrt(bn.running_var.to(v) + bn.eps)
-    scale = invstd * bn.weight.to(v) if bn.weight is not None else invstd
-    mean = bn.running_mean.to(v)
-    shift = torch.addcmul(bn.bias.to(v), mean, scale, value=-1) if bn.bias is not None else -mean * scale
-    return scale, shift
+    vecs = [t for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias) if t is not None]
+    if any(t.dtype != v for t in vecs):
+        vecs = list(torch.stack(vecs).to(v).unbind())
+    mean, var = vecs[0].detach(), vecs[1].detach()  # buffers: stacked with gamma, they would record
+    gamma = vecs[2] if bn.weight is not None else None
+    beta = vecs[-1] if bn.bias is not None else None
+    return _EvalBN(mean, var, gamma, beta, bn.eps)
+
+
+def _eval_bn(t: Tensor, s: _EvalBN, mean: Tensor, beta: Optional[Tensor]) -> Tensor:
+    """(t - mean) * gamma / sqrt(var + eps) + beta per channel (dim 1 of t) in one eval-mode
+    batch-norm kernel, differentiable in t, gamma and beta. Folding runs at every forward (no
+    cache could tell a weight written through ``.data`` from an unchanged one): each folded
+    tensor costs one launch."""
+    return torch.nn.functional.batch_norm(t, mean, s.var, s.gamma, beta, False, 0.0, s.eps)
+
+
+# Constant [1, n] tensors the folds read as an input or a mean, made once per value, size,
+# dtype and device (never written). Not cached while a CUDA graph is captured (its fill
+# would only run at replay) or traced by torch.compile.
+_CONSTANTS: dict[tuple, Tensor] = {}
+
+
+def _constant(value: float, n: int, like: Tensor) -> Tensor:
+    def make():
+        return torch.full((1, n), value, dtype=like.dtype, device=like.device)
+    if torch.compiler.is_compiling() or (like.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return make()
+    key = (value, n, like.dtype, like.device)
+    if key not in _CONSTANTS:
+        with torch.inference_mode(False):  # usable where autograd records too
+            _CONSTANTS[key] = make()
+    return _CONSTANTS[key]
+
+
+def _eval_scale_shift(bn: nn.Module, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """A running-statistics BatchNorm as per-channel (scale, shift): scale = gamma*invstd (the BN
+    of ones around mean 0), shift = beta - mean*scale (the BN of zeros)."""
+    s = _eval_bn_vectors(bn, dtype)
+    n = s.var.shape[0]
+    scale = _eval_bn(_constant(1.0, n, s.var), s, _constant(0.0, n, s.var).view(n), None)
+    shift = _eval_bn(_constant(0.0, n, s.var), s, s.mean, s.beta)
+    return scale.view(n), shift.view(n)
 
 
 def _check_count(count: int, shape) -> None:
@@ -197,11 +245,14 @@ def _conv_args(conv: nn.Conv2d) -> tuple:
 
 
 def _fold(conv: nn.Conv2d, bn: nn.Module, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    # bn(conv(x) + b) = scale * conv(x) + (scale * b + shift) = conv_{W*scale}(x) + bias'
-    scale, shift = _eval_scale_shift(bn, dtype)
-    weight = (conv.weight.to(scale.dtype) * scale.view(-1, 1, 1, 1)).to(dtype)
-    bias = shift if conv.bias is None else torch.addcmul(shift, scale, conv.bias.to(scale.dtype))
-    return weight, bias
+    # bn(conv(x) + b) = conv_{W*scale}(x) + (b - mean)*scale + beta, scale = gamma*invstd: W*scale
+    # is the eval BN of W (output channels on dim 1) around mean 0, the bias the eval BN of b.
+    s = _eval_bn_vectors(bn, dtype)
+    k = conv.weight.shape[0]
+    weight = _eval_bn(conv.weight.reshape(1, k, -1), s, _constant(0.0, k, s.var).view(k), None)
+    b = conv.bias.to(s.var.dtype).view(1, k) if conv.bias is not None else _constant(0.0, k, s.var)
+    bias = _eval_bn(b, s, s.mean, s.beta).view(k)
+    return weight.view_as(conv.weight).to(dtype), bias
 
 
 def _prologue_input(a: _Act, run: _Run) -> _Act:
