@@ -37,7 +37,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from . import backends
+from . import backends, reference
 from ._layout import acc, acc_dtype, conv_out_hw, empty_like_layout, empty_vec
 
 _NS = "fused_resnet"
@@ -263,20 +263,27 @@ def _shortcut_grads(ctx, g, sc_x, sc_weight, sc_in_scale, sc_in_shift, sc_stride
 
 
 def _option_a_grads(need, g, sc_x, sc_in_scale, sc_in_shift, sc_stride):
-    # S = pad(a[:, :, ::s, ::s]), a = relu(u), u = x*scale + shift: da is the slice of g
-    # that the kept channels landed in, scattered back to the kept positions; then
-    # du = da * (u > 0), dx = du*scale, dscale = sum(du*x), dshift = sum(du).
+    # S = pad(a[:, :, ::s, ::s]), a = relu(u), u = x*scale + shift: only the kept positions
+    # get a gradient, gk, the slice of g their channels landed in; there du = relu_grad(gk, u),
+    # dx = du*scale, dscale = sum(du*x), dshift = sum(du). The sums skip the other positions:
+    # their zero gradient is structural, and 0*x would be NaN at an inf x.
+    s = sc_stride
     front = (g.shape[1] - sc_x.shape[1]) // 2
-    da = torch.zeros(sc_x.shape, dtype=acc_dtype(g), device=g.device)
-    da[:, :, ::sc_stride, ::sc_stride] = acc(g[:, front:front + sc_x.shape[1]])
+    gk = acc(g[:, front:front + sc_x.shape[1]])
+    dx = torch.zeros(sc_x.shape, dtype=gk.dtype, device=g.device) if need[0] else None
     if sc_in_scale is None:
-        return (da.to(sc_x.dtype) if need[0] else None), None, None, None
-    x = acc(sc_x)
-    du = da * (x * sc_in_scale.view(1, -1, 1, 1) + sc_in_shift.view(1, -1, 1, 1) > 0)
+        if need[0]:
+            dx[:, :, ::s, ::s] = gk
+        return (dx.to(sc_x.dtype) if need[0] else None), None, None, None
+    scale, shift = sc_in_scale.view(1, -1, 1, 1), sc_in_shift.view(1, -1, 1, 1)
+    xk = acc(sc_x[:, :, ::s, ::s])
+    du = reference.relu_grad(gk, xk * scale + shift)
+    if need[0]:
+        dx[:, :, ::s, ::s] = du * scale
     dims = (0, 2, 3)
     return (
-        (du * sc_in_scale.view(1, -1, 1, 1)).to(sc_x.dtype) if need[0] else None, None,
-        (du * x).sum(dims) if need[2] else None, du.sum(dims) if need[3] else None,
+        dx.to(sc_x.dtype) if need[0] else None, None,
+        (du * xk).sum(dims) if need[2] else None, du.sum(dims) if need[3] else None,
     )
 
 

@@ -29,12 +29,20 @@ def prologue(x: Tensor, in_scale: Optional[Tensor], in_shift: Optional[Tensor]) 
     return torch.relu(u).to(x.dtype)
 
 
+def relu_grad(g: Tensor, v: Tensor) -> Tensor:
+    """g through a ReLU whose input (or output) is v, by torch's rule: zero where v <= 0, g
+    elsewhere, a NaN v included (g * (v > 0) would also turn a NaN g into NaN where v <= 0)."""
+    return torch.where(v <= 0, 0.0, g)
+
+
 def _stats(y: Tensor) -> tuple[Tensor, Tensor]:
     if y.numel() == 0:  # 0/0, as the other backends return it, without var_mean's warning
         nan = torch.full((y.shape[1],), float("nan"), dtype=acc_dtype(y), device=y.device)
         return nan, nan.clone()
-    var, mean = torch.var_mean(acc(y), dim=_CHANNEL_DIMS, unbiased=False)
-    return mean, var
+    # mean as sum/M, not var_mean's running update: a channel holding an inf has mean inf (and
+    # var NaN), as nn.BatchNorm2d computes them, where the running update turns inf - inf to NaN.
+    a = acc(y)
+    return a.mean(dim=_CHANNEL_DIMS), a.var(dim=_CHANNEL_DIMS, unbiased=False)
 
 
 def conv(
@@ -126,7 +134,7 @@ def conv_output_grad(
         m = y.numel() // y.shape[1]
         g = g + _per_channel(dmean) / m + _per_channel(dvar) * (2.0 / m) * (acc(y) - _per_channel(mean))
     if relu:
-        g = g * (y > 0)
+        g = relu_grad(g, y)
     return g
 
 
@@ -155,7 +163,7 @@ def conv_backward_from_output_grad(
     if in_scale is None:
         dx = like_layout(da, x) if need_x else empty_vec(x)
     elif need_x or need_scale or need_shift:
-        gu = acc(da) * (acc(x) * _per_channel(in_scale) + _per_channel(in_shift) > 0)
+        gu = relu_grad(acc(da), acc(x) * _per_channel(in_scale) + _per_channel(in_shift))
         dx = like_layout((gu * _per_channel(in_scale)).to(x.dtype), x) if need_x else empty_vec(x)
         dscale = (gu * acc(x)).sum(_CHANNEL_DIMS) if need_scale else empty_vec(x)
         dshift = gu.sum(_CHANNEL_DIMS) if need_shift else empty_vec(x)
@@ -250,7 +258,7 @@ def bn_act_backward(
     """
     g = acc(dout)
     if relu:
-        g = g * (out > 0)
+        g = relu_grad(g, out)
     need_y, need_scale, need_shift, need_res, need_rscale, need_rshift = output_mask
     dy = like_layout((g * _per_channel(scale)).to(y.dtype), y) if need_y else empty_vec(y)
     dscale = (g * acc(y)).sum(_CHANNEL_DIMS) if need_scale else empty_vec(y)

@@ -1,6 +1,6 @@
 """Helpers shared by the Triton kernel modules (``conv.py``, ``conv_backward.py``):
 interpreter detection, autotuning-candidate clamping, the sm_90 AOT compile check, and
-the device functions both call (``bn_relu``, ``dot``).
+the device functions they call (``relu``, ``relu_passes``, ``bn_relu``, ``dot``).
 
 No kernels here. Installed, this is ``fused_resnet.kernels._common``; in a plain source
 checkout the backend loads it by file path (``fused_resnet/backends/triton.py``).
@@ -19,11 +19,24 @@ def interpreting() -> bool:
 
 
 @triton.jit
+def relu(x):
+    """max(x, 0) keeping NaN, as torch.relu does (tl.maximum's default returns 0 for a NaN,
+    which would hide a diverging activation behind finite outputs)."""
+    return tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def relu_passes(v):
+    """Where ReLU's gradient passes, by torch's rule (zero where v <= 0): a NaN passes it."""
+    return (v > 0) | (v != v)
+
+
+@triton.jit
 def bn_relu(a, sc, sf, mask):
     """The prologue on a loaded operand tile: relu(a*scale + shift) per column, computed in
     fp32 and rounded once to a's dtype; zero where ``mask`` is off, so padding is applied
     after the transform (relu(0*s + t) = relu(t) is not zero)."""
-    u = tl.maximum(a.to(tl.float32) * sc[None, :] + sf[None, :], 0.0).to(a.dtype)
+    u = relu(a.to(tl.float32) * sc[None, :] + sf[None, :]).to(a.dtype)
     return tl.where(mask, u, tl.zeros_like(u))
 
 

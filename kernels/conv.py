@@ -67,7 +67,7 @@ except ImportError:  # loaded by file path from a plain checkout (fused_resnet/b
 
     _common = _load_kernel_module("_common")
 compile_specialization, interpreting = _common.compile_specialization, _common.interpreting
-bn_relu, dot = _common.bn_relu, _common.dot
+bn_relu, dot, relu = _common.bn_relu, _common.dot, _common.relu
 
 
 # ----------------------------------------------------------------------------- conv
@@ -197,7 +197,7 @@ def conv_fwd_kernel(
         r = tl.load(res_ptr + y_off, mask=mask, other=0.0)
         acc += r.to(tl.float32)
     if RELU:
-        acc = tl.maximum(acc, 0.0)
+        acc = relu(acc)
     y = acc.to(y_ptr.dtype.element_ty)
     tl.store(y_ptr + y_off, y, mask=mask)
     if STATS:
@@ -406,7 +406,7 @@ def bn_act_kernel(
             r = r * rs + rt
         z += r
     if RELU:
-        z = tl.maximum(z, 0.0)
+        z = relu(z)
     tl.store(out_ptr + off, z.to(out_ptr.dtype.element_ty), mask=mask)
 
 

@@ -10,7 +10,7 @@ repeatable for a given configuration.
 The gradient at the convolution's output (contract: reference.conv_backward)
     g = dy + ga[c] + gb[c]*(y - mean[c])    (STATS; ga = dmean/M, gb = 2 dvar/M, from
                                              dmean, dvar and INV_M = 1/M in the load)
-    g = g * (y > 0)                         (RELU)
+    g = g * (y > 0)                         (RELU; where y is NaN, g passes, as in torch)
 is never materialised for the GEMMs: it is recomputed in fp32 in the operand
 load of both GEMMs that consume it (``_load_g``), then rounded to the
 activation dtype for the tensor cores, exactly as the reference rounds it
@@ -82,7 +82,7 @@ except ImportError:  # loaded by file path from a plain checkout (fused_resnet/b
 
     _common = _load_kernel_module("_common")
 compile_specialization, interpreting = _common.compile_specialization, _common.interpreting
-bn_relu, dot = _common.bn_relu, _common.dot
+bn_relu, dot, relu_passes = _common.bn_relu, _common.dot, _common.relu_passes
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -98,7 +98,7 @@ def _load_g(dy_ptr, y_ptr, off, mask, ga, gb, mu, STATS: tl.constexpr, RELU: tl.
         if STATS:
             g = g + ga[None, :] + gb[None, :] * (yv - mu[None, :])
         if RELU:
-            g = tl.where(yv > 0, g, 0.0)
+            g = tl.where(relu_passes(yv), g, 0.0)
     return tl.where(mask, g, 0.0)
 
 
@@ -212,7 +212,7 @@ def conv_dgrad_kernel(
         sc = tl.load(scale_ptr + col, mask=n_ok, other=0.0)
         sf = tl.load(shift_ptr + col, mask=n_ok, other=0.0)
         u = xv * sc[None, :] + sf[None, :]
-        gu = tl.where(mask & (u > 0), acc, 0.0)
+        gu = tl.where(mask & relu_passes(u), acc, 0.0)
         if NEED_DX:
             tl.store(dx_ptr + x_off, (gu * sc[None, :]).to(dx_ptr.dtype.element_ty), mask=mask)
         if NEED_PSUM:
@@ -355,7 +355,7 @@ def bn_act_bwd_kernel(
         gv = tl.load(dout_ptr + off, mask=mask, other=0.0).to(tl.float32)
         if RELU:
             o = tl.load(out_ptr + off, mask=mask, other=0.0)
-            gv = tl.where(o > 0, gv, 0.0)
+            gv = tl.where(relu_passes(o), gv, 0.0)
         if NEED_Y:
             sc = tl.load(scale_ptr + ch, mask=ch_ok, other=0.0)
             tl.store(dy_ptr + off, (gv * sc[None, :]).to(dy_ptr.dtype.element_ty), mask=mask)
@@ -388,7 +388,7 @@ def bn_act_bwd_kernel(
             gv = tl.load(dout_ptr + off, mask=mask, other=0.0).to(tl.float32)
             if RELU:
                 o = tl.load(out_ptr + off, mask=mask, other=0.0)
-                gv = tl.where(o > 0, gv, 0.0)
+                gv = tl.where(relu_passes(o), gv, 0.0)
             if NEED_Y:
                 tl.store(dy_ptr + off, (gv * sc[:, None]).to(dy_ptr.dtype.element_ty), mask=mask)
             if NEED_RES:

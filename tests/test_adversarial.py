@@ -13,6 +13,9 @@ classes checked:
   a deep copy or torch.save, and so a torch.jit.trace that reads the buffers at each call;
 * empty batches: in training mode as nn.BatchNorm2d (an empty output, zero affine
   gradients, running statistics untouched, the batch counted), on both CPU backends;
+* NaN and inf: ReLU keeps NaN (the triton kernels' max dropped it) and passes the gradient
+  at a NaN as torch's does; batch statistics of an inf are inf/NaN as nn.BatchNorm2d's; the
+  triton ops in fp32 and whole blocks on both CPU backends, outputs, gradients and buffers;
 """
 import copy
 import io
@@ -23,15 +26,17 @@ import pytest
 import torch
 import torch.nn.utils.prune
 from torch import nn
+from torch.nn import functional as F
 from torchvision.models.resnet import BasicBlock
 
 import fused_resnet
-from fused_resnet import FusedBasicBlock, convert
+from fused_resnet import FusedBasicBlock, backends, convert, reference
 from fused_resnet.blocks import FUSED_BLOCKS, FUSED_TWIN
 from fused_resnet.models import PreActBasicBlock
 
 from helpers import randomize_bn
 from test_blocks import BLOCKS
+from test_triton_conv import make_inputs
 
 
 def _x(*shape, seed=0):
@@ -208,7 +213,8 @@ def test_triton_sees_a_data_write_to_a_weight_it_reads_unfolded():
 # ---------------------------------------------------------------- empty batches
 
 
-def _empty_batch_step(block, x):
+def _step(block, x):
+    """(output, input gradient, parameter gradients) of one backward of the output's sum."""
     x = x.clone().requires_grad_()
     y = block(x)
     y.sum().backward()
@@ -224,9 +230,66 @@ def test_an_empty_batch_trains_like_torchvision(kind, backend):
     block = randomize_bn(BLOCKS[kind]()).train()
     fused = FUSED_TWIN[type(block)].from_block(copy.deepcopy(block), backend=backend)
     x = _x(0, block.conv1.in_channels, 6, 6)
-    (ya, dxa, ga), (yb, dxb, gb) = _empty_batch_step(block, x), _empty_batch_step(fused, x)
+    (ya, dxa, ga), (yb, dxb, gb) = _step(block, x), _step(fused, x)
     assert yb.shape == ya.shape and dxb.shape == dxa.shape
     for name in ga:
         torch.testing.assert_close(gb[name], ga[name], msg=lambda m: f"grad of {name}: {m}")
     for (name, a), (_, b) in zip(block.named_buffers(), fused.named_buffers()):
         torch.testing.assert_close(b, a, msg=lambda m: f"buffer {name}: {m}")
+
+
+# ---------------------------------------------------------------- NaN and inf
+
+
+def _poison(t):
+    """``t`` with a NaN, a +inf and a -inf (a diverging activation)."""
+    t = t.clone()
+    t[0, 0, 1, 1], t[0, -1, 2, 3], t[-1, 1, 0, 0] = float("nan"), float("inf"), float("-inf")
+    return t
+
+
+def _assert_same_non_finite(got, want, name):
+    for what, test in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
+        same = torch.equal(test(got), test(want))
+        assert same, f"{name}: {what} at {test(got).sum().item()} places, expected at {test(want).sum().item()}"
+
+
+@pytest.mark.usefixtures("no_tf32", "no_autotune_on_tiny_shapes")
+def test_triton_ops_keep_nan_and_inf_where_torch_does():
+    """conv (prologue, residual, ReLU, statistics), conv_shortcut and bn_act in fp32 against the
+    reference, itself checked against plain PyTorch."""
+    x, w, b, sc, sf, r, stride, pad, dil, groups = make_inputs(2, 4, 5, 5, 6, 3, 1, 1, pro=True, bias=True, res=True)
+    x, r = _poison(x), _poison(r)
+    args = (x, w, b, sc, sf, r, stride, pad, dil, groups, True, True)
+    y, mean, var = backends.get("triton").conv(*args)
+    yr, mr, vr = reference.conv(*args)
+    plain = torch.relu(F.conv2d(torch.relu(x * sc.view(1, -1, 1, 1) + sf.view(1, -1, 1, 1)), w, b, 1, 1) + r)
+    _assert_same_non_finite(yr, plain, "reference conv y")
+    for name, got, want in (("y", y, yr), ("mean", mean, mr), ("var", var, vr)):
+        _assert_same_non_finite(got, want, f"triton conv {name}")
+    sc_x = _poison(_x(2, 6, 5, 5, seed=3))
+    ys = backends.get("triton").conv_shortcut(x, w, b, sc, sf, sc_x, None, None, None, 1, stride, pad, dil, 1, True)
+    _assert_same_non_finite(ys, reference.conv_shortcut(x, w, b, sc, sf, sc_x, None, None, None, 1, stride, pad, dil,
+                                                        1, True), "triton conv_shortcut y")
+    yb = backends.get("triton").bn_act(x, sc, sf, x, None, None, True)
+    _assert_same_non_finite(yb, reference.bn_act(x, sc, sf, x, None, None, True), "triton bn_act out")
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("kind", ["basic_s2_proj", "preact_basic", "preact_optionA"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.usefixtures("no_tf32", "no_autotune_on_tiny_shapes")
+def test_a_block_keeps_nan_and_inf_where_torchvision_does(kind, mode, backend):
+    """Output, input and parameter gradients and running statistics: NaN and inf at the same places."""
+    torch.manual_seed(0)
+    block = randomize_bn(BLOCKS[kind]()).train(mode == "train")
+    fused = FUSED_TWIN[type(block)].from_block(copy.deepcopy(block), backend=backend)
+    x = _poison(_x(2, block.conv1.in_channels, 6, 6))
+    (ya, dxa, ga), (yb, dxb, gb) = (_step(m, x) for m in (block, fused))
+    _assert_same_non_finite(yb, ya, "output")
+    _assert_same_non_finite(dxb, dxa, "input gradient")
+    for name in ga:
+        _assert_same_non_finite(gb[name], ga[name], f"gradient of {name}")
+    for (name, a), (_, b) in zip(block.named_buffers(), fused.named_buffers()):
+        _assert_same_non_finite(b, a, f"buffer {name}")
+
