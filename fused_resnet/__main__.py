@@ -1,4 +1,4 @@
-"""python -m fused_resnet {info, check, bench}: see fused_resnet.cli."""
+"""python -m fused_resnet {info, check, bench, train, experiment}: see fused_resnet.cli."""
 import sys
 
 from .cli import main

@@ -1,8 +1,11 @@
-"""Command line: fused-resnet (or python -m fused_resnet) with the commands info, check and bench.
+"""Command line: fused-resnet (or python -m fused_resnet) with the commands info, check, bench,
+train and experiment.
 
-  info    versions, GPU, the compiled extension, each backend and what "auto" picks
-  check   torchvision model vs its converted twin: block outputs, logits, gradients
-  bench   images/s of torchvision eager vs fused (and torch.compile of both)
+  info        versions, GPU, the compiled extension, each backend and what "auto" picks
+  check       torchvision model vs its converted twin: block outputs, logits, gradients
+  bench       images/s of torchvision eager vs fused (and torch.compile of both)
+  train       a CIFAR ResNet trained end to end (fused_resnet.train)
+  experiment  the residual-network experiments, each a set of train runs (fused_resnet.experiments)
 
 Every argument is checked before any work starts; an argument that cannot be served
 ends the command at once (exit code 2) with a message naming it, what was given and
@@ -25,7 +28,8 @@ import tempfile
 from typing import Callable, Optional, Sequence
 
 DESCRIPTION = ("Fused ResNet blocks: what runs here (info), parity of a converted model against torchvision "
-               "(check), and its speed against torchvision (bench).")
+               "(check), its speed against torchvision (bench), and CIFAR ResNets trained end to end (train, "
+               "experiment).")
 MODEL_HELP = ("a torchvision.models builder name (resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2, ...) "
               "or cifar_resnet<depth> (cifar_resnet20, cifar_resnet56, cifar_resnet56_v2, cifar_resnet20_B, ...)")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -512,16 +516,43 @@ def _add_bench(sub) -> None:
     s.set_defaults(func=cmd_bench, parser=s)
 
 
+def _training_command(command: Callable) -> Callable:
+    """``command`` (fused_resnet.train's or .experiments'), its option errors reported as usage errors."""
+    def run(args, command_line: str) -> int:
+        from .train import OptionError
+
+        try:
+            return command(args)
+        except OptionError as e:
+            raise UsageError(str(e)) from None
+
+    return run
+
+
+def _add_training(sub) -> None:
+    from . import experiments, train
+
+    s = sub.add_parser("train", help="train a CIFAR ResNet (the paper's recipe by default)",
+                       description=train.__doc__.split("\n\n")[0])
+    train.add_arguments(s)
+    s.set_defaults(func=_training_command(train.command), parser=s)
+    s = sub.add_parser("experiment", help="the residual-network experiments: " + ", ".join(experiments.EXPERIMENTS),
+                       description=experiments.__doc__.split("\n\n")[0])
+    experiments.add_arguments(s)
+    s.set_defaults(func=_training_command(experiments.command), parser=s)
+
+
 def build_parser(prog: str = "fused-resnet") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
     p.add_argument("-v", "--verbose-log", action="store_true", help="log backend choices (logging INFO)")
-    sub = p.add_subparsers(dest="command", metavar="{info,check,bench}")
+    sub = p.add_subparsers(dest="command", metavar="{info,check,bench,train,experiment}")
     sub.required = True
     s = sub.add_parser("info", help="versions, GPU, extension, backends and the auto choice")
     s.add_argument("--json", action="store_true", help="print JSON instead of text")
     s.set_defaults(func=cmd_info, parser=s)
     _add_check(sub)
     _add_bench(sub)
+    _add_training(sub)
     return p
 
 
