@@ -327,3 +327,16 @@ def test_bad_experiment_arguments(argv, words, tmp_path, capsys):
     assert code == 2
     for w in words:
         assert w in err, (w, err)
+
+
+def test_readme_train_commands_parse():
+    """The command lines of README.md's Train section are ones the parser accepts."""
+    import shlex
+    from pathlib import Path
+
+    section = (Path(__file__).resolve().parent.parent / "README.md").read_text().split("## Train\n", 1)[1]
+    commands = [block.split("```", 1)[0].strip() for block in section.split("## ", 1)[0].split("```bash\n")[1:]]
+    assert [c.split()[1] for c in commands] == ["train", "experiment"]
+    for c in commands:
+        args = cli.build_parser().parse_args(shlex.split(c)[1:])
+        assert args.dataset == "cifar10"
