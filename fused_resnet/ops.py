@@ -4,7 +4,9 @@ Every fused kernel of every backend is reached through one of these ops, so
 torch.compile and CUDA graphs see opaque, well-described nodes. Each op takes
 the backend name as its last argument and runs that backend's implementation;
 each has a fake implementation (shapes, dtypes, strides only) and the
-differentiable ones an autograd formula that is itself made of ops.
+differentiable ones an autograd formula that is itself made of ops. The
+gradient ops (``*_backward``) are differentiated again (a second derivative)
+on the reference backend, and raise, naming the op, on the others.
 
 Dtype contract: activations, weights and residuals share the activation dtype;
 bias, scale, shift and statistics are fp32 per-channel vectors. Outputs a
@@ -109,6 +111,45 @@ def _register_autograd(op, backward, setup_context, materialize_grads: bool = Tr
     _LIB.impl(op._opname, kernel, "Autograd")
 
 
+def _register_gradient_op(op) -> None:
+    """The Autograd kernel of ``op``, an op that computes a gradient: what a second
+    derivative (a gradient taken with ``create_graph=True``, then differentiated) meets.
+
+    Where the backend runs the reference implementation, that implementation runs here in
+    the op's place, so autograd records its differentiable PyTorch ops. Elsewhere the op
+    runs below autograd and its outputs carry a node that raises, naming the op, when a
+    second derivative reaches it; first-order gradients under create_graph=True still work.
+    """
+    name = op._opname
+    ref_fn = getattr(reference, name)
+
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"fused_resnet::{name} on the {ctx.backend} backend has no double backward: second derivatives "
+            "through fused blocks are computed on the reference backend only; take them on the unconverted "
+            "model (fused_resnet.revert(model)) or convert with backend='reference'"
+        )
+
+    def forward(ctx, *args):
+        ctx.backend = args[-1]
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+
+    fn = type(f"{name}_autograd", (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "backward": staticmethod(backward),
+    })
+
+    def kernel(*args):
+        if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
+            if getattr(_impl(args[-1]), name) is ref_fn:
+                return ref_fn(*args[:-1])
+            return fn.apply(*args)
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+
+    _LIB.impl(name, kernel, "Autograd")
+
+
 def _vec(n: int, ref: Tensor) -> Tensor:
     return torch.empty(n, dtype=acc_dtype(ref), device=ref.device)
 
@@ -164,6 +205,9 @@ def _conv_backward_fake(dy, dmean, dvar, x, weight, y, mean, in_scale, in_shift,
         _vec(cin, x) if need_shift else empty_vec(x),
         empty_like_layout(x, y.shape) if need_res else empty_vec(x),
     )
+
+
+_register_gradient_op(conv_backward)
 
 
 def _conv_setup(ctx, inputs, output):
@@ -326,6 +370,9 @@ def _batch_stats_backward_fake(dmean, dvar, x, mean, backend):
     return empty_like_layout(x, x.shape)
 
 
+_register_gradient_op(batch_stats_backward)
+
+
 # ---------------------------------------------------------------- BatchNorm finalize
 
 
@@ -377,6 +424,9 @@ def _bn_finalize_backward_fake(dscale, dshift, dinvstd, mean, weight, scale, inv
             torch.empty_like(mean) if weight is not None else empty_vec(mean))
 
 
+_register_gradient_op(bn_finalize_backward)
+
+
 @_op(mutates_args=("running_mean", "running_var", "num_batches_tracked"))
 def bn_update_running(
     mean: Tensor, var: Tensor, count: int, running_mean: Tensor, running_var: Tensor,
@@ -426,6 +476,9 @@ def _bn_act_backward_fake(dout, out, y, scale, residual, res_scale, relu, output
         _vec(c, y) if need_rscale else empty_vec(y),
         _vec(c, y) if need_rshift else empty_vec(y),
     )
+
+
+_register_gradient_op(bn_act_backward)
 
 
 def _bn_act_setup(ctx, inputs, output):

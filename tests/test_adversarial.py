@@ -16,6 +16,9 @@ classes checked:
 * NaN and inf: ReLU keeps NaN (the triton kernels' max dropped it) and passes the gradient
   at a NaN as torch's does; batch statistics of an inf are inf/NaN as nn.BatchNorm2d's; the
   triton ops in fp32 and whole blocks on both CPU backends, outputs, gradients and buffers;
+* second derivatives: on the reference backend as torchvision's (fp64, without autograd's
+  deprecated fallback for ops without a derivative); elsewhere an error naming the op when a
+  second derivative is taken, while first-order gradients under create_graph=True work;
 """
 import copy
 import io
@@ -293,3 +296,46 @@ def test_a_block_keeps_nan_and_inf_where_torchvision_does(kind, mode, backend):
     for (name, a), (_, b) in zip(block.named_buffers(), fused.named_buffers()):
         _assert_same_non_finite(b, a, f"buffer {name}")
 
+# ---------------------------------------------------------------- second derivatives
+
+
+def _grad_of_grad_norm(block, x):
+    """d/d(x, params) of |d sum(block(x)^2) / dx|^2: a gradient penalty's double backward."""
+    x = x.clone().requires_grad_()
+    params = list(block.parameters())
+    (gx,) = torch.autograd.grad(block(x).square().sum(), x, create_graph=True)
+    return torch.autograd.grad(gx.square().sum(), [x] + params, allow_unused=True)
+
+
+@pytest.mark.parametrize("kind", ["basic_s2_proj", "preact_bottleneck_s2_proj", "basic_optionA"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_reference_double_backward_equals_torchvision(kind, mode):
+    """fp64, with no warning: the deprecated autograd fallback for ops without a derivative warns."""
+    torch.manual_seed(0)
+    block = randomize_bn(BLOCKS[kind]()).double().train(mode == "train")
+    fused = FUSED_TWIN[type(block)].from_block(copy.deepcopy(block), backend="reference")
+    x = _x(2, block.conv1.in_channels, 6, 6).double()
+    want = _grad_of_grad_norm(block, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = _grad_of_grad_norm(fused, x)
+    names = ["x"] + [n for n, _ in block.named_parameters()]
+    for name, a, b in zip(names, want, got):
+        if a is None:
+            assert b is None or not b.any(), f"{name}: a second derivative where torchvision has none"
+            continue
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9, msg=lambda m: f"d/d{name}: {m}")
+
+
+@pytest.mark.usefixtures("no_tf32", "no_autotune_on_tiny_shapes")
+def test_triton_double_backward_raises_and_first_order_with_create_graph_works():
+    torch.manual_seed(0)
+    block = randomize_bn(BLOCKS["basic_s2_proj"]()).train()
+    fused = FUSED_TWIN[type(block)].from_block(copy.deepcopy(block), backend="triton")
+    x = _x(2, 8, 6, 6).requires_grad_()
+    (gx,) = torch.autograd.grad(fused(x).square().sum(), x, create_graph=True)
+    (want,) = torch.autograd.grad(block(x).square().sum(), x)
+    torch.testing.assert_close(gx, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(RuntimeError, match=r"fused_resnet::\w+ on the triton backend has no double backward.*"
+                                           r"fused_resnet.revert\(model\)"):
+        gx.square().sum().backward()
