@@ -355,7 +355,7 @@ def load_checkpoint(out: str, device: torch.device = torch.device("cpu")) -> Opt
     path = os.path.join(out, CHECKPOINT)
     if not os.path.isfile(path):
         return None
-    return torch.load(path, map_location=device, weights_only=False)
+    return torch.load(path, map_location=device, weights_only=True)
 
 
 def write_log(out: str, rows: list[dict]) -> None:
