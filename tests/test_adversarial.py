@@ -19,6 +19,8 @@ classes checked:
 * second derivatives: on the reference backend as torchvision's (fp64, without autograd's
   deprecated fallback for ops without a derivative); elsewhere an error naming the op when a
   second derivative is taken, while first-order gradients under create_graph=True work;
+* what a backend's mode cannot compute: bf16 under the Triton interpreter, refused by
+  ``supports`` (so "auto" passes over it) and by every triton op;
 """
 import copy
 import io
@@ -339,3 +341,19 @@ def test_triton_double_backward_raises_and_first_order_with_create_graph_works()
     with pytest.raises(RuntimeError, match=r"fused_resnet::\w+ on the triton backend has no double backward.*"
                                            r"fused_resnet.revert\(model\)"):
         gx.square().sum().backward()
+
+
+# ---------------------------------------------------------------- what a backend's mode cannot compute
+
+
+def test_triton_refuses_bfloat16_under_the_interpreter():
+    """The interpreter's bf16 products are garbage (|out| ~1e10 for 4): refused, with the reason."""
+    triton_backend = backends.get("triton")
+    ok, reason = triton_backend.supports(torch.device("cpu"), torch.bfloat16)
+    assert not ok and "TRITON_INTERPRET=1" in reason
+    block = FusedBasicBlock(8, 8, backend="triton").bfloat16()
+    with pytest.raises(RuntimeError, match="backend 'triton' cannot run a torch.bfloat16 input on cpu: .*interpreter"):
+        block(_x(1, 8, 4, 4).bfloat16())
+    x, w = _x(1, 4, 5, 5).bfloat16(), _x(4, 4, 3, 3).bfloat16()
+    with pytest.raises(TypeError, match="triton backend: x is bfloat16, which the Triton interpreter"):
+        triton_backend.conv(x, w, None, None, None, None, [1, 1], [1, 1], [1, 1], 1, False, False)

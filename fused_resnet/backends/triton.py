@@ -123,6 +123,10 @@ def _check_vec(name: str, t: Optional[Tensor], n: int, device: torch.device) -> 
     return t.contiguous()
 
 
+_INTERPRETER_BF16 = ("the Triton interpreter (TRITON_INTERPRET=1) computes wrongly (its bf16 products are "
+                     "garbage); run bf16 on a GPU without TRITON_INTERPRET, or use float32/float16")
+
+
 def _check_activation(name: str, t: Tensor) -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"triton backend: {name} must be a tensor, got {type(t).__name__}")
@@ -130,6 +134,8 @@ def _check_activation(name: str, t: Tensor) -> None:
         raise ValueError(f"triton backend: {name} must be 4-D (N, C, H, W), got shape {list(t.shape)}")
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"triton backend: {name} has dtype {t.dtype}; supported are float32, float16, bfloat16")
+    if t.dtype == torch.bfloat16 and _interpreting():
+        raise TypeError(f"triton backend: {name} is bfloat16, which {_INTERPRETER_BF16}")
     if t.device.type == "cpu" and not _interpreting():
         raise RuntimeError(f"triton backend: {name} is on the CPU, which runs only under TRITON_INTERPRET=1")
     if t.device.type not in ("cpu", "cuda"):
@@ -982,6 +988,8 @@ class TritonBackend(Backend):
     def supports(self, device: torch.device, dtype: torch.dtype) -> tuple[bool, str]:
         if dtype not in FLOAT_DTYPES:
             return False, f"dtype {dtype} is not one of fp32/fp16/bf16"
+        if dtype == torch.bfloat16 and _interpreting():
+            return False, f"bfloat16 is a dtype {_INTERPRETER_BF16}"
         if device.type == "cpu" and not _interpreting():
             return False, "CPU tensors run only under TRITON_INTERPRET=1"
         if device.type not in ("cpu", "cuda"):
