@@ -472,6 +472,8 @@ class _FusedMixin:
         return x.to(dtype), _Run(backend, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x, torch.fx.Proxy):
+            return self._fx_leaf(x)
         reason = unsupported_reason(self)
         if reason:  # changed since it was fused
             return self._unfused_forward(x, reason)
@@ -483,6 +485,17 @@ class _FusedMixin:
         # The fused ops compute in the dtype chosen here; autocast must not recast their operands.
         with torch.autocast(x.device.type, enabled=False):
             return self._fused_forward(x, run)
+
+    def _fx_leaf(self, x: "torch.fx.Proxy") -> "torch.fx.Proxy":
+        """Under torch.fx symbolic tracing, one call_module node: the fused forward reads
+        shapes, dtypes and devices, which a Proxy does not have."""
+        path = x.tracer.path_of_module(self)
+        if not path:  # the root: a node calling itself would recurse
+            raise TypeError(
+                f"{type(self).__name__}: torch.fx traces a fused block as a leaf module, so it cannot trace one on "
+                "its own; trace a model that contains it, or fused_resnet.revert(block) and trace that"
+            )
+        return x.tracer.create_proxy("call_module", path, (x,), {})
 
     def _unfused_forward(self, x: Tensor, reason: str) -> Tensor:
         """The unfused twin's forward, under backend "auto" (logged once per reason); a named

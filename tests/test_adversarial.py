@@ -21,6 +21,8 @@ classes checked:
   second derivative is taken, while first-order gradients under create_graph=True work;
 * what a backend's mode cannot compute: bf16 under the Triton interpreter, refused by
   ``supports`` (so "auto" passes over it) and by every triton op;
+* transforms: torch.fx symbolic tracing (fused blocks are leaf modules; a block traced on
+  its own is refused), torch.jit.trace (above);
 """
 import copy
 import io
@@ -357,3 +359,24 @@ def test_triton_refuses_bfloat16_under_the_interpreter():
     x, w = _x(1, 4, 5, 5).bfloat16(), _x(4, 4, 3, 3).bfloat16()
     with pytest.raises(TypeError, match="triton backend: x is bfloat16, which the Triton interpreter"):
         triton_backend.conv(x, w, None, None, None, None, [1, 1], [1, 1], [1, 1], 1, False, False)
+
+
+# ---------------------------------------------------------------- transforms
+
+
+def test_fx_symbolic_trace_keeps_fused_blocks_as_leaf_modules():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), BLOCKS["basic_s2_proj"](), nn.Flatten()).eval()
+    fused = convert(model)
+    traced = torch.fx.symbolic_trace(fused)
+    calls = [n.target for n in traced.graph.nodes if n.op == "call_module"]
+    assert calls == ["0", "1", "2"]
+    assert isinstance(traced.get_submodule("1"), FUSED_BLOCKS)
+    x = _x(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), model(x))
+
+
+def test_fx_symbolic_trace_of_a_fused_block_itself_is_refused():
+    with pytest.raises(TypeError, match="FusedBasicBlock: torch.fx traces a fused block as a leaf module.*revert"):
+        torch.fx.symbolic_trace(FusedBasicBlock(8, 8))
