@@ -486,6 +486,14 @@ class _FusedMixin:
         with torch.autocast(x.device.type, enabled=False):
             return self._fused_forward(x, run)
 
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every submodule before compiling it.
+        raise TypeError(
+            f"{type(self).__name__}: TorchScript cannot compile a fused block (its forward picks a backend and "
+            "calls the fused ops from Python); use torch.jit.trace, torch.export or torch.compile on the converted "
+            "model, or script the unconverted one (fused_resnet.revert(model))"
+        )
+
     def _fx_leaf(self, x: "torch.fx.Proxy") -> "torch.fx.Proxy":
         """Under torch.fx symbolic tracing, one call_module node: the fused forward reads
         shapes, dtypes and devices, which a Proxy does not have."""

@@ -11,8 +11,8 @@ classes checked:
 * caches and invalidation: BatchNorm folded into the conv weights at every forward
   (a ``.data`` write bumps no version counter), nothing of past forwards in a pickle,
   a deep copy or torch.save, and so a torch.jit.trace that reads the buffers at each call;
-* empty batches: in training mode as nn.BatchNorm2d (an empty output, zero affine
-  gradients, running statistics untouched, the batch counted), on both CPU backends;
+* empty batches: as nn.BatchNorm2d (an empty output, zero affine gradients, running
+  statistics untouched, the batch counted in training), on both CPU backends;
 * NaN and inf: ReLU keeps NaN (the triton kernels' max dropped it) and passes the gradient
   at a NaN as torch's does; batch statistics of an inf are inf/NaN as nn.BatchNorm2d's; the
   triton ops in fp32 and whole blocks on both CPU backends, outputs, gradients and buffers;
@@ -22,7 +22,11 @@ classes checked:
 * what a backend's mode cannot compute: bf16 under the Triton interpreter, refused by
   ``supports`` (so "auto" passes over it) and by every triton op;
 * transforms: torch.fx symbolic tracing (fused blocks are leaf modules; a block traced on
-  its own is refused), torch.jit.trace (above);
+  its own is refused), torch.jit.trace (above), torch.export in eval and training mode,
+  torch.jit.script (refused, with what to use). Checked by hand, not tested here:
+  torch.compile (tests/test_compile.py), vmap (eval runs through PyTorch's per-sample
+  fallback; training raises on the running-statistics update, as torchvision's does),
+  torch.func.grad (raises: PyTorch's autograd.Function needs setup_context for it).
 """
 import copy
 import io
@@ -229,12 +233,13 @@ def _step(block, x):
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
-@pytest.mark.parametrize("kind", ["basic_s2_proj", "bottleneck", "preact_bottleneck_s2_proj"])
+@pytest.mark.parametrize("kind", ["basic_s2_proj", "bottleneck", "preact_optionA"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.usefixtures("no_tf32", "no_autotune_on_tiny_shapes")
-def test_an_empty_batch_trains_like_torchvision(kind, backend):
-    """An empty output, zero parameter gradients, running statistics untouched, batches counted."""
+def test_an_empty_batch_behaves_like_torchvision(mode, kind, backend):
+    """An empty output, zero parameter gradients, running statistics untouched, batches counted in training."""
     torch.manual_seed(0)
-    block = randomize_bn(BLOCKS[kind]()).train()
+    block = randomize_bn(BLOCKS[kind]()).train(mode == "train")
     fused = FUSED_TWIN[type(block)].from_block(copy.deepcopy(block), backend=backend)
     x = _x(0, block.conv1.in_channels, 6, 6)
     (ya, dxa, ga), (yb, dxb, gb) = _step(block, x), _step(fused, x)
@@ -380,3 +385,23 @@ def test_fx_symbolic_trace_keeps_fused_blocks_as_leaf_modules():
 def test_fx_symbolic_trace_of_a_fused_block_itself_is_refused():
     with pytest.raises(TypeError, match="FusedBasicBlock: torch.fx traces a fused block as a leaf module.*revert"):
         torch.fx.symbolic_trace(FusedBasicBlock(8, 8))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_torch_export_computes_and_updates_what_torchvision_does(mode):
+    torch.manual_seed(0)
+    block = randomize_bn(BLOCKS["basic_s2_proj"]()).train(mode == "train")
+    fused = convert(block)
+    x = _x(2, 8, 6, 6)
+    exported = [torch.export.export(m, (x,)).module() for m in (block, fused)]  # in the mode exported
+    with torch.no_grad():
+        torch.testing.assert_close(exported[1](x), exported[0](x))
+    assert exported[1].bn1.num_batches_tracked.item() == (mode == "train")
+    for (name, a), (_, b) in zip(exported[0].named_buffers(), exported[1].named_buffers()):
+        torch.testing.assert_close(b, a, msg=lambda m: f"buffer {name}: {m}")
+
+
+def test_torch_jit_script_is_refused_with_what_to_use():
+    with warnings.catch_warnings(), pytest.raises(TypeError, match="FusedBasicBlock: TorchScript cannot compile"):
+        warnings.simplefilter("ignore")  # script's deprecation
+        torch.jit.script(convert(nn.Sequential(BasicBlock(8, 8))))
