@@ -40,8 +40,8 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.models.resnet import BasicBlock
 
-import fused_resnet
 from fused_resnet import FusedBasicBlock, backends, convert, reference
+from fused_resnet import blocks
 from fused_resnet.blocks import FUSED_BLOCKS, FUSED_TWIN
 from fused_resnet.models import PreActBasicBlock
 
@@ -105,6 +105,7 @@ def test_a_hooked_submodule_is_refused():
 
 
 def test_a_block_changed_after_convert_runs_unfused_under_auto(caplog):
+    blocks._logged_unfused.clear()
     block = BasicBlock(8, 8).eval()
     fused = convert(block)
     for b in (block, fused):
@@ -253,6 +254,10 @@ def test_an_empty_batch_behaves_like_torchvision(mode, kind, backend):
 # ---------------------------------------------------------------- NaN and inf
 
 
+# The interpreter computes with numpy, which warns of each NaN it makes.
+_NUMPY_NAN_WARNINGS = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+
+
 def _poison(t):
     """``t`` with a NaN, a +inf and a -inf (a diverging activation)."""
     t = t.clone()
@@ -266,6 +271,7 @@ def _assert_same_non_finite(got, want, name):
         assert same, f"{name}: {what} at {test(got).sum().item()} places, expected at {test(want).sum().item()}"
 
 
+@_NUMPY_NAN_WARNINGS
 @pytest.mark.usefixtures("no_tf32", "no_autotune_on_tiny_shapes")
 def test_triton_ops_keep_nan_and_inf_where_torch_does():
     """conv (prologue, residual, ReLU, statistics), conv_shortcut and bn_act in fp32 against the
@@ -290,6 +296,7 @@ def test_triton_ops_keep_nan_and_inf_where_torch_does():
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 @pytest.mark.parametrize("kind", ["basic_s2_proj", "preact_basic", "preact_optionA"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
+@_NUMPY_NAN_WARNINGS
 @pytest.mark.usefixtures("no_tf32", "no_autotune_on_tiny_shapes")
 def test_a_block_keeps_nan_and_inf_where_torchvision_does(kind, mode, backend):
     """Output, input and parameter gradients and running statistics: NaN and inf at the same places."""
@@ -304,6 +311,7 @@ def test_a_block_keeps_nan_and_inf_where_torchvision_does(kind, mode, backend):
         _assert_same_non_finite(gb[name], ga[name], f"gradient of {name}")
     for (name, a), (_, b) in zip(block.named_buffers(), fused.named_buffers()):
         _assert_same_non_finite(b, a, f"buffer {name}")
+
 
 # ---------------------------------------------------------------- second derivatives
 
