@@ -39,10 +39,8 @@ def _stats(y: Tensor) -> tuple[Tensor, Tensor]:
     if y.numel() == 0:  # 0/0, as the other backends return it, without var_mean's warning
         nan = torch.full((y.shape[1],), float("nan"), dtype=acc_dtype(y), device=y.device)
         return nan, nan.clone()
-    # mean as sum/M, not var_mean's running update: a channel holding an inf has mean inf (and
-    # var NaN), as nn.BatchNorm2d computes them, where the running update turns inf - inf to NaN.
-    a = acc(y)
-    return a.mean(dim=_CHANNEL_DIMS), a.var(dim=_CHANNEL_DIMS, unbiased=False)
+    var, mean = torch.var_mean(acc(y), dim=_CHANNEL_DIMS, unbiased=False)
+    return mean, var
 
 
 def conv(
