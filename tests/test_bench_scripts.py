@@ -1,6 +1,7 @@
 """The benchmark scripts of bench/ run end to end (CPU smoke runs: tiny sizes, reference backend)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -106,7 +107,10 @@ def test_kernel_resources_reads_a_compiled_kernel(tmp_path):
         assert r["mma"] == "-", r  # reductions: no matrix instruction
 
 
-def test_kernel_resources_names_the_matrix_instructions():
+def test_kernel_resources_names_the_matrix_instructions(monkeypatch):
+    # The script unsets TRITON_INTERPRET when it loads (it compiles for the GPU target): the
+    # variable comes back after the test, for the interpreter tests that follow.
+    monkeypatch.setenv("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "1"))
     kr = load_bench_script("kernel_resources")
     assert kr.mma_kind("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 ...") == "wgmma"
     assert kr.mma_kind("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 ...") == "mma.sync"
