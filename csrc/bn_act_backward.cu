@@ -1,6 +1,6 @@
 // bn_act_backward: the six gradients of bn_act (fused_resnet/reference.py
 // bn_act_backward) in one pass over the activations:
-//   g = dout * (out > 0) (or dout),  dy = g*scale,  dresidual = g*res_scale (or g),
+//   g = dout where out > 0 or NaN, else 0 (or dout),  dy = g*scale,  dresidual = g*res_scale (or g),
 //   dscale = sum g*y,  dshift = dres_shift = sum g,  dres_scale = sum g*residual.
 // Elementwise gradients are written as the rows stream by; the per-channel sums
 // go through a [3, nchunks, C] partials buffer and an ordered fp64 merge (no
@@ -29,7 +29,7 @@ __device__ __forceinline__ void bwd_vector(const T* __restrict__ dout, const T* 
     float o[VEC];
     load_f<T, VEC>(out + off, o);
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) g[k] = g[k] * (o[k] > 0.f ? 1.f : 0.f);  // like the reference (NaN stays NaN)
+    for (int k = 0; k < VEC; ++k) g[k] = o[k] <= 0.f ? 0.f : g[k];  // torch's rule: a NaN out passes g
   }
   if (f.need_y) {
     float d[VEC];

@@ -271,9 +271,10 @@ class DgradBnReluEpilogue : public SlabEpilogue<Stock, InstructionShape, Swizzle
         const Element e0 = xv[0], e1 = xv[1];
         const float x0 = static_cast<float>(e0), x1 = static_cast<float>(e1);
         // u as the mainloop prologue computes it (one fma), so the mask is the forward's,
-        // which also reads the padding pattern as 0 (scale_bias_fp32.cuh).
-        const bool live0 = ok && e0.raw() != cutlass::arch::OOB_NAN_F16 && fmaf(x0, s0, t0) > 0.f;
-        const bool live1 = ok && e1.raw() != cutlass::arch::OOB_NAN_F16 && fmaf(x1, s1, t1) > 0.f;
+        // which also reads the padding pattern as 0 (scale_bias_fp32.cuh); torch's ReLU
+        // gradient rule: zero where u <= 0, passed where u is NaN.
+        const bool live0 = ok && e0.raw() != cutlass::arch::OOB_NAN_F16 && !(fmaf(x0, s0, t0) <= 0.f);
+        const bool live1 = ok && e1.raw() != cutlass::arch::OOB_NAN_F16 && !(fmaf(x1, s1, t1) <= 0.f);
         const float g0 = live0 ? acc[Map::index(i, j)] : 0.f;
         const float g1 = live1 ? acc[Map::index(i, j + 1)] : 0.f;
         acc[Map::index(i, j)] = g0 * s0;

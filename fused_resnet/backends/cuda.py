@@ -332,11 +332,12 @@ class CudaBackend(Backend):
         """g, the gradient at the convolution's sum, in y's dtype and layout (never both stats and relu).
 
         stats: g = dy + dmean/M + 2 dvar (y - mean)/M (conv_output_grad, one pass). relu
-        (y = relu(z), an eval-mode block whose parameters train): g = dy where y > 0, else 0.
+        (y = relu(z), an eval-mode block whose parameters train): g = 0 where y <= 0, else dy (a NaN
+        y passes dy, as torch's ReLU gradient does).
         Neither: g is dy, copied only when it is ``returned`` (as dresidual: an op's output
         must not alias its input)."""
         if relu:
-            return torch.where(y > 0, dy, 0).contiguous(memory_format=output_format(y))
+            return torch.where(y <= 0, 0, dy).contiguous(memory_format=output_format(y))
         if not stats:
             if returned:
                 return dy.clone(memory_format=output_format(y))
