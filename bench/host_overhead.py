@@ -9,7 +9,7 @@ on any machine, GPU or not, on tiny CPU tensors, for each variant:
   eager        torchvision's block (for scale: its CPU kernels on tiny tensors)
   null         the fused block with every op answered by its fake (shape-only)
                implementation: blocks.py, the custom ops and autograd, nothing else
-  triton-host  the triton backend's launchers (checks, weight caches, partials
+  triton-host  the triton backend's launchers (checks, weight layouts, partials
                buffers, configuration lookups) with every Triton kernel launch
                replaced by a counter: the launches are counted, not run. Triton's
                own launch cost (argument binding) comes on top, once per launch.

@@ -62,7 +62,7 @@ def meta_step(key: str, mode: str, variant: str, *, batch: int, dtype: torch.dty
 
 def count(key: str, mode: str, variant: str, *, batch: int, dtype: torch.dtype) -> dict:
     step = meta_step(key, mode, variant, batch=batch, dtype=dtype)
-    step()  # fills the fold cache in eval, as the warm-up of a timed run does
+    step()  # a warm-up step, as a timed run takes before it counts
     t = B.op_traffic(step)
     return {"block": bench_blocks.BLOCKS[key][0], "key": key, "mode": mode, "variant": variant, "N": batch,
             "dtype": B.dtype_name(dtype), "GB": t["bytes"] / 1e9, "ops": t["ops"],

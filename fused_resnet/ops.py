@@ -59,7 +59,7 @@ def _op(fn=None, *, mutates_args: tuple[str, ...] = ()):
     autograd layer) cost about twice the host time per call, and a fused block
     step makes a dozen op calls. An op that writes its ``mutates_args`` bumps
     their version counters itself: a backend's kernel writes through raw pointers,
-    which autograd and the fold cache would not see.
+    which autograd would not see.
     """
     if fn is None:
         return lambda f: _op(f, mutates_args=mutates_args)
