@@ -27,6 +27,8 @@ import sys
 import tempfile
 from typing import Callable, Optional, Sequence
 
+from ._files import atomic_write
+
 DESCRIPTION = ("Fused ResNet blocks: what runs here (info), parity of a converted model against torchvision "
                "(check), its speed against torchvision (bench), and CIFAR ResNets trained end to end (train, "
                "experiment).")
@@ -193,15 +195,8 @@ def _save(path: str, ok: bool, write: Callable[[str], None]) -> str:
     """``write`` a result to ``path`` (to ``failed_path(path)`` when the run failed) through a
     temporary file renamed into place, so an earlier file is replaced whole or not at all."""
     target = path if ok else failed_path(path)
-    folder = os.path.dirname(os.path.abspath(target))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(target)}")
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    atomic_write(target, write)
     return target
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from . import data as D
+from ._files import atomic_write
 from .models import VARIANTS, cifar_resnet
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -335,19 +336,8 @@ def _check_same_run(config: TrainConfig, saved: dict) -> None:
 # ---------------------------------------------------------------- files
 
 
-def _atomic(path: str, write) -> None:
-    """``write(tmp)``, then rename over ``path``: a crash leaves the old file or the new one whole."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_checkpoint(out: str, state: dict) -> None:
-    _atomic(os.path.join(out, CHECKPOINT), lambda p: torch.save(state, p))
+    atomic_write(os.path.join(out, CHECKPOINT), lambda p: torch.save(state, p))
 
 
 def load_checkpoint(out: str, device: torch.device = torch.device("cpu")) -> Optional[dict]:
@@ -365,7 +355,7 @@ def write_log(out: str, rows: list[dict]) -> None:
             w.writeheader()
             w.writerows(rows)
 
-    _atomic(os.path.join(out, "log.csv"), write)
+    atomic_write(os.path.join(out, "log.csv"), write)
 
 
 def write_json(path: str, obj: dict) -> None:
@@ -374,7 +364,7 @@ def write_json(path: str, obj: dict) -> None:
             json.dump(obj, f, indent=1, default=str)
             f.write("\n")
 
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def versions() -> dict:

@@ -28,13 +28,13 @@ import logging
 import os
 import re
 import statistics
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Hashable, Optional
 
 import torch
 
+from .._files import atomic_write
 from .triton_tuning import cache_dir
 
 log = logging.getLogger("fused_resnet")
@@ -157,10 +157,7 @@ def _write(path: Path, new: dict[str, str]) -> None:
     _FILES[path] = merged
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(merged, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(merged, indent=1, sort_keys=True)))
     except OSError as e:
         _warn(path, f"cannot be written ({e}); choices are not remembered across processes")
 

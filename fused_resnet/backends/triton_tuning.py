@@ -32,12 +32,13 @@ import json
 import os
 import re
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+
+from .._files import atomic_write
 
 FORMAT = 1
 MAX_CANDIDATES = 4  # default bound on the candidates timed per key
@@ -247,14 +248,7 @@ def write_table(path: Path, gpu: str, triton_v: str, new: dict[tuple, tuple]) ->
              "entries": [{"torch": t, "key": list(k), "config": list(c)}
                          for (t, k), c in sorted(merged.items(), key=lambda kv: repr(kv[0]))]}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(table, f, indent=1)
-        os.replace(tmp, path)  # readers see the old table or the new one, never half of one
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(table, indent=1)))
     return merged
 
 
