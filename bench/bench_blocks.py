@@ -229,6 +229,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="fewer steps, no compile")
+    p.add_argument("--plot", default=None, help="also draw each block's median step per variant here")
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
 
@@ -316,6 +317,11 @@ def main(argv=None) -> int:
     if on_cpu:
         print("NOTE: " + out["note"])
     print(f"wrote {args.json}")
+    if args.plot:
+        from fused_resnet import plot
+
+        plot.blocks_chart(rows, args.plot, f"blocks, N={batch} {B.dtype_name(dtype)} on {dev}")
+        print(f"wrote {args.plot}")
     return 1 if any(r.get("error") for r in rows) else 0
 
 

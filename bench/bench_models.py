@@ -63,6 +63,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help=f"models {QUICK_MODELS}, fewer steps")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", default=None, help="also draw the table (img/s, speed-up over eager, peak memory) here")
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
 
@@ -136,6 +137,11 @@ def main(argv=None) -> int:
     if on_cpu:
         print("NOTE: " + out["note"])
     print(f"wrote {args.json}")
+    if args.plot:
+        from fused_resnet import plot
+
+        plot.bench_chart(rows, args.plot, f"{', '.join(models)}: {B.dtype_name(dtype)} on {out['device']}")
+        print(f"wrote {args.plot}")
     if args.tuned_table:
         from fused_resnet.backends import triton_tuning
 

@@ -63,6 +63,19 @@ def bench_chart(rows: Sequence[dict], path: str, title: str) -> None:
     fig.savefig(path)
 
 
+def blocks_chart(rows: Sequence[dict], path: str, title: str) -> None:
+    """bench/bench_blocks.py's table: one panel per block and mode, the median step (ms) of
+    each variant."""
+    groups = list(dict.fromkeys((r["key"], r["mode"]) for r in rows))
+    fig = _figure(figsize=(4.4 * len(groups), 4.2), layout="constrained")
+    for ax, (key, mode) in zip(fig.subplots(1, len(groups), squeeze=False)[0], groups):
+        runs = [r for r in rows if (r["key"], r["mode"]) == (key, mode)]
+        _bars(ax, [_run_label(r) for r in runs], [r.get("median_ms") for r in runs], f"{key} {mode}: ms per step",
+              ".3f")
+    fig.suptitle(title, fontsize=11)
+    fig.savefig(path)
+
+
 # ---------------------------------------------------------------- check
 
 

@@ -47,6 +47,21 @@ def test_profile_models_splits_a_batch_by_part(tmp_path):
     assert "sum of the parts" in out.stdout and "layer2.0" in out.stdout
 
 
+@pytest.mark.parametrize("script,args", [
+    ("bench_models.py", ["--models", "cifar_resnet20", "--modes", "infer", "--backend", "reference"]),
+    ("bench_blocks.py", ["--blocks", "basic", "--modes", "infer", "--backends", "reference", "--batch", "2",
+                         "--steps", "1", "--warmup", "1", "--no-compile"]),
+])
+def test_bench_scripts_draw_their_table(tmp_path, script, args):
+    """--plot draws the measured table as a PNG next to the JSON (CPU smoke run)."""
+    png = tmp_path / "chart.png"
+    cmd = [sys.executable, str(ROOT / "bench" / script), "--device", "cpu", "--json", str(tmp_path / "r.json"),
+           "--plot", str(png), "-q", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(ROOT))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{png} is not a PNG"
+
+
 def test_bench_models_graph_variants_need_a_gpu(tmp_path):
     """--graphs adds the CUDA-graph variants (inference and training); off the GPU each is a row
     saying why it could not run (so the script exits 1), and the other variants still run."""
