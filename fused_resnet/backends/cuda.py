@@ -144,15 +144,21 @@ def _problem_key(op: str, args) -> tuple:
 _SERVED: dict = {}
 
 
-def _takes_fused(op: str, args, gap, fused, unfused) -> bool:
-    """Whether the fused kernel runs this problem: one the CUTLASS kernels serve (``gap`` =
-    (function, *arguments) answers ''; asked once per problem) that beat its unfused twin
-    when the problem was first timed (choice.py); the fused kernel where nothing is timed."""
-    key = _problem_key(op, args)
+def _served(key: tuple, gap) -> bool:
+    """Whether a CUTLASS kernel serves the problem ``key``: ``gap`` = (function, *arguments)
+    answers '', asked once per problem."""
     served = _SERVED.get((gap[0], key))
     if served is None:
         served = _SERVED[(gap[0], key)] = not gap[0](*gap[1:])
-    if not served:
+    return served
+
+
+def _takes_fused(op: str, args, gap, fused, unfused) -> bool:
+    """Whether the fused kernel runs this problem: one the CUTLASS kernels serve (``_served``)
+    that beat its unfused twin when the problem was first timed (choice.py); the fused kernel
+    where nothing is timed."""
+    key = _problem_key(op, args)
+    if not _served(key, gap):
         return False
     device = next(a.device for a in args if isinstance(a, torch.Tensor))
     return choice.choose(key, {"fused": fused, "unfused": unfused}, "fused", device) == "fused"
@@ -224,7 +230,8 @@ class CudaBackend(Backend):
         # channels_last in x's dtype, and read as the residual of the fused epilogue.
         sc = reference.shortcut(sc_x, sc_weight, sc_in_scale, sc_in_shift, sc_stride, weight.shape[0])
         res = sc.to(x.dtype).contiguous(memory_format=torch.channels_last)
-        if conv_gap(x, weight, bias, in_scale, res, stride, padding, dilation, groups, relu, False):
+        args = (x, weight, bias, in_scale, res, stride, padding, dilation, groups, relu, False)
+        if not _served(_problem_key("conv_shortcut", args), (conv_gap, *args)):
             # The reference's sum, the shortcut added in the accumulation dtype.
             return reference.conv(x, weight, bias, in_scale, in_shift, sc, stride, padding, dilation, groups, relu,
                                   False)[0]
