@@ -27,12 +27,13 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from . import backends, ops
+from . import backends, ops, sync_batch_norm
 from .backends import speed_table
 from .models.preact import PlainBasicBlock, PlainPreActBasicBlock, PreActBasicBlock, PreActBottleneck, ShortcutA
 
 _log = logging.getLogger("fused_resnet")
-_BN_TYPES = (nn.BatchNorm2d, FrozenBatchNorm2d)
+_BN_TYPES = (nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d)
+_BATCH_STATS_TYPES = (nn.BatchNorm2d, nn.SyncBatchNorm)
 
 
 class _Act(NamedTuple):
@@ -65,7 +66,7 @@ def _conv_reason(conv: nn.Module, name: str) -> str:
 
 def _bn_reason(bn: nn.Module, name: str) -> str:
     if type(bn) not in _BN_TYPES:
-        return f"{name} is {type(bn).__name__}; only BatchNorm2d and FrozenBatchNorm2d fuse"
+        return f"{name} is {type(bn).__name__}; only BatchNorm2d, SyncBatchNorm and FrozenBatchNorm2d fuse"
     return ""
 
 
@@ -130,9 +131,9 @@ def unsupported_reason(block: nn.Module) -> str:
 
 
 def _uses_batch_stats(bn: nn.Module) -> bool:
-    # nn.BatchNorm2d normalises with batch statistics in training mode, and also
-    # in eval mode when it keeps no running statistics.
-    return isinstance(bn, nn.BatchNorm2d) and (bn.training or bn.running_mean is None)
+    # nn.BatchNorm2d and nn.SyncBatchNorm normalise with batch statistics in training
+    # mode, and also in eval mode when they keep no running statistics.
+    return isinstance(bn, _BATCH_STATS_TYPES) and (bn.training or bn.running_mean is None)
 
 
 def _vec_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -204,14 +205,19 @@ def _check_count(count: int, shape) -> None:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {shape}")
 
 
-def _batch_norm_params(y: Tensor, mean: Tensor, var: Tensor, bn: nn.BatchNorm2d, run: _Run):
+def _batch_norm_params(y: Tensor, mean: Tensor, var: Tensor, bn: nn.Module, run: _Run):
     """Per-channel (scale, shift) of a batch-statistics BatchNorm; updates its running statistics.
 
-    An empty batch, as in nn.BatchNorm2d, is counted in num_batches_tracked and leaves the
-    running statistics alone; its statistics (0/0) are replaced by 0 and 1, so that the
-    affine parameters' gradients are zeros, not NaN.
+    ``mean``/``var`` are of this process's batch; a SyncBatchNorm that synchronises
+    merges them over its process group first (sync_batch_norm.py). An empty batch, as in
+    nn.BatchNorm2d, is counted in num_batches_tracked and leaves the running statistics
+    alone; its statistics (0/0) are replaced by 0 and 1, so that the affine parameters'
+    gradients are zeros, not NaN.
     """
     count = y.numel() // y.shape[1]
+    group = sync_batch_norm.process_group(bn)
+    if group is not None:
+        return _synced_batch_norm_params(mean, var, count, group, bn, run)
     _check_count(count, y.shape)
     tracking = bn.training and bn.track_running_stats
     if count == 0:
@@ -222,6 +228,20 @@ def _batch_norm_params(y: Tensor, mean: Tensor, var: Tensor, bn: nn.BatchNorm2d,
         ops.bn_update_running(
             mean.detach(), var.detach(), count, bn.running_mean, bn.running_var,
             bn.num_batches_tracked, bn.momentum, run.backend,
+        )
+    scale, shift, _ = ops.bn_finalize(mean, var, bn.weight, bn.bias, bn.eps, run.backend)
+    return scale, shift
+
+
+def _synced_batch_norm_params(mean: Tensor, var: Tensor, count: int, group, bn: nn.Module, run: _Run):
+    """_batch_norm_params over the process group's whole batch. Every rank takes part in
+    the collectives, an empty shard too (it weighs nothing in the merge)."""
+    mean, var, total = sync_batch_norm.sync_batch_stats(mean, var, count, group)
+    if bn.track_running_stats:
+        running_var, n = sync_batch_norm.running_var_operands(var.detach(), total)
+        ops.bn_update_running(
+            mean.detach(), running_var, n, bn.running_mean, bn.running_var, bn.num_batches_tracked,
+            bn.momentum, run.backend,
         )
     scale, shift, _ = ops.bn_finalize(mean, var, bn.weight, bn.bias, bn.eps, run.backend)
     return scale, shift
