@@ -249,3 +249,29 @@ def test_revert_gives_back_sync_batch_norm():
     kinds = [(n, type(m).__name__) for n, m in back.named_modules()]
     assert kinds == [(n, type(m).__name__) for n, m in model.named_modules()]
     assert all(m.process_group is group for m in back.modules() if isinstance(m, nn.SyncBatchNorm))
+
+
+def _compiled_ranks(rank, world, port, out):
+    """torch.compile traces the synchronised statistics (collectives included) without a
+    graph break, and the compiled training step gives the eager one's loss and gradients."""
+    _init(rank, world, port)
+    try:
+        model = fused_resnet.convert(nn.SyncBatchNorm.convert_sync_batchnorm(_model(1, torch.float32)), "reference")
+        x, y = _batch(4, torch.float32)
+        xs, ys = _shard(x, [2, 2], rank), _shard(y, [2, 2], rank)
+        explained = torch._dynamo.explain(model)(xs)
+        results = {"graph_breaks": explained.graph_break_count}
+        for name, m in (("eager", model), ("compiled", torch.compile(model, backend="aot_eager"))):
+            model.zero_grad()
+            loss = nn.functional.cross_entropy(m(xs), ys)
+            loss.backward()
+            results[name] = {"loss": loss.detach(), **{k: p.grad.clone() for k, p in model.named_parameters()}}
+        torch.save(results, os.path.join(out, f"{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_compiled_sync_has_no_graph_break(tmp_path):
+    for r, got in enumerate(_spawn(_compiled_ranks, 2, tmp_path)):
+        assert got["graph_breaks"] == 0, f"rank {r}"
+        _assert_state_close(got["compiled"], got["eager"], TOL[torch.float32], f"rank {r} compiled")
