@@ -16,7 +16,7 @@
 # then run with carry [".whl"]; the script installs .whl/*.whl before building.
 #
 # Run from anywhere (it cd's to the repo root). Writes under $OUT (default
-# bench/out), 14 files, none nested (more than a device call brings back: tar them):
+# bench/out), 15 files, none nested (more than a device call brings back: tar them):
 #   setup.log    nvidia-smi, versions, wheel install, extension build, fused-resnet info
 #   tests.log    fused-resnet check runs (whole-model parity vs torchvision), then
 #                pytest -m gpu, then pytest -m "not gpu" (together: the whole suite)
@@ -32,6 +32,7 @@
 #                fused_resnet/tuned/ and that GPU's first steps time nothing
 #   host_profile.txt  bench/host_profile.py: cProfile of real block steps on this machine
 #   profile_models.json  bench/profile_models.py: a ResNet-50 inference batch part by part
+#   sync_batch_norm.json  bench/bench_sync_batch_norm.py: SyncBatchNorm's collectives per training step
 #   summary.txt  the table printed at the end
 #   failures.log each failing test's id and traceback, written as it fails (so a
 #                stage cut short by its time limit still says what failed)
@@ -95,7 +96,7 @@ done
 # Every stage's name, in the order they run: SKIP may name only these.
 ALL_STAGES="env wheels cutlass-headers build info tests-cuda check-resnet50-bf16-train check-resnet50-fp32
   check-cifar56-bf16-train bench-blocks profile profile-models tests-gpu bench-models first-step-cold first-step-warm bench-graphs
-  host-overhead host-profile tests-rest"
+  host-overhead host-profile bench-sync tests-rest"
 for name in ${SKIP:-}; do
   if [[ " $(echo $ALL_STAGES) " != *" $name "* ]]; then
     echo "gpu_check.sh: SKIP names '$name', which is no stage; stages: $(echo $ALL_STAGES)" >&2
@@ -254,6 +255,9 @@ stage bench-graphs 240 "$BENCH" "$PY" bench/bench_models.py "${GRAPH_ARGS[@]}"
 stage host-overhead 90 "$BENCH" "$PY" bench/host_overhead.py --variants eager,null,triton-host,cuda-host --json "$OUT/host_overhead.json"
 # The host side of real block steps on this machine's CPU, function by function.
 stage host-profile 60 "$BENCH" "$PY" bench/host_profile.py --out "$OUT/host_profile.txt" ${HOST_PROFILE_ARGS:-}
+# SyncBatchNorm on one GPU (NCCL, a world of one, collectives forced): what the fused and
+# nn.SyncBatchNorm's collectives cost per ResNet-50 training step.
+stage bench-sync 120 "$BENCH" "$PY" bench/bench_sync_batch_norm.py --steps 10 --json "$OUT/sync_batch_norm.json"
 
 if (( ! QUICK )); then
   stage tests-rest 200 "$TESTS" "${PYTEST[@]}" -m "not gpu" tests

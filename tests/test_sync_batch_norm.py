@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -275,3 +279,19 @@ def test_compiled_sync_has_no_graph_break(tmp_path):
     for r, got in enumerate(_spawn(_compiled_ranks, 2, tmp_path)):
         assert got["graph_breaks"] == 0, f"rank {r}"
         _assert_state_close(got["compiled"], got["eager"], TOL[torch.float32], f"rank {r} compiled")
+
+
+def test_bench_script_runs_a_world_of_one_on_gloo(tmp_path):
+    """bench/bench_sync_batch_norm.py, the GPU benchmark, as a CPU dry run: the fused
+    SyncBatchNorm variant runs its collectives in a world of one; nn.SyncBatchNorm's
+    CPU refusal is reported in its row, not raised."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "sync.json"
+    cmd = [sys.executable, str(root / "bench" / "bench_sync_batch_norm.py"), "--device", "cpu", "--model",
+           "cifar_resnet8", "--batch", "4", "--no-ddp", "--sync-scope", "blocks", "--steps", "1", "--warmup", "0",
+           "--json", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(root))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    assert all(rows[v]["img_s"] > 0 for v in ("eager", "fused", "fused+sync")), rows
+    assert "error" in rows["eager+sync"], rows["eager+sync"]
