@@ -48,7 +48,8 @@ HEADERS = sorted(glob.glob("csrc/**/*.h", root_dir=ROOT, recursive=True)
 # changed since the last build (an editable install would otherwise compile in a fresh temporary
 # directory each time).
 OBJECT_DIR = os.path.join("build", f"temp-_C-{sys.implementation.cache_tag}")
-PACKAGES = ["fused_resnet", "fused_resnet.backends", "fused_resnet.models", "fused_resnet.kernels"]
+PACKAGES = ["fused_resnet", "fused_resnet.backends", "fused_resnet.backends.triton", "fused_resnet.models",
+            "fused_resnet.kernels"]
 PACKAGE_DIR = {"fused_resnet": "fused_resnet", "fused_resnet.kernels": "kernels"}
 
 

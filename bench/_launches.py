@@ -41,10 +41,10 @@ class _TritonLaunch:
 @contextlib.contextmanager
 def triton_launches(report: Callable):
     """Every ``*_kernel`` of the triton backend's kernel modules replaced by a _TritonLaunch."""
-    from fused_resnet.backends import triton as tb
+    from fused_resnet import kernels
 
     with contextlib.ExitStack() as stack:
-        for mod in (tb.kernels(), tb.backward_kernels()):
+        for mod in kernels.modules():
             for attr in dir(mod):
                 if attr.endswith("_kernel"):
                     stack.enter_context(mock.patch.object(mod, attr, _TritonLaunch(attr, report)))

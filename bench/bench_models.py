@@ -143,9 +143,9 @@ def main(argv=None) -> int:
         plot.bench_chart(rows, args.plot, f"{', '.join(models)}: {B.dtype_name(dtype)} on {out['device']}")
         print(f"wrote {args.plot}")
     if args.tuned_table:
-        from fused_resnet.backends import triton_tuning
+        from fused_resnet.backends.triton import tuning
 
-        print(f"wrote {triton_tuning.dump(args.tuned_table, device)}")
+        print(f"wrote {tuning.dump(args.tuned_table, device)}")
     return 1 if any(r.get("error") for r in rows) else 0
 
 

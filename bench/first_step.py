@@ -2,7 +2,7 @@
 """Wall time of the first steps of a converted model in a fresh process: what a user waits for.
 
 The triton backend compiles its kernels and times tile configurations on the first call
-of each problem shape (bounded, remembered on disk: fused_resnet/backends/triton_tuning.py);
+of each problem shape (bounded, remembered on disk: fused_resnet/backends/triton/tuning.py);
 run this twice with the same FUSED_RESNET_CACHE_DIR to see a cold and a warm cache
 (Triton's own compile cache, TRITON_CACHE_DIR, decides how much compiling the second
 process redoes). Each step is synchronised, so its time includes everything it waited for.

@@ -3,7 +3,7 @@
 without a GPU, or of the kernels compiled into fused_resnet._C.
 
 Every specialisation the triton backend can launch (the lists the sm_90 compile check
-uses, ``kernels/conv.py`` and ``kernels/conv_backward.py``) is compiled to a cubin and
+uses: ``fused_resnet.kernels.all_specializations()``) is compiled to a cubin and
 read with the ``cuobjdump`` that ships with Triton. ``--cuda-ext`` reads the built
 extension instead: every kernel of every architecture it holds, the CUTLASS
 convolutions named by family (fprop_prologue, fprop_stats, fprop_bias_relu,
@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import triton  # noqa: E402
 
-from fused_resnet.backends.triton import backward_kernels, kernels  # noqa: E402
+from fused_resnet.kernels import all_specializations, compile_specialization  # noqa: E402
 
 _USAGE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 # The CUTLASS convolution families of csrc/cutlass/, told apart by the types their kernels name
@@ -53,7 +53,7 @@ def cuobjdump() -> str:
 
 def resources(spec, arch: int, tool: str) -> dict:
     """Registers per thread, stack bytes per thread and shared memory bytes of one specialisation."""
-    compiled = kernels()._common.compile_specialization(spec, arch)
+    compiled = compile_specialization(spec, arch)
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(compiled.asm["cubin"])
     try:
@@ -134,8 +134,7 @@ def main(argv=None) -> int:
     if args.cuda_ext:
         return print_extension(args, cuobjdump())
     prefixes = tuple(f for f in args.filter.split(",") if f)
-    specs = [s for s in kernels().all_specializations() + backward_kernels().all_specializations()
-             if not prefixes or s[0].startswith(prefixes)]
+    specs = [s for s in all_specializations() if not prefixes or s[0].startswith(prefixes)]
     tool = cuobjdump()
     rows = []
     print(f"triton {triton.__version__}, sm_{args.arch}, {len(specs)} specialisations")

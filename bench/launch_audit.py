@@ -198,12 +198,13 @@ def triton_on_meta(rec: Recorder):
     launches reported to ``rec``. Meta tensors skip the launchers' activation checks, whose device
     rule they would fail."""
     from fused_resnet.backends import triton as tb
+    from fused_resnet.backends.triton import _common
 
-    check = tb._check_activation
+    check = _common.check_activation
     attrs = {"name": "triton-meta", "available": lambda self: (True, ""), "supports": lambda self, d, t: (True, "")}
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.dict(os.environ, {"TRITON_INTERPRET": "0", "FUSED_RESNET_TRITON_AUTOTUNE": "0"}))
-        stack.enter_context(mock.patch.object(tb, "_check_activation",
+        stack.enter_context(mock.patch.object(_common, "check_activation",
                                               lambda name, t: None if t.is_meta else check(name, t)))
         stack.enter_context(mock.patch.dict(backends.BACKENDS,
                                             {"triton-meta": type("TritonMeta", (tb.TritonBackend,), attrs)()}))

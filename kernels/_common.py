@@ -1,9 +1,8 @@
-"""Helpers shared by the Triton kernel modules (``conv.py``, ``conv_backward.py``):
-interpreter detection, autotuning-candidate clamping, the sm_90 AOT compile check, and
-the device functions they call (``relu``, ``relu_passes``, ``bn_relu``, ``dot``).
+"""Helpers shared by the Triton kernel modules: interpreter detection, autotuning-candidate
+clamping, the compile check's divisibility attributes, and the device functions the kernels call
+(``relu``, ``relu_passes``, ``bn_relu``, ``dot``, ``channel_tile``, ``per_channel``).
 
-No kernels here. Installed, this is ``fused_resnet.kernels._common``; in a plain source
-checkout the backend loads it by file path (``fused_resnet/backends/triton.py``).
+No kernels here.
 """
 
 from __future__ import annotations
@@ -61,6 +60,38 @@ def dot(a, b, acc, DOT_PRECISION: tl.constexpr):
     return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
 
+@triton.jit
+def channel_tile(R, L, C, CHANNEL_ON_COLS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr):
+    """This program's tile of an [R, L] row-major view of an NHWC (channel = column) or NCHW
+    (channel = row % C) tensor: element offsets, their mask, and the channel of each column
+    (NHWC) or row (NCHW) with its mask."""
+    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    r_ok = offs_r < R
+    l_ok = offs_l < L
+    if CHANNEL_ON_COLS:
+        ch = offs_l
+        ch_ok = l_ok
+    else:
+        ch = offs_r % C
+        ch_ok = r_ok
+    return offs_r[:, None] * L + offs_l[None, :], r_ok[:, None] & l_ok[None, :], ch, ch_ok
+
+
+@triton.jit
+def per_channel(v, CHANNEL_ON_COLS: tl.constexpr):
+    """A vector over channel_tile's channels, broadcastable against its tile."""
+    if CHANNEL_ON_COLS:
+        return v[None, :]
+    else:
+        return v[:, None]
+
+
+# Tiles of the implicit GEMMs (conv, dgrad) are visited GROUP_M rows of tiles at a time, so
+# neighbouring programs share A rows in L2.
+GROUP_M = 8
+
+
 def _pow2_at_least(n: int, lo: int) -> int:
     return max(lo, triton.next_power_of_2(max(int(n), 1)))
 
@@ -88,35 +119,3 @@ def clamp_configs(first, configs, n_ch: int, k_ch: int, elem_size: int,
 def divisibility_attrs(fn, names):
     """ASTSource attrs marking ``names`` 16-divisible, as the JIT does for aligned launches."""
     return {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in names}
-
-
-def compile_specialization(spec, arch: int = 90):
-    """Compile one specialisation for ``sm_<arch>`` without a GPU; returns the CompiledKernel."""
-    from triton.backends.compiler import GPUTarget
-
-    name, fn, sig, consts, options, attrs = spec
-    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(options))
-
-
-def compile_main(argv, specs):
-    """The body of a kernel module's ``_main``: compile every NSHARDS-th of ``specs()``
-    starting at SHARD for sm_<ARCH> (argv: [SHARD NSHARDS [ARCH]]; default: all, sm_90);
-    exit status 1 if any fails."""
-    if interpreting():
-        raise SystemExit("unset TRITON_INTERPRET to compile for a GPU target")
-    shard = int(argv[0]) if argv else 0
-    nshards = int(argv[1]) if len(argv) > 1 else 1
-    arch = int(argv[2]) if len(argv) > 2 else 90
-    failed = []
-    for spec in specs()[shard::nshards]:
-        try:
-            k = compile_specialization(spec, arch)
-            assert k.asm.get("cubin"), "no cubin produced"
-            print(f"ok {spec[0]} shared={getattr(k.metadata, 'shared', '?')}", flush=True)
-        except Exception as e:  # noqa: BLE001 - report every failure, then fail
-            failed.append(spec[0])
-            print(f"FAIL {spec[0]}: {type(e).__name__}: {e}", flush=True)
-    if failed:
-        print(f"{len(failed)} specialisations failed: {failed}", flush=True)
-        raise SystemExit(1)

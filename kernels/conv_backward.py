@@ -1,7 +1,9 @@
-"""Triton kernels of the ``triton`` backend's training backward: conv_backward and bn_act_backward.
+"""Triton kernels of ``fused_resnet::conv_backward``: the data and weight gradients of a fused
+convolution, the gradient at its output, and the ordered sums of per-tile partials (which
+bn_act_backward's launcher uses too).
 
 Kernels never allocate and never validate: the launchers in
-``fused_resnet/backends/triton.py`` do both. Every activation a kernel sees is a
+``fused_resnet/backends/triton/conv_backward.py`` do both. Every activation a kernel sees is a
 dense NHWC buffer ([rows, channels] row-major) unless documented otherwise.
 No kernel uses atomics: every reduction writes per-tile partials that an
 ordered reduction kernel sums in a fixed order, so results are bitwise
@@ -30,7 +32,7 @@ conv_dgrad_kernel
     gu = da*(x*s + t > 0), dx = gu*s (NEED_DX), and per-tile partial sums of
     gu*x and gu per input channel into psum [2, NT, Cin] (NEED_PSUM; tile =
     phase*tiles_per_phase + tile of the phase) for dscale / dshift. Groups of
-    few channels are packed as in conv_fwd_kernel: CIN_G/COUT_G span GP groups of
+    few channels are packed as in conv_kernel: CIN_G/COUT_G span GP groups of
     CIN_R/COUT_R channels, the weight tile masked to its block diagonal.
     w: [KH, KW, Cout, CIN_R] dense.
 
@@ -40,23 +42,12 @@ conv_wgrad_kernel
     zero-padded after the transform. Program = (tap, ci block, co block) x split
     x group; fp32 accumulation; wgrad_reduce_kernel sums the splits in order and
     writes dW [Cout, Cin/groups, KH, KW] in the weight's dtype. Groups of few
-    channels are packed as in conv_fwd_kernel (CIN_G/COUT_G span GP groups of
+    channels are packed as in conv_kernel (CIN_G/COUT_G span GP groups of
     CIN_R/COUT_R channels); a program stores only its block diagonal.
 
-conv_grad_out_kernel
+conv_output_grad_kernel
     g itself, only for the outputs that are g: dresidual = g (x's dtype,
     NEED_RES) and per-tile partial column sums for dbias (NEED_SUM).
-
-bn_act_bwd_kernel
-    out = [relu](y*scale + shift + residual*res_scale + res_shift):
-    g = dout*(out > 0); dy = g*scale; dres = g*res_scale (or g); partial sums of
-    g*y, g, g*residual per channel into psum [3, T, C]. On an [R, L] view of a
-    dense NHWC (channel = column; T = row tiles) or NCHW tensor (channel =
-    row % C, rows summed whole; T = N).
-
-bn_finalize_bwd_kernel
-    the gradients of a BatchNorm's (scale, shift, invstd) w.r.t. (mean, var,
-    weight), per channel, in one launch.
 
 sum_partials_kernel
     out_s[c] = sum_t p[s, t, c], t in increasing order (BLOCK_T rows at a time), one
@@ -75,17 +66,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-try:
-    from . import _common
-except ImportError:  # loaded by file path from a plain checkout (fused_resnet/backends/triton.py)
-    from fused_resnet.backends.triton import _load_kernel_module
-
-    _common = _load_kernel_module("_common")
-compile_specialization, interpreting = _common.compile_specialization, _common.interpreting
-bn_relu, dot, relu_passes = _common.bn_relu, _common.dot, _common.relu_passes
+from ._common import GROUP_M, bn_relu, clamp_configs, divisibility_attrs, dot, interpreting, relu_passes
 
 
-# ----------------------------------------------------------------------------- helpers
+# ----------------------------------------------------------------------------- the gradient at the conv output
 
 
 @triton.jit
@@ -115,6 +99,26 @@ def _load_g_coeffs(dmean_ptr, dvar_ptr, mu_ptr, inv_m, co, ok, STATS: tl.constex
         gb = 0.0
         mu = 0.0
     return ga, gb, mu
+
+
+@triton.jit
+def conv_output_grad_kernel(
+    dy_ptr, y_ptr, dmean_ptr, dvar_ptr, mu_ptr, inv_m, dres_ptr, psum_ptr, M, C,
+    STATS: tl.constexpr, RELU: tl.constexpr, NEED_RES: tl.constexpr, NEED_SUM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = offs_c < C
+    mask = (offs_m < M)[:, None] & c_ok[None, :]
+    ga, gb, mu = _load_g_coeffs(dmean_ptr, dvar_ptr, mu_ptr, inv_m, offs_c, c_ok, STATS)
+    off = offs_m[:, None] * C + offs_c[None, :]
+    gv = _load_g(dy_ptr, y_ptr, off, mask, ga, gb, mu, STATS, RELU)
+    if NEED_RES:
+        tl.store(dres_ptr + off, gv.to(dres_ptr.dtype.element_ty), mask=mask)
+    if NEED_SUM:
+        tl.store(psum_ptr + pid_m * C + offs_c, tl.sum(gv, axis=0), mask=c_ok)
 
 
 # ----------------------------------------------------------------------------- dgrad
@@ -305,141 +309,7 @@ def wgrad_reduce_kernel(
     tl.store(dw_ptr + (co * CIN_G + ci) * KHW + tap, acc.to(dw_ptr.dtype.element_ty), mask=ok)
 
 
-# ----------------------------------------------------------------------------- g itself
-
-
-@triton.jit
-def conv_grad_out_kernel(
-    dy_ptr, y_ptr, dmean_ptr, dvar_ptr, mu_ptr, inv_m, dres_ptr, psum_ptr, M, C,
-    STATS: tl.constexpr, RELU: tl.constexpr, NEED_RES: tl.constexpr, NEED_SUM: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    pid_m = tl.program_id(0)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = offs_c < C
-    mask = (offs_m < M)[:, None] & c_ok[None, :]
-    ga, gb, mu = _load_g_coeffs(dmean_ptr, dvar_ptr, mu_ptr, inv_m, offs_c, c_ok, STATS)
-    off = offs_m[:, None] * C + offs_c[None, :]
-    gv = _load_g(dy_ptr, y_ptr, off, mask, ga, gb, mu, STATS, RELU)
-    if NEED_RES:
-        tl.store(dres_ptr + off, gv.to(dres_ptr.dtype.element_ty), mask=mask)
-    if NEED_SUM:
-        tl.store(psum_ptr + pid_m * C + offs_c, tl.sum(gv, axis=0), mask=c_ok)
-
-
-# ----------------------------------------------------------------------------- bn_act backward
-
-
-@triton.jit
-def bn_act_bwd_kernel(
-    dout_ptr, out_ptr, y_ptr, scale_ptr, res_ptr, rscale_ptr, dy_ptr, dres_ptr, psum_ptr,
-    R, L, C, T,
-    CHANNEL_ON_COLS: tl.constexpr, RELU: tl.constexpr, HAS_RSCALE: tl.constexpr,
-    NEED_Y: tl.constexpr, NEED_SCALE: tl.constexpr, NEED_SUM: tl.constexpr, NEED_RES: tl.constexpr,
-    NEED_RSCALE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
-):
-    """psum [3, T, C]: sums of g*y, g, g*residual. NHWC: grid (row tiles, column tiles), one
-    partial row per row tile. NCHW: grid (row tiles,), each program sums its rows whole
-    (loop over L), row r = n*C + c lands at partial row n (T = N)."""
-    pid_r = tl.program_id(0)
-    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    r_ok = offs_r < R
-    if CHANNEL_ON_COLS:
-        offs_l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-        l_ok = offs_l < L
-        ch = offs_l
-        ch_ok = l_ok
-        mask = r_ok[:, None] & l_ok[None, :]
-        off = offs_r[:, None] * L + offs_l[None, :]
-        gv = tl.load(dout_ptr + off, mask=mask, other=0.0).to(tl.float32)
-        if RELU:
-            o = tl.load(out_ptr + off, mask=mask, other=0.0)
-            gv = tl.where(relu_passes(o), gv, 0.0)
-        if NEED_Y:
-            sc = tl.load(scale_ptr + ch, mask=ch_ok, other=0.0)
-            tl.store(dy_ptr + off, (gv * sc[None, :]).to(dy_ptr.dtype.element_ty), mask=mask)
-        if NEED_RES:
-            if HAS_RSCALE:
-                rs = tl.load(rscale_ptr + ch, mask=ch_ok, other=0.0)
-                tl.store(dres_ptr + off, (gv * rs[None, :]).to(dres_ptr.dtype.element_ty), mask=mask)
-            else:
-                tl.store(dres_ptr + off, gv.to(dres_ptr.dtype.element_ty), mask=mask)
-        if NEED_SCALE:
-            yv = tl.load(y_ptr + off, mask=mask, other=0.0).to(tl.float32)
-            tl.store(psum_ptr + pid_r * C + ch, tl.sum(gv * yv, axis=0), mask=ch_ok)
-        if NEED_SUM:
-            tl.store(psum_ptr + (T + pid_r) * C + ch, tl.sum(gv, axis=0), mask=ch_ok)
-        if NEED_RSCALE:
-            rv = tl.load(res_ptr + off, mask=mask, other=0.0).to(tl.float32)
-            tl.store(psum_ptr + (2 * T + pid_r) * C + ch, tl.sum(gv * rv, axis=0), mask=ch_ok)
-    else:
-        ch = offs_r % C
-        sc = tl.load(scale_ptr + ch, mask=r_ok, other=0.0)
-        if HAS_RSCALE:
-            rs = tl.load(rscale_ptr + ch, mask=r_ok, other=0.0)
-        s_y = tl.zeros((BLOCK_R,), dtype=tl.float32)
-        s_g = tl.zeros((BLOCK_R,), dtype=tl.float32)
-        s_r = tl.zeros((BLOCK_R,), dtype=tl.float32)
-        for l0 in range(0, L, BLOCK_L):
-            offs_l = l0 + tl.arange(0, BLOCK_L)
-            mask = r_ok[:, None] & (offs_l < L)[None, :]
-            off = offs_r[:, None] * L + offs_l[None, :]
-            gv = tl.load(dout_ptr + off, mask=mask, other=0.0).to(tl.float32)
-            if RELU:
-                o = tl.load(out_ptr + off, mask=mask, other=0.0)
-                gv = tl.where(relu_passes(o), gv, 0.0)
-            if NEED_Y:
-                tl.store(dy_ptr + off, (gv * sc[:, None]).to(dy_ptr.dtype.element_ty), mask=mask)
-            if NEED_RES:
-                if HAS_RSCALE:
-                    tl.store(dres_ptr + off, (gv * rs[:, None]).to(dres_ptr.dtype.element_ty), mask=mask)
-                else:
-                    tl.store(dres_ptr + off, gv.to(dres_ptr.dtype.element_ty), mask=mask)
-            if NEED_SCALE:
-                yv = tl.load(y_ptr + off, mask=mask, other=0.0).to(tl.float32)
-                s_y += tl.sum(gv * yv, axis=1)
-            if NEED_SUM:
-                s_g += tl.sum(gv, axis=1)
-            if NEED_RSCALE:
-                rv = tl.load(res_ptr + off, mask=mask, other=0.0).to(tl.float32)
-                s_r += tl.sum(gv * rv, axis=1)
-        # row r = n*C + c is partial row n, channel c: flat offset r in each [T, C] slab
-        if NEED_SCALE:
-            tl.store(psum_ptr + offs_r, s_y, mask=r_ok)
-        if NEED_SUM:
-            tl.store(psum_ptr + R + offs_r, s_g, mask=r_ok)
-        if NEED_RSCALE:
-            tl.store(psum_ptr + 2 * R + offs_r, s_r, mask=r_ok)
-
-
-# ----------------------------------------------------------------------------- ordered reduce
-
-
-@triton.jit
-def bn_finalize_bwd_kernel(
-    dscale_ptr, dshift_ptr, dinvstd_ptr, mean_ptr, weight_ptr, scale_ptr, invstd_ptr,
-    dmean_ptr, dvar_ptr, dweight_ptr, C,
-    HAS_WEIGHT: tl.constexpr, HAS_DINVSTD: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    """bn_finalize's gradients per channel (derivation: reference.bn_finalize_backward):
-    dst = dscale - dshift*mean; dweight = dst*invstd; dr = dst*weight (or dst) + dinvstd;
-    dmean = -dshift*scale; dvar = -dr/2 * invstd^3."""
-    offs = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    ok = offs < C
-    dscale = tl.load(dscale_ptr + offs, mask=ok, other=0.0)
-    dshift = tl.load(dshift_ptr + offs, mask=ok, other=0.0)
-    mean = tl.load(mean_ptr + offs, mask=ok, other=0.0)
-    invstd = tl.load(invstd_ptr + offs, mask=ok, other=0.0)
-    dst = dscale - dshift * mean
-    dr = dst
-    if HAS_WEIGHT:
-        dr = dst * tl.load(weight_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-        tl.store(dweight_ptr + offs, dst * invstd, mask=ok)
-    if HAS_DINVSTD:
-        dr = dr + tl.load(dinvstd_ptr + offs, mask=ok, other=0.0)
-    tl.store(dmean_ptr + offs, -dshift * tl.load(scale_ptr + offs, mask=ok, other=0.0), mask=ok)
-    tl.store(dvar_ptr + offs, dr * -0.5 * (invstd * invstd * invstd), mask=ok)
+# ----------------------------------------------------------------------------- ordered sums of partials
 
 
 @triton.jit
@@ -511,21 +381,20 @@ WGRAD_CONFIGS = (
 )
 INTERPRET_DGRAD_CONFIG = (32, 16, 16, 1, 1)
 INTERPRET_WGRAD_CONFIG = (32, 16, 16, 1, 1)
-GROUP_M = 8
 
 
 def dgrad_configs(cin_g: int, cout_g: int, elem_size: int) -> list[tuple[int, int, int, int, int]]:
     if interpreting():
         return [INTERPRET_DGRAD_CONFIG]
     first = DGRAD_CONFIGS[1] if cin_g >= 128 else DGRAD_CONFIGS[0]
-    return _common.clamp_configs(first, DGRAD_CONFIGS, cin_g, cout_g, elem_size, fp32_slot=2)  # BLOCK_N, BLOCK_K
+    return clamp_configs(first, DGRAD_CONFIGS, cin_g, cout_g, elem_size, fp32_slot=2)  # BLOCK_N, BLOCK_K
 
 
 def wgrad_configs(cin_g: int, cout_g: int, elem_size: int) -> list[tuple[int, int, int, int, int]]:
     if interpreting():
         return [INTERPRET_WGRAD_CONFIG]
     first = WGRAD_CONFIGS[0] if min(cin_g, cout_g) >= 128 else WGRAD_CONFIGS[1]
-    return _common.clamp_configs(first, WGRAD_CONFIGS, cin_g, cout_g, elem_size, fp32_slot=0)  # BLOCK_CI, BLOCK_CO; fp32: BLOCK_M
+    return clamp_configs(first, WGRAD_CONFIGS, cin_g, cout_g, elem_size, fp32_slot=0)  # BLOCK_CI, BLOCK_CO; fp32: BLOCK_M
 
 
 def wgrad_splits(m: int, tiles: int, block_m: int, sms: int = 132) -> tuple[int, int]:
@@ -579,13 +448,13 @@ _DIV_WGRAD = ("dy_ptr", "y_ptr", "x_ptr", "part_ptr", "dmean_ptr", "dvar_ptr", "
               "CIN", "COUT", "CIN_G", "COUT_G")
 
 
-def backward_specializations():
+def specializations():
     """The constexpr combinations the backward launchers produce, one representative config each.
 
     dgrad and wgrad: every (HAS_PRO, STATS, RELU) combination in bf16, fp16 and fp32
     (fp32 with TF32 and IEEE), dgrad with each epilogue output set (dx only,
     dscale/dshift only, both), kernel sizes 1/3/7 with aligned and ragged channels,
-    and every autotuning candidate in bf16; plus the elementwise and reduction kernels.
+    and every autotuning candidate in bf16; plus the output gradient and the reduction kernels.
     """
     out = []
     seen = set()
@@ -605,7 +474,7 @@ def backward_specializations():
                 + "".join(f for f, b in zip("psrxd", (pro, stats, relu, need_dx, need_psum)) if b)
                 + f"_{bm}x{bn}x{bk}w{warps}s{stages}")
         out.append((name, conv_dgrad_kernel, dgrad_signature(dtype), consts, {"num_warps": warps, "num_stages": stages},
-                    _common.divisibility_attrs(conv_dgrad_kernel, _DIV_DGRAD if even else ())))
+                    divisibility_attrs(conv_dgrad_kernel, _DIV_DGRAD if even else ())))
 
     def add_wgrad(dtype, k, even, prec, pro, stats, relu, cfg=None):
         cfg = cfg or ((32, 64, 64, 4, 3) if dtype == "fp32" else (64, 64, 128, 4, 3))
@@ -620,7 +489,7 @@ def backward_specializations():
                 + "".join(f for f, b in zip("psr", (pro, stats, relu)) if b)
                 + f"_{bm}x{bci}x{bco}w{warps}s{stages}")
         out.append((name, conv_wgrad_kernel, wgrad_signature(dtype), consts, {"num_warps": warps, "num_stages": stages},
-                    _common.divisibility_attrs(conv_wgrad_kernel, _DIV_WGRAD if even else ())))
+                    divisibility_attrs(conv_wgrad_kernel, _DIV_WGRAD if even else ())))
 
     combos = [(bool(i & 1), bool(i & 2), bool(i & 4)) for i in range(8)]
     for dtype in ("bf16", "fp16", "fp32"):
@@ -644,40 +513,14 @@ def backward_specializations():
         p = f"*{dtype}"
         for stats, relu, need_res, need_sum in ((True, False, False, True), (False, True, True, True),
                                                 (False, False, True, False), (True, True, True, True)):
-            out.append((f"grad_out_{dtype}_{int(stats)}{int(relu)}{int(need_res)}{int(need_sum)}",
-                        conv_grad_out_kernel,
+            out.append((f"conv_output_grad_{dtype}_{int(stats)}{int(relu)}{int(need_res)}{int(need_sum)}",
+                        conv_output_grad_kernel,
                         {"dy_ptr": p, "y_ptr": p, "dmean_ptr": "*fp32", "dvar_ptr": "*fp32", "mu_ptr": "*fp32", "inv_m": "fp32",
                          "dres_ptr": p, "psum_ptr": "*fp32", "M": "i32", "C": "i32", "STATS": "constexpr",
                          "RELU": "constexpr", "NEED_RES": "constexpr", "NEED_SUM": "constexpr",
                          "BLOCK_M": "constexpr", "BLOCK_C": "constexpr"},
                         {"STATS": stats, "RELU": relu, "NEED_RES": need_res, "NEED_SUM": need_sum,
                          "BLOCK_M": 64, "BLOCK_C": 64}, {"num_warps": 4}, {}))
-        for on_cols in (True, False):
-            for relu, has_rs, need in ((True, False, (True, True, True, True, False)),
-                                       (True, True, (True, True, True, True, True)),
-                                       (False, False, (True, True, True, False, False)),
-                                       (True, True, (True, False, False, True, False))):
-                bits = dict(zip(("NEED_Y", "NEED_SCALE", "NEED_SUM", "NEED_RES", "NEED_RSCALE"), need))
-                out.append((
-                    f"bn_act_bwd_{dtype}_{'nhwc' if on_cols else 'nchw'}_{int(relu)}{int(has_rs)}_"
-                    + "".join(str(int(b)) for b in need),
-                    bn_act_bwd_kernel,
-                    {"dout_ptr": p, "out_ptr": p, "y_ptr": p, "scale_ptr": "*fp32", "res_ptr": p, "rscale_ptr": "*fp32",
-                     "dy_ptr": p, "dres_ptr": p, "psum_ptr": "*fp32", "R": "i32", "L": "i32", "C": "i32", "T": "i32",
-                     "CHANNEL_ON_COLS": "constexpr", "RELU": "constexpr", "HAS_RSCALE": "constexpr",
-                     "NEED_Y": "constexpr", "NEED_SCALE": "constexpr", "NEED_SUM": "constexpr",
-                     "NEED_RES": "constexpr", "NEED_RSCALE": "constexpr", "BLOCK_R": "constexpr",
-                     "BLOCK_L": "constexpr"},
-                    dict(CHANNEL_ON_COLS=on_cols, RELU=relu, HAS_RSCALE=has_rs, BLOCK_R=32 if on_cols else 16,
-                         BLOCK_L=64 if on_cols else 256, **bits),
-                    {"num_warps": 4}, {}))
-    for has_w, has_di in ((True, False), (False, False), (True, True), (False, True)):
-        out.append((f"bn_finalize_bwd_{int(has_w)}{int(has_di)}", bn_finalize_bwd_kernel,
-                    {"dscale_ptr": "*fp32", "dshift_ptr": "*fp32", "dinvstd_ptr": "*fp32", "mean_ptr": "*fp32",
-                     "weight_ptr": "*fp32", "scale_ptr": "*fp32", "invstd_ptr": "*fp32", "dmean_ptr": "*fp32",
-                     "dvar_ptr": "*fp32", "dweight_ptr": "*fp32", "C": "i32", "HAS_WEIGHT": "constexpr",
-                     "HAS_DINVSTD": "constexpr", "BLOCK_C": "constexpr"},
-                    {"HAS_WEIGHT": has_w, "HAS_DINVSTD": has_di, "BLOCK_C": 1024}, {"num_warps": 4}, {}))
     out.append(("sum_partials", sum_partials_kernel,
                 {"p_ptr": "*fp32", "out0_ptr": "*fp32", "out1_ptr": "*fp32", "out2_ptr": "*fp32", "T": "i32",
                  "C": "i32", "BLOCK_T": "constexpr",
@@ -691,18 +534,3 @@ def backward_specializations():
                     {"part_ptr": "*fp32", "dw_ptr": f"*{dtype}", "S": "i32", "KHW": "i32", "CIN_G": "i32",
                      "COUT": "i32", "BLOCK": "constexpr"}, {"BLOCK": 512}, {"num_warps": 4}, {}))
     return out
-
-
-def all_specializations():
-    return backward_specializations()
-
-
-def _main(argv):
-    """``python -m kernels.conv_backward [SHARD NSHARDS [ARCH]]``: like kernels.conv's."""
-    _common.compile_main(argv, all_specializations)
-
-
-if __name__ == "__main__":
-    import sys
-
-    _main(sys.argv[1:])

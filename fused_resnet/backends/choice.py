@@ -9,7 +9,7 @@ with that key runs the remembered candidate without timing. ``choices()`` lists 
 was taken and the times it was taken on; ``fused_resnet`` logs each new choice at
 DEBUG level. With ``FUSED_RESNET_CHOICE_CACHE=1`` the choices also persist across
 processes, in one JSON file per GPU name, torch and cuDNN version in the tuning cache
-directory (``triton_tuning.cache_dir()``); a file that cannot be read or written costs
+directory (``triton.tuning.cache_dir()``); a file that cannot be read or written costs
 one warning, and the problem is timed.
 
 No timing, and the ``default`` candidate (the fused kernel), when:
@@ -35,7 +35,7 @@ from typing import Callable, Hashable, Optional
 import torch
 
 from .._files import atomic_write
-from .triton_tuning import cache_dir
+from .triton.tuning import cache_dir
 
 log = logging.getLogger("fused_resnet")
 

@@ -38,12 +38,12 @@ from typing import Callable, Optional
 
 import torch
 
-from .._files import atomic_write
+from ..._files import atomic_write
 
 FORMAT = 1
 MAX_CANDIDATES = 4  # default bound on the candidates timed per key
 WARMUP_MS, REP_MS = 2, 10  # do_bench's budget per candidate
-SHIPPED_DIR = Path(__file__).resolve().parents[1] / "tuned"
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "tuned"
 
 # (device index, key) -> configuration chosen in this process: the hot path's lookup.
 _TUNED: dict[tuple, tuple] = {}
@@ -109,6 +109,13 @@ def table_name(gpu: str, triton_version: str) -> str:
 
 
 # ----------------------------------------------------------------------------- choosing
+
+
+def pick(key: tuple, candidates: list, launch: Callable[[tuple], None], device: torch.device) -> tuple:
+    """The configuration a launcher runs ``key``'s problem with: the only candidate, or ``choose``'s."""
+    if len(candidates) == 1:
+        return candidates[0]
+    return choose(key, candidates, launch, device)
 
 
 def choose(key: tuple, candidates: list, launch: Callable[[tuple], None], device: torch.device) -> tuple:
