@@ -5,8 +5,8 @@ variance of its rank's shard) in a convolution's epilogue. For a SyncBatchNorm t
 merged across the process group here, between that epilogue and the BatchNorm's
 finalize, so the fused ops downstream see the global statistics and nothing else changes.
 
-Forward, one collective: every rank contributes ``[count, mean, var]`` (all_gather), and
-every rank merges them in rank order with Chan's formula,
+Forward, one collective: every rank contributes ``[count, mean, var]`` (an all-gather into
+one tensor), and every rank merges them in rank order with Chan's formula,
 
     N = sum_q n_q,   M = sum_q n_q m_q / N,   V = sum_q n_q (v_q + (m_q - M)^2) / N,
 
@@ -31,6 +31,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 
+# torch 2.14 renamed all_gather_into_tensor (one output tensor, no per-rank list to stack).
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
 def process_group(bn: nn.Module):
     """The group whose batch ``bn`` normalises over, or None where it normalises its own
     shard: as nn.SyncBatchNorm decides, only a SyncBatchNorm in training mode, with
@@ -50,9 +54,8 @@ def sync_batch_stats(mean: Tensor, var: Tensor, count: int, group) -> tuple[Tens
     var)`` over ``count`` values per channel; mean and var differentiable, the count an
     fp64 scalar tensor (on the device: reading it would stall the host at every BatchNorm)."""
     mine = _pack(mean, var, count)
-    rows = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(rows, mine, group=group)
-    rows = torch.stack(rows)
+    rows = mine.new_empty(dist.get_world_size(group), mine.numel())
+    _all_gather(rows.view(-1), mine, group=group)
     g_mean, g_var = _SyncBatchStats.apply(mean, var, rows, count, group)
     return g_mean, g_var, rows[:, 0].sum()
 
