@@ -49,7 +49,7 @@ HEADERS = sorted(glob.glob("csrc/**/*.h", root_dir=ROOT, recursive=True)
 # directory each time).
 OBJECT_DIR = os.path.join("build", f"temp-_C-{sys.implementation.cache_tag}")
 PACKAGES = ["fused_resnet", "fused_resnet.backends", "fused_resnet.backends.triton", "fused_resnet.models",
-            "fused_resnet.kernels"]
+            "fused_resnet.tools", "fused_resnet.kernels"]
 PACKAGE_DIR = {"fused_resnet": "fused_resnet", "fused_resnet.kernels": "kernels"}
 
 

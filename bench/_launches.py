@@ -23,7 +23,8 @@ from unittest import mock
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fused_resnet import backends, benchmark as B, ops
+from fused_resnet import backends, ops
+from fused_resnet.tools.traffic import gpu_gap, runs_kernel
 
 
 class _TritonLaunch:
@@ -77,15 +78,15 @@ def cuda_host_backend(report: Callable, name: str = "cuda-host"):
     """The cuda backend, registered as ``name`` while the context lasts, on any tensors, its
     _C ops answered by CudaOps(report). Which convolutions CUTLASS takes is _C.conv_gap's
     answer for bf16 channels_last meta copies of the operands, the device aside
-    (benchmark.gpu_gap): the extension must be built."""
+    (tools.traffic.gpu_gap): the extension must be built."""
     from fused_resnet.backends import cuda
 
     attrs = {"name": name, "available": lambda self: (True, ""), "supports": lambda self, d, t: (True, "")}
     backend = type("CudaHostBackend", (cuda.CudaBackend,), attrs)()
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(cuda, "ops", lambda: CudaOps(report)))
-        stack.enter_context(mock.patch.object(cuda, "conv_gap", B.gpu_gap(cuda.conv_gap)))
-        stack.enter_context(mock.patch.object(cuda, "conv_dgrad_gap", B.gpu_gap(cuda.conv_dgrad_gap)))
+        stack.enter_context(mock.patch.object(cuda, "conv_gap", gpu_gap(cuda.conv_gap)))
+        stack.enter_context(mock.patch.object(cuda, "conv_dgrad_gap", gpu_gap(cuda.conv_dgrad_gap)))
         stack.enter_context(mock.patch.dict(backends.BACKENDS, {name: backend}))
         yield name
 
@@ -115,6 +116,6 @@ class BackendDispatch(TorchDispatchMode):
         if out is not NotImplemented:
             return out
         out = func(*args, **(kwargs or {}))
-        if B.runs_kernel(func):
+        if runs_kernel(func):
             self.report(func, args, kwargs, out)
         return out

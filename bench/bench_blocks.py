@@ -14,7 +14,7 @@ Modes:
 For inference the memory floor is the bytes of input + output + weights read or
 written once; achieved bandwidth = floor bytes / time, also given as a share of
 the measured copy bandwidth. For every uncompiled variant, in both modes, one
-more step is run with its operators' bytes counted (benchmark.op_traffic: each
+more step is run with its operators' bytes counted (fused_resnet.tools.traffic.op_traffic: each
 operator's tensor inputs and outputs once, a fused op as one operator, the
 traffic bench/traffic.py tabulates): "op GB" per step, and "GB/s (op bytes)" =
 op GB / time, how close that variant's own kernels come to streaming.
@@ -44,8 +44,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from fused_resnet import benchmark as B  # noqa: E402
+from fused_resnet import convert  # noqa: E402
 from fused_resnet.backends import choice  # noqa: E402
+from fused_resnet.tools.env import dtype_name, env_info, parse_dtype, resolve_device  # noqa: E402
+from fused_resnet.tools.models import block_backends, perturb_batchnorm  # noqa: E402
+from fused_resnet.tools.report import format_table, progress  # noqa: E402
+from fused_resnet.tools.timing import (  # noqa: E402
+    CPU_NOTE, autocast, measure_ceilings, peak_memory_gb, prepare, reset_peak_memory, time_fn,
+)
+from fused_resnet.tools.traffic import conv_flops, op_traffic, weight_bytes  # noqa: E402
 
 BLOCKS = {
     "layer1": ("layer1 bottleneck 256-64-256 56x56", "bottleneck", 256, 64, 56),
@@ -60,7 +67,7 @@ def make_block(kind: str, inplanes: int, planes: int, seed: int) -> nn.Module:
 
     torch.manual_seed(seed)
     block = Bottleneck(inplanes, planes) if kind == "bottleneck" else BasicBlock(inplanes, planes)
-    return B.perturb_batchnorm(block, seed + 1)
+    return perturb_batchnorm(block, seed + 1)
 
 
 def block_variant(variant: str, kind, inplanes, planes, *, seed, compile_mode):
@@ -72,7 +79,7 @@ def block_variant(variant: str, kind, inplanes, planes, *, seed, compile_mode):
         return block, None  # compiled after it is moved to the device
     if variant.startswith("fused["):
         name = variant[len("fused["):].split("]")[0]
-        return B.convert(nn.Sequential(block), name), name
+        return convert(nn.Sequential(block), name), name
     raise ValueError(variant)
 
 
@@ -81,7 +88,7 @@ def build_step(key, mode, variant, *, batch, dtype, device, seed, compile_mode):
     function doing one inference or training step over rotating inputs."""
     label, kind, inplanes, planes, hw = BLOCKS[key]
     module, expect = block_variant(variant, kind, inplanes, planes, seed=seed, compile_mode=compile_mode)
-    module = B.prepare(module, mode=mode, dtype=dtype, device=device)
+    module = prepare(module, mode=mode, dtype=dtype, device=device)
     run = torch.compile(module, mode=compile_mode) if variant.endswith("compile") else module
     g = torch.Generator().manual_seed(seed + 7)
     shape = (batch, inplanes, hw, hw)
@@ -99,7 +106,7 @@ def build_step(key, mode, variant, *, batch, dtype, device, seed, compile_mode):
 
     def step():
         x = next(cycle)
-        with B.autocast(device, dtype):
+        with autocast(device, dtype):
             out = run(x)
         out.backward(gout)
         module.zero_grad(set_to_none=True)
@@ -109,24 +116,24 @@ def build_step(key, mode, variant, *, batch, dtype, device, seed, compile_mode):
 
 def run_one(key, mode, variant, *, batch, dtype, device, steps, warmup, seed, compile_mode, show):
     label = BLOCKS[key][0]
-    row = {"block": label, "key": key, "mode": mode, "variant": variant, "N": batch, "dtype": B.dtype_name(dtype),
+    row = {"block": label, "key": key, "mode": mode, "variant": variant, "N": batch, "dtype": dtype_name(dtype),
            "channels_last": True, "compiled": variant.endswith("compile")}
     t0 = time.perf_counter()
     module = step = None
     try:
-        B.reset_peak_memory(device)
+        reset_peak_memory(device)
         torch._dynamo.reset()
         module, step, expect = build_step(key, mode, variant, batch=batch, dtype=dtype, device=device, seed=seed,
                                           compile_mode=compile_mode)
-        timing = B.time_fn(step, device=device, warmup=warmup, steps=steps, label=f"{key} {mode} {variant}",
+        timing = time_fn(step, device=device, warmup=warmup, steps=steps, label=f"{key} {mode} {variant}",
                            show=show)
         row.update(timing.as_dict())
         if not row["compiled"]:  # compiled code runs its own kernels, past the dispatcher
-            traffic = B.op_traffic(step)
+            traffic = op_traffic(step)
             row["op_bytes"], row["op_count"] = traffic["bytes"], traffic["ops"]
-        row["peak_GB"] = B.peak_memory_gb(device)
+        row["peak_GB"] = peak_memory_gb(device)
         if expect is not None:
-            got = sorted(B.block_backends(module))
+            got = sorted(block_backends(module))
             row["backend"] = "+".join(got)
             if got != [expect]:
                 row["warning"] = f"requested {expect}, ran on {got}"
@@ -134,18 +141,18 @@ def run_one(key, mode, variant, *, batch, dtype, device, steps, warmup, seed, co
             row["backend"] = "torch"
     except Exception as e:
         row["error"] = f"{type(e).__name__}: {e}"[:2000]
-        B.progress(f"{key} {mode} {variant}: FAILED: {row['error'].splitlines()[0]}", show)
+        progress(f"{key} {mode} {variant}: FAILED: {row['error'].splitlines()[0]}", show)
     finally:
         row["wall_s"] = time.perf_counter() - t0
         del module, step
         torch._dynamo.reset()
-        B.reset_peak_memory(device)
+        reset_peak_memory(device)
     return row
 
 
 def fused_key(kind: str, inplanes: int, planes: int) -> str:
     """The speed-table signature of the fused twin of one benchmark block."""
-    return B.convert(nn.Sequential(make_block(kind, inplanes, planes, 0)), "reference")[0].speed_key()
+    return convert(nn.Sequential(make_block(kind, inplanes, planes, 0)), "reference")[0].speed_key()
 
 
 def speed_table(rows, *, device: str, dtype: str, date: str, command: str) -> dict:
@@ -169,7 +176,7 @@ def block_costs(key: str, n: int, dtype: torch.dtype) -> tuple[int, int, int]:
     block = make_block(kind, inplanes, planes, 0)
     item = torch.empty((), dtype=dtype).element_size()
     act = 2 * n * inplanes * hw * hw * item  # identity blocks: the output has the input's shape
-    return act, act + B.weight_bytes(block, dtype), B.conv_flops(block, (n, inplanes, hw, hw))
+    return act, act + weight_bytes(block, dtype), conv_flops(block, (n, inplanes, hw, hw))
 
 
 def add_floors(rows, *, dtype, ceilings):
@@ -207,7 +214,7 @@ def table(rows) -> str:
                      e / r["median_ms"] if e and r.get("median_ms") else None,
                      r.get("GBps"), r.get("pct_copy_BW"), r.get("floor_ms"), r.get("TFLOPs"), op_gb,
                      r.get("GBps_ops")])
-    return B.format_table(["block", "mode", "variant", "median ms", "x eager", "GB/s (floor bytes)",
+    return format_table(["block", "mode", "variant", "median ms", "x eager", "GB/s (floor bytes)",
                            "% copy BW", "floor ms", "TFLOP/s", "op GB", "GB/s (op bytes)"], body)
 
 
@@ -233,9 +240,9 @@ def main(argv=None) -> int:
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
 
-    device = B.resolve_device(args.device)
+    device = resolve_device(args.device)
     on_cpu = device.type == "cpu"
-    dtype = B.parse_dtype(args.dtype or ("fp32" if on_cpu else "bf16"))
+    dtype = parse_dtype(args.dtype or ("fp32" if on_cpu else "bf16"))
     batch = args.batch or (2 if on_cpu else 128)
     steps = args.steps or (2 if on_cpu else (10 if args.quick else 30))
     warmup = args.warmup if args.warmup is not None else (1 if on_cpu else (3 if args.quick else 5))
@@ -265,11 +272,11 @@ def main(argv=None) -> int:
     if args.compile_fused and not args.quick:
         variants += [v + "+compile" for v in fused_variants]
     for n, why in skipped.items():
-        B.progress(f"backend {n} skipped: {why}", show)
+        progress(f"backend {n} skipped: {why}", show)
     if on_cpu:
-        B.progress(f"no CUDA GPU: CPU run with N={batch}; CPU numbers say nothing about GPU speed", show)
+        progress(f"no CUDA GPU: CPU run with N={batch}; CPU numbers say nothing about GPU speed", show)
 
-    ceilings = B.measure_ceilings(device, show=show)
+    ceilings = measure_ceilings(device, show=show)
     command = " ".join(["python", "bench/bench_blocks.py"] + [shlex.quote(a) for a in
                                                               (sys.argv[1:] if argv is None else argv)])
     rows = []
@@ -277,17 +284,17 @@ def main(argv=None) -> int:
     def write(partial: bool) -> dict:
         """The JSON, rewritten after every block and mode so that a run cut short keeps what it measured."""
         add_floors(rows, dtype=dtype, ceilings=ceilings)
-        env = B.env_info()
+        env = env_info()
         out = {
             "command": command, "partial": partial,
             "date": env["date"], "device": env["gpu"] if not on_cpu else "cpu", "env": env, "ceilings": ceilings,
-            "config": {"blocks": keys, "modes": modes, "N": batch, "dtype": B.dtype_name(dtype), "steps": steps,
+            "config": {"blocks": keys, "modes": modes, "N": batch, "dtype": dtype_name(dtype), "steps": steps,
                        "warmup": warmup, "variants": variants, "skipped_backends": skipped,
                        "compile_mode": args.compile_mode, "rotating_inputs": ROTATE,
                        "floor": "input + output + weights (conv weights in dtype, fp32 folded bias), once",
-                       "op_bytes": "each operator's tensor inputs and outputs once (benchmark.op_traffic)",
+                       "op_bytes": "each operator's tensor inputs and outputs once (fused_resnet.tools.traffic.op_traffic)",
                        "train_step": "forward under autocast + backward of a fixed random dout, no optimizer"},
-            "note": B.CPU_NOTE.format(backend="reference") if on_cpu else None,
+            "note": CPU_NOTE.format(backend="reference") if on_cpu else None,
             "results": rows, "table": table(rows),
             "cuda_choices": choice.choices_table(),
         }
@@ -295,7 +302,7 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1, default=str)
         if args.table and not partial:
-            table_out = speed_table(rows, device=out["device"], dtype=B.dtype_name(dtype), date=env["date"],
+            table_out = speed_table(rows, device=out["device"], dtype=dtype_name(dtype), date=env["date"],
                                     command=command)
             with open(args.table, "w") as f:
                 json.dump(table_out, f, indent=1)
@@ -310,7 +317,7 @@ def main(argv=None) -> int:
     out = write(partial=False)
     text = out["table"]
     dev = out["device"]
-    print(f"bench_blocks: N={batch} {B.dtype_name(dtype)} channels_last on {dev}, torch {torch.__version__}"
+    print(f"bench_blocks: N={batch} {dtype_name(dtype)} channels_last on {dev}, torch {torch.__version__}"
           + (f"; copy {ceilings['copy_GBps']:.0f} GB/s, bf16 GEMM {ceilings['bf16_TFLOPs']:.0f} TFLOP/s"
              if ceilings else ""))
     print(text)
@@ -320,7 +327,7 @@ def main(argv=None) -> int:
     if args.plot:
         from fused_resnet import plot
 
-        plot.blocks_chart(rows, args.plot, f"blocks, N={batch} {B.dtype_name(dtype)} on {dev}")
+        plot.blocks_chart(rows, args.plot, f"blocks, N={batch} {dtype_name(dtype)} on {dev}")
         print(f"wrote {args.plot}")
     return 1 if any(r.get("error") for r in rows) else 0
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Whole-model images/s: torchvision eager vs torch.compile vs fused (backend auto), infer and train.
 
-Same method as ``python -m fused_resnet bench`` (fused_resnet/benchmark.py):
+Same method as ``python -m fused_resnet bench`` (fused_resnet/tools/timing.py):
 channels_last, bf16 (inference: model cast to bf16 under inference_mode;
 training: autocast + cross-entropy + backward + SGD momentum step), CUDA events
 per step, warm-up excluded, median; peak memory = torch.cuda.max_memory_allocated.
@@ -27,8 +27,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from fused_resnet import benchmark as B  # noqa: E402
 from fused_resnet.backends import choice  # noqa: E402
+from fused_resnet.tools.env import dtype_name, env_info, parse_dtype, resolve_device  # noqa: E402
+from fused_resnet.tools.models import model_spec  # noqa: E402
+from fused_resnet.tools.report import progress  # noqa: E402
+from fused_resnet.tools.timing import CPU_NOTE, bench_model, results_table  # noqa: E402
 
 DEFAULT_MODELS = "resnet18,resnet50,resnet101,cifar_resnet56"
 QUICK_MODELS = "resnet50,cifar_resnet56"
@@ -67,9 +70,9 @@ def main(argv=None) -> int:
     p.add_argument("-q", "--quiet", action="store_true")
     args = p.parse_args(argv)
 
-    device = B.resolve_device(args.device)
+    device = resolve_device(args.device)
     on_cpu = device.type == "cpu"
-    dtype = B.parse_dtype(args.dtype or ("fp32" if on_cpu else "bf16"))
+    dtype = parse_dtype(args.dtype or ("fp32" if on_cpu else "bf16"))
     models = [m.strip() for m in (args.models or (QUICK_MODELS if args.quick else DEFAULT_MODELS)).split(",")
               if m.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -81,11 +84,11 @@ def main(argv=None) -> int:
     compile_set = set(models if args.compile_models == "all" else args.compile_models.split(","))
     show = not args.quiet
     for m in models:
-        B.model_spec(m)  # unknown names fail before anything runs
+        model_spec(m)  # unknown names fail before anything runs
     if args.tuned_table and device.type != "cuda":
         p.error(f"--tuned-table needs a CUDA device (the Triton configurations are tuned on a GPU), got {device}")
     if on_cpu:
-        B.progress("no CUDA GPU: CPU run with small sizes; CPU numbers say nothing about GPU speed", show)
+        progress("no CUDA GPU: CPU run with small sizes; CPU numbers say nothing about GPU speed", show)
 
     rows, t0 = [], time.perf_counter()
     command = " ".join(["python", "bench/bench_models.py"] + [shlex.quote(a) for a in
@@ -93,18 +96,18 @@ def main(argv=None) -> int:
 
     def write(partial: bool) -> dict:
         """The JSON, rewritten after every model and mode so that a run cut short keeps what it measured."""
-        env = B.env_info()
+        env = env_info()
         out = {
             "command": command, "partial": partial,
             "date": env["date"], "device": env["gpu"] if not on_cpu else "cpu", "env": env,
-            "config": {"models": models, "modes": modes, "dtype": B.dtype_name(dtype), "steps": steps,
+            "config": {"models": models, "modes": modes, "dtype": dtype_name(dtype), "steps": steps,
                        "warmup": warmup, "backend": args.backend, "compile": args.compile,
                        "compile_models": sorted(compile_set) if args.compile else [],
                        "compile_mode": args.compile_mode, "graphs": args.graphs, "channels_last": True,
                        "train_step": "autocast forward + cross-entropy + backward + SGD(momentum=0.9) step",
                        "infer_step": "model.eval().to(dtype) under torch.inference_mode"},
-            "note": B.CPU_NOTE.format(backend="reference") if on_cpu else None,
-            "results": rows, "table": B.results_table(rows), "wall_s": time.perf_counter() - t0,
+            "note": CPU_NOTE.format(backend="reference") if on_cpu else None,
+            "results": rows, "table": results_table(rows), "wall_s": time.perf_counter() - t0,
             "cuda_choices": choice.choices_table(),
         }
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
@@ -113,7 +116,7 @@ def main(argv=None) -> int:
         return out
 
     for name in models:
-        spec = B.model_spec(name)
+        spec = model_spec(name)
         if spec.kind == "cifar":
             batch = args.batch or (2 if on_cpu else 512)
         else:
@@ -124,15 +127,15 @@ def main(argv=None) -> int:
             variants += [f"{v}+compile" for v in compile_variants]
         for mode in modes:
             graphs = ["eager+graphs", "fused+graphs"] if args.graphs else []
-            rows += B.bench_model(name, mode=mode, variants=variants + graphs, batch=batch, image_size=image, dtype=dtype,
+            rows += bench_model(name, mode=mode, variants=variants + graphs, batch=batch, image_size=image, dtype=dtype,
                                   device=device, steps=steps, warmup=warmup, backend=args.backend,
                                   compile_mode=args.compile_mode, seed=args.seed, show=show)
-            B.progress(f"{name} {mode} done ({time.perf_counter() - t0:.0f} s so far)", show)
+            progress(f"{name} {mode} done ({time.perf_counter() - t0:.0f} s so far)", show)
             write(partial=True)
 
     out = write(partial=False)
     text = out["table"]
-    print(f"bench_models: {B.dtype_name(dtype)} channels_last on {out['device']}, torch {torch.__version__}")
+    print(f"bench_models: {dtype_name(dtype)} channels_last on {out['device']}, torch {torch.__version__}")
     print(text)
     if on_cpu:
         print("NOTE: " + out["note"])
@@ -140,7 +143,7 @@ def main(argv=None) -> int:
     if args.plot:
         from fused_resnet import plot
 
-        plot.bench_chart(rows, args.plot, f"{', '.join(models)}: {B.dtype_name(dtype)} on {out['device']}")
+        plot.bench_chart(rows, args.plot, f"{', '.join(models)}: {dtype_name(dtype)} on {out['device']}")
         print(f"wrote {args.plot}")
     if args.tuned_table:
         from fused_resnet.backends.triton import tuning

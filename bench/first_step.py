@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from fused_resnet import benchmark as B  # noqa: E402
+from fused_resnet.tools.env import env_info  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     row = {"label": args.label, "model": args.model, "backend": args.backend, "mode": args.mode,
-           "batch": args.batch, "setup_s": setup_s, "step_s": times, "env": B.env_info(),
+           "batch": args.batch, "setup_s": setup_s, "step_s": times, "env": env_info(),
            "cache_dir": os.environ.get("FUSED_RESNET_CACHE_DIR"),
            "autotune": os.environ.get("FUSED_RESNET_TRITON_AUTOTUNE", "1")}
     with open(args.json, "a") as f:

@@ -49,8 +49,10 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import fused_resnet  # noqa: E402
-from fused_resnet import backends, benchmark as B, ops  # noqa: E402
+from fused_resnet import backends, ops  # noqa: E402
 from fused_resnet.backends.base import Backend  # noqa: E402
+from fused_resnet.tools.env import env_info, utc_now  # noqa: E402
+from fused_resnet.tools.models import perturb_batchnorm  # noqa: E402
 
 import _launches as L  # noqa: E402
 
@@ -80,7 +82,7 @@ def make_block(kind: str, cin: int, planes: int) -> nn.Module:
 
     torch.manual_seed(0)
     cls = {"bottleneck": Bottleneck, "basic": BasicBlock, "preact": PreActBasicBlock}[kind]
-    return B.perturb_batchnorm(cls(cin, planes), 1)
+    return perturb_batchnorm(cls(cin, planes), 1)
 
 
 def make_step(module: nn.Module, x: torch.Tensor, gout: torch.Tensor, mode: str, no_grad: bool = False):
@@ -160,11 +162,11 @@ def main(argv=None) -> int:
             stack.enter_context(L.cuda_host_backend(lambda name, *_: counts.update([name])))
         rows = run_all(args, variants, counts)
     if args.json:
-        env = B.env_info()
+        env = env_info()
         env["cpu"] = _cpu_name()
         with open(args.json, "w") as f:
             json.dump({"command": " ".join([os.path.basename(sys.argv[0])] + (argv or sys.argv[1:])),
-                       "date": B.utc_now(), "env": env, "rows": rows}, f, indent=1)
+                       "date": utc_now(), "env": env, "rows": rows}, f, indent=1)
     return 0
 
 

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 import bench_blocks  # noqa: E402
-from bench_blocks import B  # noqa: E402
+from fused_resnet.tools.env import gpu_name, resolve_device, synchronize  # noqa: E402
 
 
 def profile_variant(key: str, mode: str, variant: str, *, batch: int, device, steps: int, top: int) -> str:
@@ -34,18 +34,18 @@ def profile_variant(key: str, mode: str, variant: str, *, batch: int, device, st
                                          seed=0, compile_mode=None)
     for _ in range(5):
         step()
-    B.synchronize(device)
+    synchronize(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
     host_ms = (time.perf_counter() - t0) / steps * 1e3  # the launches may run ahead of the GPU
-    B.synchronize(device)
+    synchronize(device)
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(steps):
         step()
     prof.disable()
-    B.synchronize(device)
+    synchronize(device)
     text = io.StringIO()
     stats = pstats.Stats(prof, stream=text)
     stats.sort_stats("tottime").print_stats(top)
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--out", default=None, help="also write the report here")
     args = p.parse_args(argv)
-    device = B.resolve_device("auto")
+    device = resolve_device("auto")
     reports = []
     for key in args.blocks.split(","):
         for mode in args.modes.split(","):
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
                 print(reports[-1].split("\n")[1], flush=True)
     if args.out:
         with open(args.out, "w") as f:
-            f.write(f"host_profile.py: {B.gpu_name(device) if device.type == 'cuda' else 'CPU'}, "
+            f.write(f"host_profile.py: {gpu_name(device) if device.type == 'cuda' else 'CPU'}, "
                     f"torch {torch.__version__}\n" + "".join(reports))
     return 0
 

@@ -27,7 +27,7 @@ are listed by name; their grid is the library's own ("library").
 
 Bytes: every distinct tensor a launch is given (a buffer passed twice, as a placeholder
 pointer say, counted once), read or written once; an approximation that counts unread
-placeholders and ignores re-reads. aten operators: benchmark.op_bytes. A serial split-K
+placeholders and ignores re-reads. aten operators: tools.traffic.op_bytes. A serial split-K
 CUTLASS convolution passes its fp32 output through memory once per slice (each slice
 reads what the previous one wrote, adds its part and writes): counted per slice.
 
@@ -70,9 +70,11 @@ from torch import Tensor, nn  # noqa: E402
 
 import _launches as L  # noqa: E402
 import bench_blocks  # noqa: E402
-from bench_blocks import B  # noqa: E402
-from fused_resnet import backends  # noqa: E402
+from fused_resnet import backends, convert  # noqa: E402
 from fused_resnet._layout import output_format  # noqa: E402
+from fused_resnet.tools.env import dtype_name, env_info, utc_now  # noqa: E402
+from fused_resnet.tools.report import format_table  # noqa: E402
+from fused_resnet.tools.traffic import op_bytes, tensor_bytes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH, DTYPE = 128, torch.bfloat16
@@ -114,7 +116,7 @@ def distinct_bytes(tensors) -> int:
     seen: dict[int, int] = {}
     for t in tensors:
         key = t.untyped_storage()._cdata
-        seen[key] = max(seen.get(key, 0), B.tensor_bytes(t))
+        seen[key] = max(seen.get(key, 0), tensor_bytes(t))
     return sum(seen.values())
 
 
@@ -140,7 +142,7 @@ def meta_train_step(key: str, backend: str) -> Callable[[], None]:
     """One training step of a bench_blocks.py block on ``backend``, meta tensors at the benchmark
     size: channels_last, bf16 activations and convolution weights, fp32 BatchNorm."""
     _, kind, inplanes, planes, hw = bench_blocks.BLOCKS[key]
-    block = B.convert(nn.Sequential(bench_blocks.make_block(kind, inplanes, planes, seed=0)), backend)
+    block = convert(nn.Sequential(bench_blocks.make_block(kind, inplanes, planes, seed=0)), backend)
     block = block.to(device="meta", memory_format=torch.channels_last).train()
     for m in block.modules():
         if isinstance(m, nn.Conv2d):
@@ -166,7 +168,7 @@ class Recorder:
         return op_label(self.mode.op)
 
     def aten(self, func, args, kwargs, out) -> None:
-        self.emit(Launch(self.op(), f"aten::{func.overloadpacket.__name__}", bytes=B.op_bytes(func, args, kwargs, out)))
+        self.emit(Launch(self.op(), f"aten::{func.overloadpacket.__name__}", bytes=op_bytes(func, args, kwargs, out)))
 
     def triton(self, name, grid, args, kwargs) -> None:
         self.emit(triton_launch(self.op(), name, grid, args, kwargs))
@@ -283,7 +285,7 @@ def _cutlass_launch(k: Cutlass, m: int, n: int, nbytes: int, split: int = 1, mod
 
 
 def _vec_bytes(*vectors) -> int:
-    return sum(B.tensor_bytes(v) for v in vectors if v is not None)
+    return sum(tensor_bytes(v) for v in vectors if v is not None)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -336,7 +338,7 @@ def _batch_stats(emit, x: Tensor) -> None:
     gx, chunks = _plan(rows, cvecs)
     c = x.shape[1]
     emit(Launch("", "stats_nhwc_kernel", (gx, chunks), f"{THREADS} threads",
-                bytes=B.tensor_bytes(x) + (2 * chunks + 1) * c * 4))
+                bytes=tensor_bytes(x) + (2 * chunks + 1) * c * 4))
     emit(Launch("", "stats_merge_kernel", (1, _cdiv(c, MERGE_BLOCK[0])), f"{math.prod(MERGE_BLOCK)} threads",
                 bytes=(2 * chunks + 1) * c * 4 + 2 * c * 4))
 
@@ -387,7 +389,7 @@ def c_conv_wgrad(emit, args, out) -> None:
     emit(Launch("", "cudaMemsetAsync (split-K partials)", bytes=partial_bytes))
     emit(launch)
     emit(Launch("", "wgrad_reduce_kernel", (_cdiv(kout * r * s * c, 32),), "256 threads", "", "",
-                partial_bytes + B.tensor_bytes(out)))
+                partial_bytes + tensor_bytes(out)))
 
 
 def c_conv_dgrad(emit, args, out) -> None:
@@ -492,7 +494,7 @@ def grouped(launches: list[Launch]) -> list[tuple[Launch, int]]:
 def table(launches: list[Launch]) -> str:
     body = [[x.op, x.kernel, n, x.programs if x.grid is not None else "library", x.width or "-", x.tile or "-",
              x.splits or "-", round(x.bytes / 1e6, 2), x.flag or "-"] for x, n in grouped(launches)]
-    return B.format_table(["op", "kernel", "launches", "programs", "warps/threads", "tile", "splits",
+    return format_table(["op", "kernel", "launches", "programs", "warps/threads", "tile", "splits",
                            "MB each", "flag"], body)
 
 
@@ -533,7 +535,7 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"command": " ".join(["launch_audit.py"] + (argv if argv is not None else sys.argv[1:])),
-                       "date": B.utc_now(), "env": B.env_info(), "N": BATCH, "dtype": B.dtype_name(DTYPE),
+                       "date": utc_now(), "env": env_info(), "N": BATCH, "dtype": dtype_name(DTYPE),
                        "sms": SMS, "results": results}, f, indent=1)
     return 0
 

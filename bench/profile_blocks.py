@@ -26,7 +26,10 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import bench_blocks  # noqa: E402
-from bench_blocks import B  # noqa: E402
+from fused_resnet import available_backends  # noqa: E402
+from fused_resnet.tools.env import gpu_name, parse_dtype, resolve_device, synchronize  # noqa: E402
+from fused_resnet.tools.report import format_table  # noqa: E402
+from fused_resnet.tools.timing import time_fn  # noqa: E402
 
 
 def kernel_times(step, *, steps: int, device: torch.device) -> list[tuple[str, int, float]]:
@@ -36,7 +39,7 @@ def kernel_times(step, *, steps: int, device: torch.device) -> list[tuple[str, i
     with profile(activities=[ProfilerActivity.CUDA if on_gpu else ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             step()
-        B.synchronize(device)
+        synchronize(device)
     rows = []
     for e in prof.key_averages():
         us = e.self_device_time_total if on_gpu else e.self_cpu_time_total
@@ -74,7 +77,7 @@ def report(label: str, rows, *, steps: int, top: int, step_ms: float) -> str:
              f"in a step of {step_ms:.3f} ms (median, unprofiled)"]
     body = [[short_name(name), count / steps, us / steps / 1e3, 100 * us / steps / 1e3 / total_ms]
             for name, count, us in rows[:top]]
-    lines.append(B.format_table(["kernel", "launches/step", "ms/step", "% of kernel time"], body))
+    lines.append(format_table(["kernel", "launches/step", "ms/step", "% of kernel time"], body))
     return "\n".join(lines)
 
 
@@ -90,20 +93,20 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=12)
     p.add_argument("--device", default=None, help="default: cuda when available (a CPU run only smoke-tests)")
     args = p.parse_args(argv)
-    device, dtype = B.resolve_device(args.device), B.parse_dtype(args.dtype)
+    device, dtype = resolve_device(args.device), parse_dtype(args.dtype)
     if args.backends is None:
-        names = [n for n, (ok, _) in B.available_backends().items() if ok and (n != "reference" or device.type == "cpu")]
+        names = [n for n, (ok, _) in available_backends().items() if ok and (n != "reference" or device.type == "cpu")]
     else:
         names = [n.strip() for n in args.backends.split(",") if n.strip()]
     variants = ["eager"] + [f"fused[{n}]" for n in names]
-    print(f"profile_blocks.py: {B.gpu_name(device) if device.type == 'cuda' else 'CPU'}, torch {torch.__version__}, {args.dtype}, N={args.batch}, "
+    print(f"profile_blocks.py: {gpu_name(device) if device.type == 'cuda' else 'CPU'}, torch {torch.__version__}, {args.dtype}, N={args.batch}, "
           f"{args.steps} profiled steps after {args.warmup} warm-up steps")
     for key in args.blocks.split(","):
         for mode in args.modes.split(","):
             for variant in variants:
                 module, step, _ = bench_blocks.build_step(key, mode, variant, batch=args.batch, dtype=dtype,
                                                           device=device, seed=0, compile_mode=None)
-                timing = B.time_fn(step, device=device, warmup=args.warmup, steps=args.steps, show=False)
+                timing = time_fn(step, device=device, warmup=args.warmup, steps=args.steps, show=False)
                 rows = kernel_times(step, steps=args.steps, device=device)
                 print(report(f"{key} {mode} {variant}", rows, steps=args.steps, top=args.top,
                              step_ms=timing.median_ms), flush=True)

@@ -29,7 +29,13 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
-from fused_resnet import benchmark as B  # noqa: E402
+from fused_resnet import available_backends, convert  # noqa: E402
+from fused_resnet.tools.env import (  # noqa: E402
+    dtype_name, env_info, gpu_name, parse_dtype, resolve_device, synchronize,
+)
+from fused_resnet.tools.models import build_model, make_input, model_spec  # noqa: E402
+from fused_resnet.tools.report import format_table  # noqa: E402
+from fused_resnet.tools.timing import make_infer_step, prepare, time_fn  # noqa: E402
 
 PREFIX = "part:"
 OUTSIDE = "(outside the parts)"
@@ -89,7 +95,7 @@ def part_times(step, model: nn.Module, *, steps: int, device: torch.device) -> d
     with part_ranges(model), profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])) as prof:
         for _ in range(steps):
             step()
-        B.synchronize(device)
+        synchronize(device)
     totals: dict[str, list] = {}
     tops = [e for e in prof.events() if e.cpu_parent is None]
     for evt in prof.events():
@@ -112,15 +118,15 @@ def part_times(step, model: nn.Module, *, steps: int, device: torch.device) -> d
 def profile_model(name: str, variant: str, *, batch: int, image_size, dtype, device, steps: int,
                   warmup: int) -> dict:
     """One variant ("eager" or "fused[backend]") of one model: its parts' times and its median batch time."""
-    spec = B.model_spec(name)
-    model = B.build_model(spec, seed=0)
+    spec = model_spec(name)
+    model = build_model(spec, seed=0)
     if variant != "eager":
-        model = B.convert(model, variant[len("fused["):-1])
-    model = B.prepare(model, mode="infer", dtype=dtype, device=device)
+        model = convert(model, variant[len("fused["):-1])
+    model = prepare(model, mode="infer", dtype=dtype, device=device)
     size = spec.image_size if spec.kind == "cifar" else (image_size or spec.image_size)
-    x, _ = B.make_input(batch, size, num_classes=spec.num_classes, device=device, dtype=dtype)
-    step = B.make_infer_step(model, x)
-    timing = B.time_fn(step, device=device, warmup=warmup, steps=max(steps, 3), show=False)
+    x, _ = make_input(batch, size, num_classes=spec.num_classes, device=device, dtype=dtype)
+    step = make_infer_step(model, x)
+    timing = time_fn(step, device=device, warmup=warmup, steps=max(steps, 3), show=False)
     return {"model": name, "variant": variant, "batch": batch, "median_ms": timing.median_ms,
             "parts": part_times(step, model, steps=steps, device=device)}
 
@@ -141,7 +147,7 @@ def table(results: list[dict]) -> str:
                                          f"{sum(v[1] for v in r['parts'].values()):.0f}")])
     rows.append(["batch (median, unprofiled)"] + [c for r in results for c in (f"{r['median_ms']:.3f}", "")])
     headers = ["part"] + [h for v in variants for h in (f"{v} ms", "kernels")]
-    return B.format_table(headers, rows)
+    return format_table(headers, rows)
 
 
 def main(argv=None) -> int:
@@ -156,25 +162,25 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    device = B.resolve_device(args.device)
+    device = resolve_device(args.device)
     on_cpu = device.type == "cpu"
-    dtype = B.parse_dtype(args.dtype or ("fp32" if on_cpu else "bf16"))
+    dtype = parse_dtype(args.dtype or ("fp32" if on_cpu else "bf16"))
     if args.backends is None:
-        names = [n for n, (ok, _) in B.available_backends().items() if ok and (n != "reference" or on_cpu)]
+        names = [n for n, (ok, _) in available_backends().items() if ok and (n != "reference" or on_cpu)]
     else:
         names = [n.strip() for n in args.backends.split(",") if n.strip()]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in models:
-        B.model_spec(m)  # unknown names fail before anything runs
-    out = {"env": B.env_info(), "device": B.gpu_name(device) if not on_cpu else "cpu", "dtype": B.dtype_name(dtype),
+        model_spec(m)  # unknown names fail before anything runs
+    out = {"env": env_info(), "device": gpu_name(device) if not on_cpu else "cpu", "dtype": dtype_name(dtype),
            "models": {}}
     for m in models:
-        batch = args.batch or (2 if on_cpu else (512 if B.model_spec(m).kind == "cifar" else 256))
+        batch = args.batch or (2 if on_cpu else (512 if model_spec(m).kind == "cifar" else 256))
         image = args.image_size or (64 if on_cpu else None)
         results = [profile_model(m, v, batch=batch, image_size=image, dtype=dtype, device=device, steps=args.steps,
                                  warmup=args.warmup) for v in ["eager"] + [f"fused[{n}]" for n in names]]
         out["models"][m] = results
-        print(f"\n== {m}, inference, batch {batch}, {B.dtype_name(dtype)}, on {out['device']}"
+        print(f"\n== {m}, inference, batch {batch}, {dtype_name(dtype)}, on {out['device']}"
               f"{' (CPU times: a smoke run)' if on_cpu else ''}\n{table(results)}", flush=True)
     if args.json:
         with open(args.json, "w") as f:

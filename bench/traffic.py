@@ -4,7 +4,7 @@
 Runs bench_blocks.py's blocks at their GPU size (N=128, bf16) on the meta device,
 where no data exists and nothing is computed, and counts for every operator that
 would launch a kernel the bytes of its tensor inputs and outputs (each read once,
-each written once: benchmark.op_traffic). A fused_resnet op counts as one
+each written once: tools.traffic.op_traffic). A fused_resnet op counts as one
 operator, so the fused column is the traffic of the fused dataflow; what a backend
 launches for an op (a statistics merge, a cuDNN fallback) comes on top on a GPU.
 
@@ -31,7 +31,10 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import bench_blocks  # noqa: E402
-from bench_blocks import B  # noqa: E402
+from fused_resnet import convert  # noqa: E402
+from fused_resnet.tools.env import dtype_name, env_info, parse_dtype, utc_now  # noqa: E402
+from fused_resnet.tools.report import format_table  # noqa: E402
+from fused_resnet.tools.traffic import op_traffic  # noqa: E402
 
 VARIANTS = ("eager", "fused")
 
@@ -41,7 +44,7 @@ def meta_step(key: str, mode: str, variant: str, *, batch: int, dtype: torch.dty
     label, kind, inplanes, planes, hw = bench_blocks.BLOCKS[key]
     block = bench_blocks.make_block(kind, inplanes, planes, seed=0)
     if variant == "fused":
-        block = B.convert(nn.Sequential(block), "reference")
+        block = convert(nn.Sequential(block), "reference")
     block = block.to(device="meta", dtype=dtype, memory_format=torch.channels_last).train(mode == "train")
     x = torch.empty(batch, inplanes, hw, hw, device="meta", dtype=dtype).contiguous(
         memory_format=torch.channels_last)
@@ -63,9 +66,9 @@ def meta_step(key: str, mode: str, variant: str, *, batch: int, dtype: torch.dty
 def count(key: str, mode: str, variant: str, *, batch: int, dtype: torch.dtype) -> dict:
     step = meta_step(key, mode, variant, batch=batch, dtype=dtype)
     step()  # a warm-up step, as a timed run takes before it counts
-    t = B.op_traffic(step)
+    t = op_traffic(step)
     return {"block": bench_blocks.BLOCKS[key][0], "key": key, "mode": mode, "variant": variant, "N": batch,
-            "dtype": B.dtype_name(dtype), "GB": t["bytes"] / 1e9, "ops": t["ops"],
+            "dtype": dtype_name(dtype), "GB": t["bytes"] / 1e9, "ops": t["ops"],
             "by_op": t["by_op"]}
 
 
@@ -74,7 +77,7 @@ def table(rows) -> str:
     body = [[r["key"], r["mode"], r["variant"], r["ops"], r["GB"], r["GB"] / eager[(r["key"], r["mode"])],
              ", ".join(f"{k.split('::')[1]} {b / 1e9:.3f}" for k, (_, b) in list(r["by_op"].items())[:4])]
             for r in rows]
-    return B.format_table(["block", "mode", "variant", "ops", "GB per step", "x eager", "largest (GB)"], body)
+    return format_table(["block", "mode", "variant", "ops", "GB per step", "x eager", "largest (GB)"], body)
 
 
 def main(argv=None) -> int:
@@ -85,14 +88,14 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="bf16", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--json", help="write the rows (every operator's [calls, bytes]) and the environment here")
     args = p.parse_args(argv)
-    dtype = B.parse_dtype(args.dtype)
+    dtype = parse_dtype(args.dtype)
     rows = [count(k, m, v, batch=args.batch, dtype=dtype)
             for k in args.blocks.split(",") for m in args.modes.split(",") for v in VARIANTS]
     print(table(rows))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"command": " ".join(["traffic.py"] + (argv if argv is not None else sys.argv[1:])),
-                       "date": B.utc_now(), "env": B.env_info(), "rows": rows}, f, indent=1)
+                       "date": utc_now(), "env": env_info(), "rows": rows}, f, indent=1)
     return 0
 
 

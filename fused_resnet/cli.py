@@ -11,7 +11,7 @@ Every argument is checked before any work starts; an argument that cannot be ser
 ends the command at once (exit code 2) with a message naming it, what was given and
 what is allowed. A run that fails (a bench variant that fails, a check out of
 tolerance) never replaces an earlier result file: it writes NAME.failed.EXT beside it.
-The work is done in fused_resnet.benchmark (and the charts in fused_resnet.plot).
+The work is done in fused_resnet.tools (and the charts in fused_resnet.plot).
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import tempfile
 from typing import Callable, Optional, Sequence
 
 from ._files import atomic_write
+from .backends import available_backends
 
 DESCRIPTION = ("Fused ResNet blocks: what runs here (info), parity of a converted model against torchvision "
                "(check), its speed against torchvision (bench), and CIFAR ResNets trained end to end (train, "
@@ -107,10 +108,10 @@ def _device(text: str):
 
 
 def _model(text: str) -> str:
-    from . import benchmark as B
+    from .tools.models import fusable_blocks, model_spec
 
     try:
-        B.fusable_blocks(B.model_spec(text))
+        fusable_blocks(model_spec(text))
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text
@@ -153,8 +154,8 @@ def _plot_format(text: str) -> None:
 
 
 def _check_backends(backend: str, device, dtype) -> None:
-    from . import benchmark as B
     from .backends import BACKENDS
+    from .tools.env import dtype_name
 
     for name in backend.split(","):
         if name == "auto":
@@ -163,15 +164,15 @@ def _check_backends(backend: str, device, dtype) -> None:
         if ok:
             ok, why = BACKENDS[name].supports(device, dtype)
         if not ok:
-            raise UsageError(f"argument --backend: {name!r} cannot run {B.dtype_name(dtype)} on {device}: {why} "
+            raise UsageError(f"argument --backend: {name!r} cannot run {dtype_name(dtype)} on {device}: {why} "
                              "(--backend auto picks one that can)")
 
 
 def _check_step(spec, batch: int, image: int, train: bool) -> None:
-    from . import benchmark as B
+    from .tools.models import check_step
 
     try:
-        B.check_step(spec, batch=batch, image_size=image, train=train)
+        check_step(spec, batch=batch, image_size=image, train=train)
     except ValueError as e:
         raise UsageError(f"arguments --batch/--image-size: {e}") from None
 
@@ -230,11 +231,11 @@ def _say(line: str) -> None:
 
 
 def cmd_info(args, command: str) -> int:
-    from . import benchmark as B
+    from .tools.env import default_device, env_info, ext_build_info, ext_status
 
     if args.json:
         return _info_json()
-    env = B.env_info()
+    env = env_info()
     gpu = env["gpu"] + (f" (sm_{env['gpu_capability'].replace('.', '')}, {env['gpu_sms']} SMs, "
                         f"{env['gpu_memory_GB']} GB)" if env["gpu"] != "none" else "")
     rows = [
@@ -246,12 +247,12 @@ def cmd_info(args, command: str) -> int:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         _say(f"{k.ljust(width)}  {v}")
-    built, why = B.ext_status()
-    _say(f"{'_C extension'.ljust(width)}  {_describe_build(B.ext_build_info()) if built else f'not built: {why}'}")
+    built, why = ext_status()
+    _say(f"{'_C extension'.ljust(width)}  {_describe_build(ext_build_info()) if built else f'not built: {why}'}")
     _say("backends:")
-    for name, (ok, reason) in B.available_backends().items():
+    for name, (ok, reason) in available_backends().items():
         _say(f"  {name.ljust(10)} {'available' if ok else 'unavailable: ' + reason}")
-    device = B.default_device()
+    device = default_device()
     chosen = None
     for name, (backend, err) in _probes(device):
         where = f"{device.type}, {name}"
@@ -264,12 +265,12 @@ def cmd_info(args, command: str) -> int:
 
 
 def _info_json() -> int:
-    from . import benchmark as B
+    from .tools.env import default_device, env_info, ext_build_info, ext_status
 
-    built, why = B.ext_status()
-    device = B.default_device()
-    out = dict(B.env_info(), extension={"built": built, "reason": why, "built_with": B.ext_build_info()},
-               backends={k: {"available": ok, "reason": r} for k, (ok, r) in B.available_backends().items()},
+    built, why = ext_status()
+    device = default_device()
+    out = dict(env_info(), extension={"built": built, "reason": why, "built_with": ext_build_info()},
+               backends={k: {"available": ok, "reason": r} for k, (ok, r) in available_backends().items()},
                auto={k: {"backend": b, "error": e} for k, (b, e) in _probes(device)}, device=device.type)
     print(json.dumps(out, indent=1))
     return 0
@@ -278,13 +279,14 @@ def _info_json() -> int:
 def _probes(device):
     """(dtype name, (backend, error)) of the auto backend's choice, one dtype after another,
     each announced on stderr before it runs (on a GPU it compiles, and may tune, kernels)."""
-    from . import benchmark as B
+    from .tools.env import parse_dtype
+    from .tools.report import progress
 
     for name in (["fp32", "bf16"] if device.type == "cuda" else ["fp32"]):
-        B.progress(f"info: running one ResNet-50 bottleneck with backend='auto' on {device.type} in {name} "
+        progress(f"info: running one ResNet-50 bottleneck with backend='auto' on {device.type} in {name} "
                    "to see which backend it picks" + (" (the first run on a GPU compiles, and may tune, Triton "
                                                       "kernels: about 30 s)" if device.type == "cuda" else ""))
-        yield name, _probe_auto(device, B.parse_dtype(name))
+        yield name, _probe_auto(device, parse_dtype(name))
 
 
 def _probe_auto(device, dtype) -> tuple[Optional[str], Optional[str]]:
@@ -294,16 +296,17 @@ def _probe_auto(device, dtype) -> tuple[Optional[str], Optional[str]]:
         from torch import nn
         from torchvision.models.resnet import Bottleneck
 
-        from . import benchmark as B
+        from .convert import convert
+        from .tools.models import fused_blocks
 
         torch.manual_seed(0)
         model = nn.Sequential(Bottleneck(256, 64))
-        fused = B.convert(model, "auto")
+        fused = convert(model, "auto")
         fused = fused.to(device=device, memory_format=torch.channels_last).eval().to(dtype)
         x = torch.randn(2, 256, 8, 8, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             fused(x)
-        blocks = B.fused_blocks(fused)
+        blocks = fused_blocks(fused)
         if not blocks:
             return None, "convert() produced no fused block"
         return str(blocks[0][1].backend), None
@@ -316,11 +319,12 @@ def _probe_auto(device, dtype) -> tuple[Optional[str], Optional[str]]:
 
 def _check_plan(args) -> dict:
     """The check's settings, defaults filled in for the device; raises UsageError for any that cannot be served."""
-    from . import benchmark as B
+    from .tools.env import parse_dtype
+    from .tools.models import model_spec
 
-    spec, on_cpu = B.model_spec(args.model), args.device.type == "cpu"
-    dtype = B.parse_dtype(args.dtype)
-    lowp = dtype != B.parse_dtype("fp32")
+    spec, on_cpu = model_spec(args.model), args.device.type == "cpu"
+    dtype = parse_dtype(args.dtype)
+    lowp = dtype != parse_dtype("fp32")
     if lowp and (args.rtol is not None or args.atol is not None or args.direct):
         raise UsageError(f"arguments --rtol/--atol/--direct: fp32 only; --dtype {args.dtype} is judged by "
                          "--lowp-atol")
@@ -332,23 +336,24 @@ def _check_plan(args) -> dict:
     _check_backends(args.backend, args.device, dtype)
     _check_step(spec, batch, image, args.train)
     return dict(dtype=dtype, batch=batch, image_size=image, train=args.train, backend=args.backend,
-                device=args.device, seed=args.seed, rtol=1e-4 if args.rtol is None else args.rtol,
-                atol=1e-4 if args.atol is None else args.atol, lowp_atol=args.lowp_atol,
+                device=args.device, seed=args.seed, rtol=args.rtol, atol=args.atol, lowp_atol=args.lowp_atol,
                 channels_last=not args.contiguous, direct=args.direct, show=not args.quiet)
 
 
 def cmd_check(args, command: str) -> int:
-    from . import benchmark as B
+    from .tools.env import env_info
+    from .tools.models import describe_backends
+    from .tools.parity import parity_table, run_parity
 
     plan = _check_plan(args)
-    report = B.run_parity(args.model, **plan)
+    report = run_parity(args.model, **plan)
     h = report.header
     title = (f"fused-resnet check: {h['model']} {h['mode']} {h['dtype']} batch {h['batch']} "
              f"{h['image_size']}x{h['image_size']} on {h['device']} ({h['gpu']}), "
-             f"backend {h['requested_backend']} -> {B.describe_backends(report.backends)}")
+             f"backend {h['requested_backend']} -> {describe_backends(report.backends)}")
     print(title)
     print(f"rule: {h['rule']}")
-    print(B.parity_table(report, verbose=args.verbose))
+    print(parity_table(report, verbose=args.verbose))
     for p in report.problems:
         print(f"PROBLEM: {p}")
     n_fail = len(report.failures)
@@ -356,7 +361,7 @@ def cmd_check(args, command: str) -> int:
           + (f", {len(report.problems)} problem(s)" if report.problems else ""))
     if args.json:
         _report_saved("report", args.json, _save(args.json, report.ok, _json_writer({
-            "command": command, "env": B.env_info(), "header": h, "ok": report.ok,
+            "command": command, "env": env_info(), "header": h, "ok": report.ok,
             "problems": report.problems, "backends": report.backends,
             "items": [dict(vars(i), ok=i.ok) for i in report.items],
         })))
@@ -374,15 +379,17 @@ def cmd_check(args, command: str) -> int:
 
 def _bench_plan(args) -> dict:
     """The benchmark's settings, defaults filled in for the device; raises UsageError for any that cannot be served."""
-    from . import benchmark as B
+    from .tools.env import parse_dtype
+    from .tools.models import model_spec
+    from .tools.timing import CPU_DEFAULTS, GPU_DEFAULTS
 
-    spec, on_cpu = B.model_spec(args.model), args.device.type == "cpu"
+    spec, on_cpu = model_spec(args.model), args.device.type == "cpu"
     if args.compile_mode and not args.compile:
         raise UsageError(f"argument --compile-mode: applies to --compile only, got {args.compile_mode!r} "
                          "without --compile")
     _check_image_size(args, spec)
-    d = B.CPU_DEFAULTS if on_cpu else B.GPU_DEFAULTS
-    dtype = B.parse_dtype(args.dtype or d["dtype"])
+    d = CPU_DEFAULTS if on_cpu else GPU_DEFAULTS
+    dtype = parse_dtype(args.dtype or d["dtype"])
     if spec.kind == "cifar":
         batch, image = args.batch or (d["batch"] if on_cpu else d["cifar_batch"]), spec.image_size
     else:
@@ -403,31 +410,33 @@ def _bench_plan(args) -> dict:
 def cmd_bench(args, command: str) -> int:
     import torch
 
-    from . import benchmark as B
+    from .tools.env import dtype_name, env_info
+    from .tools.report import progress
+    from .tools.timing import CPU_NOTE, bench_model, results_table
 
     plan = _bench_plan(args)
     on_cpu = plan["device"].type == "cpu"
     batch, image, dtype, mode = plan["batch"], plan["image_size"], plan["dtype"], plan["mode"]
     if on_cpu:
-        B.progress("no CUDA GPU: running on the CPU with small defaults "
+        progress("no CUDA GPU: running on the CPU with small defaults "
                    f"(batch {batch}, {image}x{image}, {plan['steps']} steps); CPU numbers say nothing about GPU "
                    "speed", not args.quiet)
-    rows = B.bench_model(args.model, **plan)
-    env = B.env_info()
+    rows = bench_model(args.model, **plan)
+    env = env_info()
     fused_backends = sorted({r.get("backend") for r in rows if r["variant"].startswith("fused") and r.get("backend")})
-    note = B.CPU_NOTE.format(backend="/".join(fused_backends) or args.backend) if on_cpu else None
+    note = CPU_NOTE.format(backend="/".join(fused_backends) or args.backend) if on_cpu else None
     device_name = env["gpu"] if not on_cpu else "cpu"
     config = {k: v for k, v in plan.items() if k not in ("device", "show")}
-    config.update(model=args.model, dtype=B.dtype_name(dtype), compile=args.compile,
+    config.update(model=args.model, dtype=dtype_name(dtype), compile=args.compile,
                   timing="CUDA events per step, median" if not on_cpu else "perf_counter per step, median",
                   train_step="autocast forward + cross-entropy + backward + SGD(momentum=0.9) step",
                   infer_step="model.eval().to(dtype) under torch.inference_mode")
     out = {"command": command, "cwd": os.getcwd(), "date": env["date"], "device": device_name,
            "device_type": plan["device"].type, "env": env, "config": config, "note": note, "results": rows}
-    title = (f"fused-resnet bench: {args.model} {mode} {B.dtype_name(dtype)} batch {batch} {image}x{image} "
+    title = (f"fused-resnet bench: {args.model} {mode} {dtype_name(dtype)} batch {batch} {image}x{image} "
              f"on {device_name}, torch {torch.__version__}")
     print(title)
-    print(B.results_table(rows))
+    print(results_table(rows))
     if note:
         print(f"NOTE: {note}")
     ok = not any(r.get("error") for r in rows)
@@ -465,18 +474,21 @@ def _add_check(sub) -> None:
                        description="Forward + backward of a torchvision model and of its converted twin on the "
                                    "same seeded batch; per-block outputs, logits, input and parameter gradients "
                                    "(and BN running statistics with --train) are compared against an fp64 copy "
-                                   "of the plain model, next to plain PyTorch's own error: fp32 (TF32 off) passes "
-                                   "when err <= 2*plain_err + rtol*scale + atol*group_scale, fp16/bf16 when "
-                                   "err <= 2*plain_err + lowp_atol*group_scale. Exit code 1 when any tensor is "
+                                   "of the plain model, next to plain PyTorch's own error, by the tests' rule "
+                                   "(fused_resnet.tolerance): a tensor passes when err <= 2*plain_err + atol, atol "
+                                   "by its dtype (fp32 1e-6 with TF32 off, fp16 1e-3, bf16 1e-2); fp32 adds "
+                                   "rtol*scale + atol*group_scale when given. Exit code 1 when any tensor is "
                                    "out of tolerance. Defaults: CPU batch 2 at 64x64, GPU batch 16 at 224x224.")
     _common(s, "resnet50")
     s.add_argument("--backend", type=_backend, default="auto", help=", ".join(_backend_names()))
     s.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     s.add_argument("--train", action="store_true", help="train mode: batch statistics, running stats updated")
-    s.add_argument("--rtol", type=_tolerance, default=None, help="fp32: times the tensor's scale (default 1e-4)")
-    s.add_argument("--atol", type=_tolerance, default=None, help="fp32: times the scale of its group (default 1e-4)")
-    s.add_argument("--lowp-atol", type=_tolerance, default=None, help="fp16/bf16: times the group scale "
-                   "(default 2e-3 fp16, 1e-2 bf16)")
+    s.add_argument("--rtol", type=_tolerance, default=None, help="fp32: times the tensor's scale, added to the "
+                   "bound (default 0; with --direct 1e-4)")
+    s.add_argument("--atol", type=_tolerance, default=None, help="fp32: times the scale of its group, added to the "
+                   "bound (default 0; with --direct 1e-5)")
+    s.add_argument("--lowp-atol", type=_tolerance, default=None, help="fp16/bf16: the atol of every tensor "
+                   "(default by its dtype: 1e-3 fp16, 1e-2 bf16, 1e-6 fp32)")
     s.add_argument("--direct", action="store_true", help="fp32: compare with plain fp32 directly "
                    "(|fused - plain| <= rtol*scale + atol*group_scale) instead of against an fp64 reference")
     s.add_argument("--verbose", action="store_true", help="one row per parameter and buffer")

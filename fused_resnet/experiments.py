@@ -142,11 +142,11 @@ def _lesion(runs: list[Run], configs: dict, out: str, data) -> list[dict]:
 
 
 def _lesion_plot(per_run: dict, blocks: list[str], path: str) -> None:
-    from . import train_plots
+    from . import plot
 
     errors = {label: [e[b] for b in blocks[1:]] for label, e in per_run.items()}
     baselines = {label: e["none"] for label, e in per_run.items()}
-    train_plots.lesion(blocks[1:], errors, baselines, path, "test error with one block deleted (dotted: none)")
+    plot.lesion(blocks[1:], errors, baselines, path, "test error with one block deleted (dotted: none)")
 
 
 def _rounded(x: Optional[float]) -> Optional[float]:
@@ -162,7 +162,7 @@ def read_log(out: str) -> list[dict]:
 
 
 def _plot_curves(name: str, runs: list[Run], out: str, dataset: str) -> None:
-    from . import train_plots
+    from . import plot
 
     logs = {r.label: read_log(os.path.join(out, r.label)) for r in runs}
     if name == "degradation":
@@ -170,7 +170,7 @@ def _plot_curves(name: str, runs: list[Run], out: str, dataset: str) -> None:
         dashed = [r.label for r in runs if r.label.startswith("plain")]
     else:
         title, key, dashed = f"{name} ({dataset}): test error", "test_error_pct", None
-    _draw(name, lambda p: train_plots.error_curves(logs, p, title, key, dashed), out)
+    _draw(name, lambda p: plot.error_curves(logs, p, title, key, dashed), out)
 
 
 def _draw(name: str, draw, out: str) -> None:

@@ -30,13 +30,13 @@ from torch import Tensor, nn
 from . import data as D
 from ._files import atomic_write
 from .models import VARIANTS, cifar_resnet
+from .tools.models import cifar_kwargs
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PAPER_STEPS = 64000
 EVAL_BATCH = 500
 CHECKPOINT = "checkpoint.pt"
 LOG_FIELDS = ("step", "epoch", "lr", "train_loss", "train_error_pct", "test_error_pct", "images_per_s", "wall_s")
-_MODEL_RE = re.compile(r"cifar_(resnet|plain|preact_resnet)(\d+)(?:_v([12]))?(?:_([abcABC]))?")
 MODEL_FORMS = ("cifar_resnet<depth>, cifar_plain<depth> or cifar_preact_resnet<depth>, depth 6n+2 "
                "(8, 14, 20, 32, 44, 56, 110, ...), optionally followed by _v1/_v2 (version) and _A/_B/_C (shortcut)")
 # Fields that may differ between a run and its resumption: they change how the same
@@ -78,15 +78,12 @@ class TrainConfig:
 
 def model_kwargs(name: str, variant: Optional[str] = None) -> dict:
     """The keyword arguments of ``cifar_resnet`` that model ``name`` (and ``variant``) stand for."""
-    m = _MODEL_RE.fullmatch(name)
-    if not m:
+    kwargs = cifar_kwargs(name)
+    if kwargs is None:
         raise OptionError(f"--model {name!r} is not a model of fused_resnet.models: expected {MODEL_FORMS}")
-    family, depth, version, shortcut = m.groups()
-    depth = int(depth)
+    depth = kwargs["depth"]
     if depth < 8 or (depth - 2) % 6:
         raise OptionError(f"--model {name!r}: depth {depth} is not 6n+2 with n >= 1 (8, 14, 20, 32, 44, 56, 110, ...)")
-    kwargs = dict(depth=depth, version=int(version or (2 if family == "preact_resnet" else 1)),
-                  shortcut=(shortcut or "A").upper(), plain=family == "plain")
     if variant is not None:
         if variant not in VARIANTS:
             raise OptionError(f"--variant {variant!r} is not one of: {', '.join(VARIANTS)}")
@@ -432,10 +429,10 @@ def train(config: TrainConfig, out: str, resume: bool = False, quiet: bool = Fal
 
 def draw_curves(out: str, rows: list[dict], title: str) -> None:
     """``out/curves.png``; without matplotlib, a line on stderr instead."""
-    from . import train_plots
+    from . import plot
 
     try:
-        train_plots.curves(rows, os.path.join(out, "curves.png"), title)
+        plot.curves(rows, os.path.join(out, "curves.png"), title)
     except ImportError as e:
         print(f"curves.png not drawn: {e}", file=sys.stderr)
 

@@ -309,15 +309,15 @@ def test_gpu_check_refuses_an_unknown_stage_name(tmp_path):
 
 
 def test_op_traffic_counts_each_operators_inputs_and_outputs():
-    from fused_resnet import benchmark as B
+    from fused_resnet.tools.traffic import op_traffic
 
     a, b = torch.randn(4, 8), torch.randn(8)
-    t = B.op_traffic(lambda: torch.add(a, b).relu_())
+    t = op_traffic(lambda: torch.add(a, b).relu_())
     # add reads a (128 B) and b (32 B) and writes 128 B; relu_ reads and writes its 128 B in place.
     assert t["by_op"] == {"aten::add": [1, 288], "aten::relu_": [1, 256]}
     assert (t["bytes"], t["ops"]) == (544, 2)
     # A view launches nothing; an expanded tensor moves its storage, not its view.
-    t = B.op_traffic(lambda: b.expand(4, 8).t().clone())
+    t = op_traffic(lambda: b.expand(4, 8).t().clone())
     assert t["by_op"] == {"aten::clone": [1, 32 + 128]}
 
 
@@ -342,8 +342,8 @@ def test_traffic_of_a_fused_eval_block_is_its_two_convolutions():
 
 
 def test_op_traffic_does_not_read_what_a_copy_overwrites():
-    from fused_resnet import benchmark as B
+    from fused_resnet.tools.traffic import op_traffic
 
     a, b = torch.empty(16), torch.randn(16)
-    t = B.op_traffic(lambda: (a.copy_(b), a.zero_()))
+    t = op_traffic(lambda: (a.copy_(b), a.zero_()))
     assert t["by_op"] == {"aten::copy_": [1, 128], "aten::zero_": [1, 64]}

@@ -1,4 +1,4 @@
-"""The command line (python -m fused_resnet info/check/bench) and fused_resnet.benchmark helpers.
+"""The command line (python -m fused_resnet info/check/bench) and the fused_resnet.tools it runs.
 
 ``python -m fused_resnet info`` runs as a subprocess (it exercises __main__);
 the other commands run in-process through ``main(argv)``. Both run without
@@ -17,7 +17,14 @@ import pytest
 import torch
 from torch import nn
 
-from fused_resnet import benchmark as B
+from fused_resnet.tolerance import LOWP_ATOL, WHOLE_MODEL_GRAD_ATOL, bound_2x, max_err, rel_err
+from fused_resnet.tools import parity, timing
+from fused_resnet.tools.env import dtype_name, parse_dtype
+from fused_resnet.tools.models import build_model, calibrate_batchnorm, model_spec, perturb_batchnorm
+from fused_resnet.tools.parity import parity_table, run_parity
+from fused_resnet.tools.report import column_format, format_table
+from fused_resnet.tools.timing import bench_model, median, results_table, time_fn
+from fused_resnet.tools.traffic import conv_flops, weight_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -129,45 +136,45 @@ def test_bench_cifar_json(no_interpret, capsys, tmp_path):
 
 
 def test_model_spec():
-    s = B.model_spec("cifar_resnet56")
+    s = model_spec("cifar_resnet56")
     assert (s.kind, s.image_size, s.num_classes) == ("cifar", 32, 10)
     assert s.cifar == dict(depth=56, version=1, shortcut="A", plain=False, num_classes=10)
-    assert B.model_spec("cifar_resnet20_v2_B").cifar == dict(depth=20, version=2, shortcut="B", plain=False,
+    assert model_spec("cifar_resnet20_v2_B").cifar == dict(depth=20, version=2, shortcut="B", plain=False,
                                                              num_classes=10)
-    assert B.model_spec("cifar_preact_resnet110").cifar["version"] == 2
-    assert B.model_spec("cifar_plain20").cifar["plain"] is True
-    s = B.model_spec("wide_resnet50_2")
+    assert model_spec("cifar_preact_resnet110").cifar["version"] == 2
+    assert model_spec("cifar_plain20").cifar["plain"] is True
+    s = model_spec("wide_resnet50_2")
     assert (s.kind, s.image_size, s.num_classes) == ("imagenet", 224, 1000)
     with pytest.raises(ValueError, match="unknown model"):
-        B.model_spec("resnet51")
+        model_spec("resnet51")
 
 
 def test_build_model_is_seeded():
-    a, b = B.build_model("cifar_resnet20", seed=3), B.build_model("cifar_resnet20", seed=3)
+    a, b = build_model("cifar_resnet20", seed=3), build_model("cifar_resnet20", seed=3)
     for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(p, q), n
-    c = B.build_model("cifar_resnet20", seed=4)
+    c = build_model("cifar_resnet20", seed=4)
     assert not torch.equal(a.conv1.weight, c.conv1.weight)
 
 
 def test_parse_dtype():
-    assert B.parse_dtype("bf16") is torch.bfloat16 and B.parse_dtype("FP16") is torch.float16
-    assert B.parse_dtype("float32") is torch.float32 and B.dtype_name(torch.bfloat16) == "bf16"
+    assert parse_dtype("bf16") is torch.bfloat16 and parse_dtype("FP16") is torch.float16
+    assert parse_dtype("float32") is torch.float32 and dtype_name(torch.bfloat16) == "bf16"
     with pytest.raises(ValueError):
-        B.parse_dtype("int8")
+        parse_dtype("int8")
 
 
 def test_time_fn_counts_and_median():
     calls = []
-    t = B.time_fn(lambda: calls.append(1), device=torch.device("cpu"), warmup=2, steps=5, show=False)
+    t = time_fn(lambda: calls.append(1), device=torch.device("cpu"), warmup=2, steps=5, show=False)
     assert len(calls) == 7 and len(t.samples_ms) == 5
     d = t.as_dict()
     assert d["steps"] == 5 and d["min_ms"] <= d["median_ms"] <= d["max_ms"]
-    assert B.median([3.0, 1.0, 2.0]) == 2.0 and B.median([1.0, 2.0, 3.0, 10.0]) == 2.5
+    assert median([3.0, 1.0, 2.0]) == 2.0 and median([1.0, 2.0, 3.0, 10.0]) == 2.5
 
 
 def test_format_table():
-    text = B.format_table(["a", "bb"], [["x", 1.5], ["yy", None], ["z", True]])
+    text = format_table(["a", "bb"], [["x", 1.5], ["yy", None], ["z", True]])
     lines = text.splitlines()
     assert len(lines) == 5 and lines[0].split() == ["a", "bb"]
     assert lines[2].split() == ["x", "1.50"] and lines[3].split() == ["yy", "-"] and lines[4].split() == ["z", "ok"]
@@ -176,7 +183,7 @@ def test_format_table():
 @pytest.mark.parametrize("values, fmt", [([80.8, 56.97], ".2f"), ([1.0, 0.7349], ".2f"), ([21480.3, 13.0], ".1f"),
                                          ([0.0, 3e-7, 1.5], ".2e"), ([2e5, 1.0], ".2e"), ([None, 3, "x"], ".2f")])
 def test_column_format(values, fmt):
-    assert B.column_format(values) == fmt
+    assert column_format(values) == fmt
 
 
 def _decimals(cell: str) -> int:
@@ -188,7 +195,7 @@ def test_results_table_one_format_per_column():
     rows = [dict(model="m", mode="infer", variant=v, batch=2, dtype="fp32", backend=b, median_ms=ms, img_per_s=ips,
                  speedup_vs_eager=x, peak_GB=None)
             for v, b, ms, ips, x in [("eager", "torch", 80.8, 24.75, 1.0), ("fused", "reference", 56.97, 35.1, 0.7349)]]
-    lines = B.results_table(rows).splitlines()
+    lines = results_table(rows).splitlines()
     cells = [line.split() for line in lines[2:]]
     for col in (6, 7, 8):
         assert len({_decimals(c[col]) for c in cells}) == 1, lines
@@ -200,19 +207,19 @@ def test_flops_and_weight_bytes():
 
     blk = Bottleneck(256, 64)
     # 1x1 256->64, 3x3 64->64, 1x1 64->256 at 56x56: MACs per pixel 16384 + 36864 + 16384
-    assert B.conv_flops(blk, (2, 256, 56, 56)) == 2 * 2 * 56 * 56 * (16384 + 36864 + 16384)
+    assert conv_flops(blk, (2, 256, 56, 56)) == 2 * 2 * 56 * 56 * (16384 + 36864 + 16384)
     # conv weights in bf16 + one fp32 folded bias per BN channel (64 + 64 + 256)
-    assert B.weight_bytes(blk, torch.bfloat16) == 2 * (16384 + 36864 + 16384) + 4 * (64 + 64 + 256)
+    assert weight_bytes(blk, torch.bfloat16) == 2 * (16384 + 36864 + 16384) + 4 * (64 + 64 + 256)
 
 
 def test_calibrate_and_perturb_batchnorm():
     m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, momentum=0.3))
-    B.perturb_batchnorm(m, seed=1)
+    perturb_batchnorm(m, seed=1)
     bn = m[1]
     assert not torch.equal(bn.weight, torch.ones(4)) and not torch.equal(bn.running_var, torch.ones(4))
     m.eval()
     x = torch.randn(8, 3, 10, 10) * 3 + 2
-    B.calibrate_batchnorm(m, x)
+    calibrate_batchnorm(m, x)
     assert not m.training and bn.momentum == 0.3 and bn.num_batches_tracked.item() == 0
     y = m[0](x)
     torch.testing.assert_close(bn.running_mean, y.mean((0, 2, 3)), rtol=1e-5, atol=1e-5)
@@ -220,13 +227,13 @@ def test_calibrate_and_perturb_batchnorm():
 
 
 def test_bench_model_records_failures_and_speedups():
-    rows = B.bench_model("cifar_resnet20", mode="train", variants=["eager"], batch=2, dtype=torch.float32,
+    rows = bench_model("cifar_resnet20", mode="train", variants=["eager"], batch=2, dtype=torch.float32,
                          device=torch.device("cpu"), steps=1, warmup=0, show=False)
     assert len(rows) == 1 and rows[0]["speedup_vs_eager"] == 1.0 and rows[0]["backend"] == "torch"
-    rows = B.bench_model("cifar_resnet20", mode="infer", variants=["fused"], batch=2, dtype=torch.float32,
+    rows = bench_model("cifar_resnet20", mode="infer", variants=["fused"], batch=2, dtype=torch.float32,
                          device=torch.device("cpu"), steps=1, warmup=0, backend="no_such_backend", show=False)
     assert "error" in rows[0] and "no_such_backend" in rows[0]["error"]
-    assert "FAILED" in B.results_table(rows)
+    assert "FAILED" in results_table(rows)
 
 
 # ---------------------------------------------------------------- the check must catch wrong numbers
@@ -246,11 +253,57 @@ def test_parity_catches_small_errors(monkeypatch, op, where):
         return tuple(out)
 
     monkeypatch.setattr(ref, op, wrong)
-    r = B.run_parity("cifar_resnet20", batch=2, backend="reference", show=False)
+    r = run_parity("cifar_resnet20", batch=2, backend="reference", show=False)
     assert not r.ok
     failed = {i.group for i in r.failures}
     expected = {"forward": {"block", "replay.out"}, "dx": {"replay.dx"}}[where]
-    assert expected <= failed, (failed, B.parity_table(r))
+    assert expected <= failed, (failed, parity_table(r))
+
+
+def _check_rule(dtype: str) -> parity.Rule:
+    """The rule ``fused-resnet check --dtype DTYPE`` judges by, its options at their defaults."""
+    from fused_resnet.cli import _check_plan, build_parser
+
+    plan = _check_plan(build_parser().parse_args(["check", "--model", "cifar_resnet20", "--dtype", dtype]))
+    return parity.check_rule(plan["dtype"], direct=plan["direct"], rtol=plan["rtol"], atol=plan["atol"],
+                             lowp_atol=plan["lowp_atol"])
+
+
+def _verdict(assertion, *args, **kwargs) -> bool:
+    try:
+        assertion(*args, **kwargs)
+    except AssertionError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+def test_check_and_the_tests_judge_alike_near_the_bound(no_interpret, dtype):
+    """One element of a tensor of scale 8 moved across the 2x rule's bound, step by step (and a
+    whole-model gradient's relative error across its bound): the check passes exactly the
+    tensors that the tests' assertions pass (the tensor's scale and its group's enter neither)."""
+    from helpers import assert_rel_within_2x, assert_within_2x
+
+    rule, torch_dtype = _check_rule(dtype), parse_dtype(dtype)
+    ref = torch.randn(256, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 8
+    plain = ref.to(torch_dtype)
+    bound = bound_2x(max_err(plain, ref), LOWP_ATOL[torch_dtype])
+    verdicts = set()
+    for shift in torch.linspace(0, 2 * bound, 41).tolist():
+        fused = plain.clone()
+        fused[0] = ref[0] + shift
+        ours = _verdict(assert_within_2x, fused, plain, ref)
+        assert rule.judge_max("block", "t", fused, plain, ref, 8.0, 32.0).ok == ours, (shift, bound)
+        verdicts.add(ours)
+    assert verdicts == {True, False}
+    bound = bound_2x(rel_err(plain, ref), WHOLE_MODEL_GRAD_ATOL)
+    verdicts = set()
+    for eps in torch.linspace(0, 2 * bound, 41).tolist():
+        fused = ref * (1 + eps)
+        ours = _verdict(assert_rel_within_2x, fused, plain, ref, atol=WHOLE_MODEL_GRAD_ATOL)
+        assert rule.judge_rel("param.grad", "t", fused, plain, ref).ok == ours, (eps, bound)
+        verdicts.add(ours)
+    assert verdicts == {True, False}
 
 
 # ---------------------------------------------------------------- arguments, output files, help, info
@@ -262,8 +315,8 @@ def no_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the work started although an argument was refused")
 
-    monkeypatch.setattr(B, "bench_model", refuse)
-    monkeypatch.setattr(B, "run_parity", refuse)
+    monkeypatch.setattr(timing, "bench_model", refuse)
+    monkeypatch.setattr(parity, "run_parity", refuse)
 
 
 BAD_ARGUMENTS = [

@@ -6,7 +6,7 @@ gradient, the mainloop weight gradient, the output gradient, bn_act passes). Her
 every ``fused_resnet_cuda`` op is replaced by PyTorch code written from its contract
 (csrc/cutlass_conv.h, csrc/ops.h, the fused_resnet:: op it mirrors), and the choice
 is ``_C.conv_gap`` / ``_C.conv_dgrad_gap`` themselves, asked as a GPU running a bf16
-channels_last model would be (``benchmark.gpu_gap``). Whole blocks then run in fp64
+channels_last model would be (``tools.traffic.gpu_gap``). Whole blocks then run in fp64
 against torchvision's: output, every gradient, the BatchNorm buffers. What this
 checks without a GPU is the composition: which op gets which operands and how the
 pieces make the gradients; the kernels themselves are the GPU tests' part.
@@ -20,11 +20,13 @@ import pytest
 import torch
 import torchvision
 
-from fused_resnet import _ext, backends, benchmark, convert, reference
+from fused_resnet import _ext, backends, convert, reference
 from fused_resnet._layout import like_layout
 from fused_resnet.backends import choice, cuda
 from fused_resnet.blocks import FUSED_TWIN
 from fused_resnet.models import cifar_resnet
+from fused_resnet.tools.models import perturb_batchnorm
+from fused_resnet.tools.traffic import gpu_gap
 
 from helpers import randomize_bn
 from test_blocks import _in_channels, block_zoo
@@ -88,8 +90,8 @@ class EmulatedCuda(cuda.CudaBackend):
 def emulated(monkeypatch):
     c = EmulatedC()
     monkeypatch.setattr(cuda, "ops", lambda: c)
-    monkeypatch.setattr(cuda, "conv_gap", benchmark.gpu_gap(_ext.load().conv_gap))
-    monkeypatch.setattr(cuda, "conv_dgrad_gap", benchmark.gpu_gap(_ext.load().conv_dgrad_gap))
+    monkeypatch.setattr(cuda, "conv_gap", gpu_gap(_ext.load().conv_gap))
+    monkeypatch.setattr(cuda, "conv_dgrad_gap", gpu_gap(_ext.load().conv_dgrad_gap))
     monkeypatch.setitem(backends.BACKENDS, "cuda", EmulatedCuda())
     return c
 
@@ -159,7 +161,7 @@ def test_models_match_torchvision_in_fp64(emulated, name):
         model, size = torchvision.models.resnet18(weights=None, num_classes=10), 48
     else:
         model, size = cifar_resnet(20, version=2 if "v2" in name else 1, shortcut=name[-1]), 32
-    model = benchmark.perturb_batchnorm(model, 1).double()
+    model = perturb_batchnorm(model, 1).double()
     fused = convert(model, backend="cuda")
     x = torch.randn(2, 3, size, size, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     for mode in ("train", "eval"):

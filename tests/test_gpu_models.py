@@ -135,17 +135,18 @@ def test_training_step_replays_from_a_cuda_graph(backend):
     CUDA graph and replayed takes the same steps as running it eagerly: nothing in the fused
     path syncs with the host, allocates outside the graph's pool, or caches a tensor that the
     replays would leave stale."""
-    from fused_resnet import benchmark as B
+    from fused_resnet.tools.models import make_input
+    from fused_resnet.tools.timing import make_graph_step, make_train_step, prepare
 
     _backend_or_skip(backend)
     torch.manual_seed(0)
     base = fused_resnet.convert(cifar_resnet(20), backend=backend)
-    eager, graphed = (B.prepare(copy.deepcopy(base), mode="train", dtype=torch.bfloat16, device=torch.device("cuda"))
+    eager, graphed = (prepare(copy.deepcopy(base), mode="train", dtype=torch.bfloat16, device=torch.device("cuda"))
                       for _ in range(2))
-    x, target = B.make_input(32, 32, num_classes=10, seed=1, device="cuda", dtype=torch.float32)
+    x, target = make_input(32, 32, num_classes=10, seed=1, device="cuda", dtype=torch.float32)
     warmup, replays = 3, 4
-    eager_step = B.make_train_step(eager, x, target, torch.bfloat16, lr=0.05)
-    replay = B.make_graph_step(B.make_train_step(graphed, x, target, torch.bfloat16, lr=0.05, zero_grad=False),
+    eager_step = make_train_step(eager, x, target, torch.bfloat16, lr=0.05)
+    replay = make_graph_step(make_train_step(graphed, x, target, torch.bfloat16, lr=0.05, zero_grad=False),
                                warmup=warmup, reset=lambda: graphed.zero_grad(set_to_none=True))
     for _ in range(warmup):
         eager_step()
