@@ -37,7 +37,7 @@ SOURCES = [
     "csrc/bn_finalize.cu",
     "csrc/bn_act.cu",
     "csrc/bn_act_backward.cu",
-    "csrc/stats_grad.cu",
+    "csrc/conv_output_grad.cu",
     "csrc/wgrad_reduce.cu",
     "csrc/cutlass_conv.cpp",
 ] + sorted(f"csrc/cutlass/{f}" for f in os.listdir(os.path.join(ROOT, "csrc", "cutlass")) if f.endswith(".cu"))

@@ -1,11 +1,12 @@
 // Registration of the fused_resnet CUDA kernels.
 //
 // TORCH_LIBRARY(fused_resnet_cuda) defines the ops with the names and schemas
-// of the Python ops in fused_resnet/ops.py (minus their `backend` argument);
-// their CUDA kernels are registered below, and their fake (meta) implementations
-// in Python, in fused_resnet/backends/cuda.py (set_python_module), which this
-// module's initialisation imports so they exist whenever the ops do.
-// PYBIND11_MODULE(_C) exposes built_with(), conv_gap() and conv_dgrad_gap() (why
+// of fused_resnet/op_list.py (those of the fused_resnet:: ops minus their `backend`
+// argument, and the pieces of conv_backward); their CUDA kernels are registered
+// below. Their fake (meta) implementations are op_list.py's, registered by the
+// Python loader of this module (fused_resnet/backends/cuda.py, ops()): loading _C
+// imports no Python module.
+// PYBIND11_MODULE(_C) exposes built_with(), conv_reason() and conv_dgrad_reason() (why
 // the CUTLASS convolutions cannot take given inputs) and the kernels as plain functions.
 #include <torch/extension.h>
 #include <torch/library.h>
@@ -21,7 +22,6 @@
 namespace py = pybind11;
 
 TORCH_LIBRARY(fused_resnet_cuda, m) {
-  m.set_python_module("fused_resnet.backends.cuda");
   m.def("batch_stats(Tensor x) -> (Tensor, Tensor)");
   m.def("batch_stats_backward(Tensor dmean, Tensor dvar, Tensor x, Tensor mean) -> Tensor");
   m.def("bn_finalize(Tensor mean, Tensor var, Tensor? weight, Tensor? bias, float eps) -> (Tensor, Tensor, Tensor)");
@@ -125,9 +125,9 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("dout"), py::arg("out"), py::arg("y"), py::arg("scale"), py::arg("residual"), py::arg("res_scale"),
       py::arg("relu"), py::arg("output_mask"));
-  m.def("conv_gap", &fused_resnet::conv_gap, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("in_scale"),
-        py::arg("residual"), py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("groups"),
-        py::arg("relu"), py::arg("stats"),
+  m.def("conv_reason", &fused_resnet::conv_reason, py::arg("x"), py::arg("weight"), py::arg("bias"),
+        py::arg("in_scale"), py::arg("residual"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
+        py::arg("groups"), py::arg("relu"), py::arg("stats"),
         "Why fused_resnet_cuda::conv cannot take these inputs, in words ('' when it can).");
   m.def("conv", &fused_resnet::conv, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("in_scale"),
         py::arg("in_shift"), py::arg("residual"), py::arg("stride"), py::arg("padding"), py::arg("dilation"),
@@ -138,10 +138,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("in_shift"), py::arg("stride"), py::arg("padding"), py::arg("dilation"));
   m.def("conv_output_grad", &fused_resnet::conv_output_grad, py::arg("dy"), py::arg("dmean"), py::arg("dvar"),
         py::arg("y"), py::arg("mean"));
-  m.def("conv_dgrad_gap", &fused_resnet::conv_dgrad_gap, py::arg("x"), py::arg("weight"), py::arg("stride"),
+  m.def("conv_dgrad_reason", &fused_resnet::conv_dgrad_reason, py::arg("x"), py::arg("weight"), py::arg("stride"),
         py::arg("padding"), py::arg("dilation"), py::arg("groups"),
         "Why fused_resnet_cuda::conv_dgrad cannot take these inputs, in words ('' when it can).");
-  // The fake (meta) implementations live in Python; registering them here makes
-  // them exist whenever the ops do, however _C was imported.
-  py::module_::import("fused_resnet.backends.cuda").attr("_register_fakes")();
 }

@@ -92,7 +92,7 @@ cudaError_t launch_wgrad_reduce(const WgradReduceArgs& a, cudaStream_t stream);
 
 // out = [dy +] dmean/M + 2 dvar (y - mean)/M: the gradient at y through its batch
 // statistics (mean, var over M = numel / C values per channel), plus dy when given.
-struct StatsGradArgs {
+struct ConvOutputGradArgs {
   DType dtype;
   const void* dy;  // may be null
   const void* y;
@@ -101,7 +101,7 @@ struct StatsGradArgs {
   void* out;
   ElementwiseShape shape;
 };
-cudaError_t launch_stats_grad(const StatsGradArgs& a, cudaStream_t stream);
+cudaError_t launch_conv_output_grad(const ConvOutputGradArgs& a, cudaStream_t stream);
 
 struct FinalizeArgs {
   const float *mean, *var, *weight, *bias;  // weight, bias may be null

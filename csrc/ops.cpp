@@ -474,9 +474,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 namespace {
 
-// [dy +] dmean/M + 2 dvar (y - mean)/M (stats_grad.cu): one pass.
-at::Tensor stats_grad(const std::optional<at::Tensor>& dy_in, const at::Tensor& dmean, const at::Tensor& dvar,
-                      const at::Tensor& y_in, const at::Tensor& mean, const char* op, const char* y_name) {
+// [dy +] dmean/M + 2 dvar (y - mean)/M (conv_output_grad.cu): one pass.
+at::Tensor run_conv_output_grad(const std::optional<at::Tensor>& dy_in, const at::Tensor& dmean,
+                                const at::Tensor& dvar, const at::Tensor& y_in, const at::Tensor& mean, const char* op,
+                                const char* y_name) {
   check_act(y_in, op, y_name);
   if (dy_in.has_value()) check_like(*dy_in, op, "dy", y_in, y_name);
   const int64_t C = y_in.size(1);
@@ -491,7 +492,7 @@ at::Tensor stats_grad(const std::optional<at::Tensor>& dy_in, const at::Tensor& 
   const at::Tensor dy = dy_in.has_value() ? dy_in->contiguous(fmt) : at::Tensor();
   // dmean/dvar may be autograd's expanded (stride-0) gradients: made dense.
   const at::Tensor dm = dmean.contiguous(), dv = dvar.contiguous(), mu = mean.contiguous();
-  StatsGradArgs a;
+  ConvOutputGradArgs a;
   a.dtype = dtype_of(y.scalar_type());
   a.dy = dy.defined() ? dy.const_data_ptr() : nullptr;
   a.y = y.const_data_ptr();
@@ -501,7 +502,7 @@ at::Tensor stats_grad(const std::optional<at::Tensor>& dy_in, const at::Tensor& 
   a.inv_m = static_cast<float>(1.0 / static_cast<double>(y.numel() / C));
   a.out = out.mutable_data_ptr();
   a.shape = elementwise_shape(y, fmt, aligned16(a.y) && aligned16(a.out) && (a.dy == nullptr || aligned16(a.dy)));
-  check_launch(launch_stats_grad(a, c10::cuda::getCurrentCUDAStream()), op);
+  check_launch(launch_conv_output_grad(a, c10::cuda::getCurrentCUDAStream()), op);
   return out;
 }
 
@@ -509,12 +510,12 @@ at::Tensor stats_grad(const std::optional<at::Tensor>& dy_in, const at::Tensor& 
 
 at::Tensor conv_output_grad(const at::Tensor& dy, const at::Tensor& dmean, const at::Tensor& dvar,
                             const at::Tensor& y, const at::Tensor& mean) {
-  return stats_grad(dy, dmean, dvar, y, mean, "conv_output_grad", "y");
+  return run_conv_output_grad(dy, dmean, dvar, y, mean, "conv_output_grad", "y");
 }
 
 at::Tensor batch_stats_backward(const at::Tensor& dmean, const at::Tensor& dvar, const at::Tensor& x,
                                 const at::Tensor& mean) {
-  return stats_grad(std::nullopt, dmean, dvar, x, mean, "batch_stats_backward", "x");
+  return run_conv_output_grad(std::nullopt, dmean, dvar, x, mean, "batch_stats_backward", "x");
 }
 
 }  // namespace fused_resnet
@@ -535,8 +536,8 @@ std::string words(const Args&... args) {
 
 // Why stride, padding and dilation do not describe a convolution of x with weight
 // ("" when they do), as torch.conv2d would refuse them.
-std::string geometry_gap(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
-                         at::IntArrayRef padding, at::IntArrayRef dilation) {
+std::string geometry_reason(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                            at::IntArrayRef padding, at::IntArrayRef dilation) {
   if (stride.size() != 2 || padding.size() != 2 || dilation.size() != 2)
     return words("stride, padding and dilation must have 2 values each, got ", stride, ", ", padding, ", ", dilation);
   for (int i = 0; i < 2; ++i) {
@@ -552,8 +553,8 @@ std::string geometry_gap(const at::Tensor& x, const at::Tensor& weight, at::IntA
 
 // Why the CUTLASS convolutions cannot take x and weight as operands of a convolution
 // with this geometry, the device aside ("" when they can).
-std::string operand_gap(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
-                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+std::string operand_reason(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                           at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const auto st = x.scalar_type();
   if (st != at::kHalf && st != at::kBFloat16)
     return words("x has dtype ", st, "; the CUTLASS kernels run float16/bfloat16 tensor cores");
@@ -568,13 +569,13 @@ std::string operand_gap(const at::Tensor& x, const at::Tensor& weight, at::IntAr
   if (x.numel() > 0 && (output_format(x) != at::MemoryFormat::ChannelsLast || !aligned16(x.const_data_ptr())))
     return "x is not a 16-byte aligned channels_last (NHWC) tensor";
   if (x.numel() >= std::numeric_limits<int32_t>::max()) return words("x has ", x.numel(), " elements (>= 2^31)");
-  return geometry_gap(x, weight, stride, padding, dilation);
+  return geometry_reason(x, weight, stride, padding, dilation);
 }
 
-// Why the CUTLASS convolutions cannot run on x's device ("" when they can). Every gap
+// Why the CUTLASS convolutions cannot run on x's device ("" when they can). Every reason
 // function asks it last, so that on CPU or meta tensors it is the one objection left
-// when the inputs are otherwise served (benchmark.gpu_gap relies on that).
-std::string device_gap(const at::Tensor& x) {
+// when the inputs are otherwise served (benchmark.gpu_reason relies on that).
+std::string device_reason(const at::Tensor& x) {
   if (!x.is_cuda()) return words("x is on ", x.device(), ", not a CUDA device");
   const auto* prop = at::cuda::getDeviceProperties(x.device().index());
   if (prop->major < 8) return words("compute capability ", prop->major, ".", prop->minor, " is below 8.0");
@@ -585,7 +586,7 @@ struct ConvGeometry {
   int N, H, W, C, K, R, S, P, Q, ph, pw, sh, sw, dh, dw;
 };
 
-// The geometry of operands operand_gap accepts.
+// The geometry of operands operand_reason accepts.
 ConvGeometry geometry(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
                       at::IntArrayRef dilation, const char* op) {
   TORCH_CHECK(weight.size(1) == x.size(1), "fused_resnet_cuda::", op, ": weight must be [K, C, R, S] with C = ",
@@ -610,7 +611,7 @@ CutlassConvArgs conv_args(const ConvGeometry& g) {
 // The kernel for these inputs and their geometry, or why there is none (kernel == nullptr).
 struct KernelChoice {
   const CutlassConvKernel* kernel = nullptr;
-  std::string gap;
+  std::string reason;
   ConvGeometry geo{};
 };
 
@@ -641,30 +642,35 @@ KernelChoice choose_fprop(const at::Tensor& x, const at::Tensor& weight, const s
                                output_format(*residual) != at::MemoryFormat::ChannelsLast ||
                                !aligned16(residual->const_data_ptr())))
     return {nullptr, "the residual is not a 16-byte aligned channels_last tensor of x's dtype"};
-  if (std::string gap = operand_gap(x, weight, stride, padding, dilation, groups); !gap.empty()) return {nullptr, gap};
+  if (std::string reason = operand_reason(x, weight, stride, padding, dilation, groups); !reason.empty())
+    return {nullptr, reason};
   const ConvGeometry g = geometry(x, weight, stride, padding, dilation, "conv");
   const auto& kernel =
       cutlass_conv_kernel(kind, element_of(x.scalar_type()), g.K > 64 ? ConvTile::kWide : ConvTile::kNarrow);
   if (const char* why = kernel.can_run(conv_args(g))) return {nullptr, words(kernel.name, " cannot run it: ", why)};
-  if (std::string gap = device_gap(x); !gap.empty()) return {nullptr, gap};
+  if (std::string reason = device_reason(x); !reason.empty())
+    return {nullptr, reason};
   return {&kernel, "", g};
 }
 
 KernelChoice choose_dgrad(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
                           at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  if (std::string gap = operand_gap(x, weight, stride, padding, dilation, groups); !gap.empty()) return {nullptr, gap};
+  if (std::string reason = operand_reason(x, weight, stride, padding, dilation, groups); !reason.empty())
+    return {nullptr, reason};
   const ConvGeometry g = geometry(x, weight, stride, padding, dilation, "conv_dgrad");
   if (g.sh != 1 || g.sw != 1)
     return {nullptr, words("stride ", stride, ": only unit-stride data gradients are instantiated")};
   const ConvTile tile = g.C > 64 ? ConvTile::kWide : ConvTile::kNarrow;
   const auto& kernel = cutlass_conv_kernel(ConvKind::kDgradBnRelu, element_of(x.scalar_type()), tile);
   if (const char* why = kernel.can_run(conv_args(g))) return {nullptr, words(kernel.name, " cannot run it: ", why)};
-  if (std::string gap = device_gap(x); !gap.empty()) return {nullptr, gap};
+  if (std::string reason = device_reason(x); !reason.empty())
+    return {nullptr, reason};
   return {&kernel, "", g};
 }
 
-// The output gradient g of a convolution with geometry geo, checked, channels_last.
-at::Tensor output_grad(const at::Tensor& g, const at::Tensor& x, const ConvGeometry& geo, const char* op) {
+// The output gradient g of a convolution with geometry geo as the GEMMs read it: checked,
+// channels_last, 16-byte aligned.
+at::Tensor g_operand(const at::Tensor& g, const at::Tensor& x, const ConvGeometry& geo, const char* op) {
   check_act(g, op, "g");
   check_same_device(g, op, "g", x, "x");
   TORCH_CHECK(g.scalar_type() == x.scalar_type(), "fused_resnet_cuda::", op, ": g must have dtype ", x.scalar_type(),
@@ -737,11 +743,11 @@ int wgrad_split(const ConvGeometry& g) {
 
 }  // namespace
 
-std::string conv_gap(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                     const std::optional<at::Tensor>& in_scale, const std::optional<at::Tensor>& residual,
-                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                     bool relu, bool stats) {
-  return choose_fprop(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu, stats).gap;
+std::string conv_reason(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                        const std::optional<at::Tensor>& in_scale, const std::optional<at::Tensor>& residual,
+                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                        bool relu, bool stats) {
+  return choose_fprop(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu, stats).reason;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv(const at::Tensor& x, const at::Tensor& weight,
@@ -759,7 +765,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv(const at::Tensor& x, const a
               in_shift.has_value() ? "given" : "None");
   const KernelChoice choice =
       choose_fprop(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu, stats);
-  TORCH_CHECK(choice.kernel != nullptr, "fused_resnet_cuda::conv: these inputs are not served: ", choice.gap);
+  TORCH_CHECK(choice.kernel != nullptr, "fused_resnet_cuda::conv: these inputs are not served: ", choice.reason);
   const c10::cuda::CUDAGuard guard(x.device());
   const ConvGeometry& g = choice.geo;
   // channels_last: a served x is, unless the batch is empty (then the layout of the fake).
@@ -811,12 +817,12 @@ at::Tensor conv_wgrad(const at::Tensor& g_in, const at::Tensor& x, const at::Ten
   constexpr const char* op = "conv_wgrad";
   check_act(x, op, "x");
   check_same_device(weight, op, "weight", x, "x");
-  std::string gap = operand_gap(x, weight, stride, padding, dilation, 1);
-  if (gap.empty()) gap = device_gap(x);
-  TORCH_CHECK(gap.empty(), "fused_resnet_cuda::conv_wgrad: these inputs are not served: ", gap);
+  std::string reason = operand_reason(x, weight, stride, padding, dilation, 1);
+  if (reason.empty()) reason = device_reason(x);
+  TORCH_CHECK(reason.empty(), "fused_resnet_cuda::conv_wgrad: these inputs are not served: ", reason);
   const c10::cuda::CUDAGuard guard(x.device());
   const ConvGeometry geo = geometry(x, weight, stride, padding, dilation, op);
-  const at::Tensor g = output_grad(g_in, x, geo, op);
+  const at::Tensor g = g_operand(g_in, x, geo, op);
   const at::Tensor scale = mainloop_vec(in_scale, x, op, "in_scale");
   const at::Tensor shift = mainloop_vec(in_shift, x, op, "in_shift");
   // An empty batch: a sum over no rows, without launching a GEMM whose K is 0.
@@ -848,9 +854,9 @@ at::Tensor conv_wgrad(const at::Tensor& g_in, const at::Tensor& x, const at::Ten
   return dw;
 }
 
-std::string conv_dgrad_gap(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
-                           at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  return choose_dgrad(x, weight, stride, padding, dilation, groups).gap;
+std::string conv_dgrad_reason(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  return choose_dgrad(x, weight, stride, padding, dilation, groups).reason;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_dgrad(const at::Tensor& g_in, const at::Tensor& x,
@@ -861,10 +867,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_dgrad(const at::Tensor& g_in
   check_act(x, op, "x");
   check_same_device(weight, op, "weight", x, "x");
   const KernelChoice choice = choose_dgrad(x, weight, stride, padding, dilation, 1);
-  TORCH_CHECK(choice.kernel != nullptr, "fused_resnet_cuda::conv_dgrad: these inputs are not served: ", choice.gap);
+  TORCH_CHECK(choice.kernel != nullptr, "fused_resnet_cuda::conv_dgrad: these inputs are not served: ", choice.reason);
   const c10::cuda::CUDAGuard guard(x.device());
   const ConvGeometry& geo = choice.geo;
-  const at::Tensor g = output_grad(g_in, x, geo, op);
+  const at::Tensor g = g_operand(g_in, x, geo, op);
   const at::Tensor scale = mainloop_vec(in_scale, x, op, "in_scale");
   const at::Tensor shift = mainloop_vec(in_shift, x, op, "in_shift");
   const at::Tensor w = krsc(weight);

@@ -40,7 +40,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 
 // The output gradient of a convolution whose batch statistics were used:
 // g = dy + dmean/M + 2 dvar (y - mean)/M, in y's dtype and layout (one pass,
-// stats_grad.cu).
+// conv_output_grad.cu).
 at::Tensor conv_output_grad(const at::Tensor& dy, const at::Tensor& dmean, const at::Tensor& dvar,
                             const at::Tensor& y, const at::Tensor& mean);
 
@@ -49,7 +49,7 @@ at::Tensor conv_output_grad(const at::Tensor& dy, const at::Tensor& dmean, const
 at::Tensor batch_stats_backward(const at::Tensor& dmean, const at::Tensor& dvar, const at::Tensor& x,
                                 const at::Tensor& mean);
 
-// fused_resnet::conv on CUTLASS (csrc/cutlass/) for the inputs conv_gap accepts:
+// fused_resnet::conv on CUTLASS (csrc/cutlass/) for the inputs conv_reason accepts:
 // the BN + ReLU prologue (in_scale/in_shift) in the mainloop; bias, ReLU and
 // residual in the epilogue (a ReLU after a residual only with a bias and no
 // prologue); the statistics taken in the epilogue (without a residual; with one,
@@ -63,10 +63,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv(const at::Tensor& x, const a
                                                     bool relu, bool stats);
 
 // Why conv cannot take these inputs, in words; "" when it can.
-std::string conv_gap(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                     const std::optional<at::Tensor>& in_scale, const std::optional<at::Tensor>& residual,
-                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                     bool relu, bool stats);
+std::string conv_reason(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                        const std::optional<at::Tensor>& in_scale, const std::optional<at::Tensor>& residual,
+                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                        bool relu, bool stats);
 
 // The weight gradient of conv_backward for a prologue convolution: g (the
 // gradient of the convolution's output, x's dtype) against relu(x*in_scale +
@@ -84,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_dgrad(const at::Tensor& g, c
                                                           at::IntArrayRef padding, at::IntArrayRef dilation);
 
 // Why conv_dgrad cannot take these inputs, in words; "" when it can.
-std::string conv_dgrad_gap(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
-                           at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
+std::string conv_dgrad_reason(const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups);
 
 }  // namespace fused_resnet

@@ -3,8 +3,9 @@
 Every fused kernel of every backend is reached through one of these ops, so
 torch.compile and CUDA graphs see opaque, well-described nodes. Each op takes
 the backend name as its last argument and runs that backend's implementation;
-each has a fake implementation (shapes, dtypes, strides only) and the
-differentiable ones an autograd formula that is itself made of ops. The
+its schema and fake implementation (shapes, dtypes, strides only) are those of
+``op_list.py``, and the differentiable ones have an autograd formula that is
+itself made of ops. The
 gradient ops (``*_backward``) are differentiated again (a second derivative)
 on the reference backend, and raise, naming the op, on the others.
 
@@ -34,53 +35,47 @@ caller did not ask for come back as empty fp32 tensors.
 from __future__ import annotations
 
 import inspect
-from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from . import backends, reference
-from ._layout import acc, acc_dtype, conv_out_hw, empty_like_layout, empty_vec
+from . import backends, op_list, reference
+from ._layout import acc, empty_vec
+from .op_list import OpDef
 
 _NS = "fused_resnet"
 _LIB = torch.library.Library(_NS, "DEF")
 
 
-def _impl(backend: str):
-    return backends.get(backend)
-
-
-def _op(fn=None, *, mutates_args: tuple[str, ...] = ()):
-    """Define ``fused_resnet::<fn name>`` with the schema of ``fn``'s annotations and ``fn``
-    as its kernel on every device; returns the OpOverload.
+def _define(op: OpDef):
+    """Define ``fused_resnet::<name>`` from its entry in the op list: its schema plus ``backend``,
+    a kernel on every device that runs the named backend's implementation, and the op list's
+    fake; returns the OpOverload.
 
     Registered directly on the dispatcher rather than through torch.library.custom_op:
     custom_op's generic wrappers (argument re-binding, alias checks, a second
     autograd layer) cost about twice the host time per call, and a fused block
-    step makes a dozen op calls. An op that writes its ``mutates_args`` bumps
-    their version counters itself: a backend's kernel writes through raw pointers,
-    which autograd would not see.
+    step makes a dozen op calls.
     """
-    if fn is None:
-        return lambda f: _op(f, mutates_args=mutates_args)
-    name = fn.__name__
-    kernel = fn
-    if mutates_args:
-        positions = [i for i, p in enumerate(inspect.signature(fn).parameters) if p in mutates_args]
+    name, fake = op.name, op.fake
 
-        def kernel(*args):
-            fn(*args)
-            torch.autograd.graph.increment_version([args[i] for i in positions if args[i] is not None])
-    _LIB.define(name + torch.library.infer_schema(fn, mutates_args=mutates_args))
-    _LIB.impl(name, kernel, "CompositeExplicitAutograd")
+    def kernel(*args):
+        return getattr(backends.get(args[-1]), name)(*args[:-1])
+    _LIB.define(op.schema(backend=True))
+    _LIB.impl(name, _bumping_versions(kernel, op) if op.mutates_args else kernel, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"{_NS}::{name}", lambda *args: fake(*args[:-1]), lib=_LIB)
     return getattr(getattr(torch.ops, _NS), name).default
 
 
-def _register_fake(op):
-    def wrap(fake):
-        torch.library.register_fake(op, fake, lib=_LIB)
-        return fake
-    return wrap
+def _bumping_versions(kernel, op: OpDef):
+    """``kernel``, then the version counters of the arguments it writes bumped: a backend's
+    kernel writes through raw pointers, which autograd would not see."""
+    positions = [i for i, p in enumerate(inspect.signature(op.fake).parameters) if p in op.mutates_args]
+
+    def bumping(*args):
+        kernel(*args)
+        torch.autograd.graph.increment_version([args[i] for i in positions if args[i] is not None])
+    return bumping
 
 
 def _register_autograd(op, backward, setup_context, materialize_grads: bool = True) -> None:
@@ -141,7 +136,7 @@ def _register_gradient_op(op) -> None:
 
     def kernel(*args):
         if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
-            if getattr(_impl(args[-1]), name) is ref_fn:
+            if getattr(backends.get(args[-1]), name) is ref_fn:
                 return ref_fn(*args[:-1])
             return fn.apply(*args)
         with torch._C._AutoDispatchBelowAutograd():
@@ -150,63 +145,11 @@ def _register_gradient_op(op) -> None:
     _LIB.impl(name, kernel, "Autograd")
 
 
-def _vec(n: int, ref: Tensor) -> Tensor:
-    return torch.empty(n, dtype=acc_dtype(ref), device=ref.device)
-
-
 # ---------------------------------------------------------------- conv
 
 
-@_op
-def conv(
-    x: Tensor, weight: Tensor, bias: Optional[Tensor], in_scale: Optional[Tensor],
-    in_shift: Optional[Tensor], residual: Optional[Tensor], stride: Sequence[int],
-    padding: Sequence[int], dilation: Sequence[int], groups: int, relu: bool, stats: bool,
-    backend: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _impl(backend).conv(
-        x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu, stats
-    )
-
-
-@_register_fake(conv)
-def _conv_fake(x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu, stats, backend):
-    ho, wo = conv_out_hw(x.shape[2], x.shape[3], weight.shape[2:], stride, padding, dilation)
-    cout = weight.shape[0]
-    y = empty_like_layout(x, (x.shape[0], cout, ho, wo))
-    if stats:
-        return y, _vec(cout, x), _vec(cout, x)
-    return y, empty_vec(x), empty_vec(x)
-
-
-@_op
-def conv_backward(
-    dy: Tensor, dmean: Tensor, dvar: Tensor, x: Tensor, weight: Tensor, y: Tensor, mean: Tensor,
-    in_scale: Optional[Tensor], in_shift: Optional[Tensor], stride: Sequence[int],
-    padding: Sequence[int], dilation: Sequence[int], groups: int, relu: bool, stats: bool,
-    output_mask: Sequence[bool], backend: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _impl(backend).conv_backward(
-        dy, dmean, dvar, x, weight, y, mean, in_scale, in_shift, stride, padding, dilation,
-        groups, relu, stats, output_mask,
-    )
-
-
-@_register_fake(conv_backward)
-def _conv_backward_fake(dy, dmean, dvar, x, weight, y, mean, in_scale, in_shift, stride, padding, dilation, groups,
-      relu, stats, output_mask, backend):
-    need_x, need_w, need_bias, need_scale, need_shift, need_res = output_mask
-    cin, cout = x.shape[1], weight.shape[0]
-    return (
-        empty_like_layout(x, x.shape) if need_x else empty_vec(x),
-        torch.empty_like(weight, memory_format=torch.contiguous_format) if need_w else empty_vec(x),
-        _vec(cout, x) if need_bias else empty_vec(x),
-        _vec(cin, x) if need_scale else empty_vec(x),
-        _vec(cin, x) if need_shift else empty_vec(x),
-        empty_like_layout(x, y.shape) if need_res else empty_vec(x),
-    )
-
-
+conv = _define(op_list.conv)
+conv_backward = _define(op_list.conv_backward)
 _register_gradient_op(conv_backward)
 
 
@@ -243,25 +186,7 @@ _register_autograd(conv, _conv_bwd, _conv_setup, materialize_grads=False)
 # ---------------------------------------------------------------- conv + shortcut
 
 
-@_op
-def conv_shortcut(
-    x: Tensor, weight: Tensor, bias: Optional[Tensor], in_scale: Optional[Tensor],
-    in_shift: Optional[Tensor], sc_x: Tensor, sc_weight: Optional[Tensor],
-    sc_in_scale: Optional[Tensor], sc_in_shift: Optional[Tensor], sc_stride: int,
-    stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int], groups: int, relu: bool,
-    backend: str,
-) -> Tensor:
-    return _impl(backend).conv_shortcut(
-        x, weight, bias, in_scale, in_shift, sc_x, sc_weight, sc_in_scale, sc_in_shift, sc_stride,
-        stride, padding, dilation, groups, relu,
-    )
-
-
-@_register_fake(conv_shortcut)
-def _conv_shortcut_fake(x, weight, bias, in_scale, in_shift, sc_x, sc_weight, sc_in_scale, sc_in_shift, sc_stride,
-      stride, padding, dilation, groups, relu, backend):
-    ho, wo = conv_out_hw(x.shape[2], x.shape[3], weight.shape[2:], stride, padding, dilation)
-    return empty_like_layout(x, (x.shape[0], weight.shape[0], ho, wo))
+conv_shortcut = _define(op_list.conv_shortcut)
 
 
 def _conv_shortcut_setup(ctx, inputs, output):
@@ -337,14 +262,7 @@ _register_autograd(conv_shortcut, _conv_shortcut_bwd, _conv_shortcut_setup)
 # ---------------------------------------------------------------- batch statistics
 
 
-@_op
-def batch_stats(x: Tensor, backend: str) -> tuple[Tensor, Tensor]:
-    return _impl(backend).batch_stats(x)
-
-
-@_register_fake(batch_stats)
-def _batch_stats_fake(x, backend):
-    return _vec(x.shape[1], x), _vec(x.shape[1], x)
+batch_stats = _define(op_list.batch_stats)
 
 
 def _stats_setup(ctx, inputs, output):
@@ -360,32 +278,14 @@ def _stats_bwd(ctx, dmean, dvar):
 _register_autograd(batch_stats, _stats_bwd, _stats_setup)
 
 
-@_op
-def batch_stats_backward(dmean: Tensor, dvar: Tensor, x: Tensor, mean: Tensor, backend: str) -> Tensor:
-    return _impl(backend).batch_stats_backward(dmean, dvar, x, mean)
-
-
-@_register_fake(batch_stats_backward)
-def _batch_stats_backward_fake(dmean, dvar, x, mean, backend):
-    return empty_like_layout(x, x.shape)
-
-
+batch_stats_backward = _define(op_list.batch_stats_backward)
 _register_gradient_op(batch_stats_backward)
 
 
 # ---------------------------------------------------------------- BatchNorm finalize
 
 
-@_op
-def bn_finalize(
-    mean: Tensor, var: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, backend: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _impl(backend).bn_finalize(mean, var, weight, bias, eps)
-
-
-@_register_fake(bn_finalize)
-def _bn_finalize_fake(mean, var, weight, bias, eps, backend):
-    return torch.empty_like(mean), torch.empty_like(mean), torch.empty_like(mean)
+bn_finalize = _define(op_list.bn_finalize)
 
 
 def _finalize_setup(ctx, inputs, output):
@@ -410,74 +310,16 @@ def _finalize_bwd(ctx, dscale, dshift, dinvstd):
 _register_autograd(bn_finalize, _finalize_bwd, _finalize_setup, materialize_grads=False)
 
 
-@_op
-def bn_finalize_backward(
-    dscale: Tensor, dshift: Tensor, dinvstd: Optional[Tensor], mean: Tensor, weight: Optional[Tensor],
-    scale: Tensor, invstd: Tensor, backend: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    return _impl(backend).bn_finalize_backward(dscale, dshift, dinvstd, mean, weight, scale, invstd)
-
-
-@_register_fake(bn_finalize_backward)
-def _bn_finalize_backward_fake(dscale, dshift, dinvstd, mean, weight, scale, invstd, backend):
-    return (torch.empty_like(mean), torch.empty_like(mean),
-            torch.empty_like(mean) if weight is not None else empty_vec(mean))
-
-
+bn_finalize_backward = _define(op_list.bn_finalize_backward)
 _register_gradient_op(bn_finalize_backward)
-
-
-@_op(mutates_args=("running_mean", "running_var", "num_batches_tracked"))
-def bn_update_running(
-    mean: Tensor, var: Tensor, count: int, running_mean: Tensor, running_var: Tensor,
-    num_batches_tracked: Optional[Tensor], momentum: Optional[float], backend: str,
-) -> None:
-    _impl(backend).bn_update_running(mean, var, count, running_mean, running_var, num_batches_tracked, momentum)
-
-
-@_register_fake(bn_update_running)
-def _bn_update_running_fake(mean, var, count, running_mean, running_var, num_batches_tracked, momentum, backend):
-    return None
+bn_update_running = _define(op_list.bn_update_running)
 
 
 # ---------------------------------------------------------------- BN-apply + residual + ReLU
 
 
-@_op
-def bn_act(
-    y: Tensor, scale: Tensor, shift: Tensor, residual: Optional[Tensor], res_scale: Optional[Tensor],
-    res_shift: Optional[Tensor], relu: bool, backend: str,
-) -> Tensor:
-    return _impl(backend).bn_act(y, scale, shift, residual, res_scale, res_shift, relu)
-
-
-@_register_fake(bn_act)
-def _bn_act_fake(y, scale, shift, residual, res_scale, res_shift, relu, backend):
-    return empty_like_layout(y, y.shape)
-
-
-@_op
-def bn_act_backward(
-    dout: Tensor, out: Tensor, y: Tensor, scale: Tensor, residual: Optional[Tensor],
-    res_scale: Optional[Tensor], relu: bool, output_mask: Sequence[bool], backend: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _impl(backend).bn_act_backward(dout, out, y, scale, residual, res_scale, relu, output_mask)
-
-
-@_register_fake(bn_act_backward)
-def _bn_act_backward_fake(dout, out, y, scale, residual, res_scale, relu, output_mask, backend):
-    need_y, need_scale, need_shift, need_res, need_rscale, need_rshift = output_mask
-    c = y.shape[1]
-    return (
-        empty_like_layout(y, y.shape) if need_y else empty_vec(y),
-        _vec(c, y) if need_scale else empty_vec(y),
-        _vec(c, y) if need_shift else empty_vec(y),
-        empty_like_layout(residual, residual.shape) if need_res else empty_vec(y),
-        _vec(c, y) if need_rscale else empty_vec(y),
-        _vec(c, y) if need_rshift else empty_vec(y),
-    )
-
-
+bn_act = _define(op_list.bn_act)
+bn_act_backward = _define(op_list.bn_act_backward)
 _register_gradient_op(bn_act_backward)
 
 
@@ -497,15 +339,3 @@ def _bn_act_bwd(ctx, dout):
 
 
 _register_autograd(bn_act, _bn_act_bwd, _bn_act_setup)
-
-# Fakes by op name, for other libraries whose ops share a schema minus ``backend``.
-FAKES = {
-    "conv": _conv_fake, "conv_backward": _conv_backward_fake, "conv_shortcut": _conv_shortcut_fake,
-    "batch_stats": _batch_stats_fake, "batch_stats_backward": _batch_stats_backward_fake,
-    "bn_finalize": _bn_finalize_fake,
-    "bn_finalize_backward": _bn_finalize_backward_fake,
-    "bn_update_running": _bn_update_running_fake, "bn_act": _bn_act_fake,
-    "bn_act_backward": _bn_act_backward_fake,
-}
-
-ALL_OPS = (conv, conv_backward, conv_shortcut, batch_stats, bn_finalize, bn_update_running, bn_act, bn_act_backward)

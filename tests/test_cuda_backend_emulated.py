@@ -5,7 +5,7 @@ and cuDNN, and assembles the gradients from several ``_C`` ops (the fused data
 gradient, the mainloop weight gradient, the output gradient, bn_act passes). Here
 every ``fused_resnet_cuda`` op is replaced by PyTorch code written from its contract
 (csrc/cutlass_conv.h, csrc/ops.h, the fused_resnet:: op it mirrors), and the choice
-is ``_C.conv_gap`` / ``_C.conv_dgrad_gap`` themselves, asked as a GPU running a bf16
+is ``_C.conv_reason`` / ``_C.conv_dgrad_reason`` themselves, asked as a GPU running a bf16
 channels_last model would be (``tools.traffic.gpu_gap``). Whole blocks then run in fp64
 against torchvision's: output, every gradient, the BatchNorm buffers. What this
 checks without a GPU is the composition: which op gets which operands and how the
@@ -22,14 +22,14 @@ import torchvision
 
 from fused_resnet import _ext, backends, convert, reference
 from fused_resnet._layout import like_layout
-from fused_resnet.backends import choice, cuda
+from fused_resnet.backends import choice, cuda, routing
 from fused_resnet.blocks import FUSED_TWIN
 from fused_resnet.models import cifar_resnet
 from fused_resnet.tools.models import perturb_batchnorm
 from fused_resnet.tools.traffic import gpu_gap
 
 from helpers import randomize_bn
-from test_blocks import _in_channels, block_zoo
+from .test_blocks import _in_channels, block_zoo
 
 # Channel counts the CUTLASS kernels take (multiples of 8), so that the GPU's choice
 # between them and cuDNN is the one under test.
@@ -41,7 +41,7 @@ class EmulatedC:
 
     An op with a fused_resnet:: twin has its twin's contract, so the reference computes it
     (conv included: the kernels take a ReLU with a residual only in the broadcast epilogue,
-    where it comes last, as in the reference; conv_gap refuses the rest); the extra pieces
+    where it comes last, as in the reference; conv_reason refuses the rest); the extra pieces
     of conv_backward are written out below.
     """
 
@@ -79,21 +79,20 @@ class EmulatedC:
 class EmulatedCuda(cuda.CudaBackend):
     """The cuda backend, taking CPU tensors (its ops are EmulatedC's)."""
 
-    def available(self):
-        return True, ""
-
-    def supports(self, device, dtype):
-        return True, ""
+    def not_supported_reasons(self, device=None, dtype=None):
+        return []
 
 
 @pytest.fixture
 def emulated(monkeypatch):
     c = EmulatedC()
     monkeypatch.setattr(cuda, "ops", lambda: c)
-    monkeypatch.setattr(cuda, "conv_gap", gpu_gap(_ext.load().conv_gap))
-    monkeypatch.setattr(cuda, "conv_dgrad_gap", gpu_gap(_ext.load().conv_dgrad_gap))
+    monkeypatch.setattr(cuda, "conv_reason", gpu_gap(_ext.load().conv_reason))
+    monkeypatch.setattr(cuda, "conv_dgrad_reason", gpu_gap(_ext.load().conv_dgrad_reason))
     monkeypatch.setitem(backends.BACKENDS, "cuda", EmulatedCuda())
-    return c
+    routing.clear()
+    yield c
+    routing.clear()
 
 
 def _pair(kind, seed=0):
@@ -240,3 +239,43 @@ def test_no_choice_is_timed_where_the_clock_must_not_decide(monkeypatch):
     taken = choice.choose(("k",), {"fused": lambda: ran.append("f"), "unfused": lambda: ran.append("u")}, "fused",
                           cuda_dev)
     assert taken == "fused" and not ran and not choice.choices()
+
+
+def test_routes_name_what_cutlass_refused_and_why(emulated):
+    """A block whose channel counts the CUTLASS kernels refuse still says backend 'cuda'; the
+    routes say its convolutions ran on cuDNN with bn_act passes (training) and its last
+    convolution with the shortcut on the reference (eval), each with the reason the kernels gave."""
+    torch.manual_seed(0)
+    block = randomize_bn(block_zoo(3)["basic_optionA"](), 0).double()  # 6 -> 12 channels
+    fused = FUSED_TWIN[type(block)].from_block(copy.deepcopy(block), backend="cuda")
+    x = torch.randn(2, 6, 9, 9, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        _close(fused.train()(x), block.train()(x), "training output")
+        _close(fused.eval()(x), block.eval()(x), "eval output")
+    assert fused.backend == "cuda"
+    rows = backends.routes()
+    conv1 = [r for r in rows if r.op == "conv" and r.problem.startswith("fp64[2,6,9,9]cl")]
+    assert len(conv1) == 2, rows  # training (statistics), eval (BatchNorm folded)
+    for r in conv1:
+        assert r.backend == "cuda" and r.implementation == "cuDNN conv + bn_act passes", rows
+        assert r.reason.startswith("channels in=6, out=12: both must be multiples of 8"), rows
+    (conv2,) = [r for r in rows if r.op == "conv_shortcut"]
+    assert conv2.backend == "cuda" and conv2.implementation.startswith("reference"), rows
+    assert conv2.reason.startswith("channels in=12, out=12: both must be multiples of 8"), rows
+    table = backends.routes_table().splitlines()
+    assert table[0].split() == ["backend", "op", "problem", "implementation", "reason"]
+    assert len(table) == len(rows) + 1 and any(line.endswith(conv2.reason) for line in table), table
+
+
+def test_routes_name_a_reference_gradient(emulated):
+    """conv_backward's reference fallback (a ReLU with batch statistics) is listed with its reason."""
+    x = torch.randn(2, 8, 5, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(8, 8, 3, 3, dtype=torch.float64)
+    backend = backends.get("cuda")
+    y, mean, var = backend.conv(x, w, None, None, None, None, (1, 1), (1, 1), (1, 1), 1, True, True)
+    backend.conv_backward(torch.ones_like(y), torch.zeros_like(mean), torch.zeros_like(var), x, w, y, mean, None,
+                          None, (1, 1), (1, 1), (1, 1), 1, True, True, [True, True, False, False, False, False])
+    (route,) = [r for r in backends.routes() if r.op == "conv_backward"]
+    assert route.backend == "cuda" and route.implementation == "reference conv_backward", route
+    assert route.reason.startswith("ReLU and batch statistics together"), route
+

@@ -6,7 +6,7 @@ epilogue (::conv with stats), and the prologue's gradient (ReLU mask, scale,
 dscale/dshift sums) in the epilogue of a unit-stride dgrad (::conv_dgrad).
 
 CPU part: which inputs the kernels take and, for the others, the reason given
-(``_C.conv_gap``), and the bf16 instantiations compiled in beside the f16 ones.
+(``_C.conv_reason``), and the bf16 instantiations compiled in beside the f16 ones.
 
 GPU part (@pytest.mark.gpu): both fprop kinds and wgrad against an fp64
 reference in float16/bfloat16 with the tolerance rule (1x1, 3x3, stride 2, dilation, odd
@@ -44,18 +44,18 @@ def _cl(t):
 GOOD = dict(n=2, c=64, h=8, w=8, k=64, dtype=torch.bfloat16)
 
 
-def _gap(C, *, n=2, c=64, h=8, w=8, k=64, r=3, dtype=torch.bfloat16, wdtype=None, cl=True, groups=1,
-         bias=False, prologue=True, residual=None, relu=False, stats=False, stride=1, padding=1, dilation=1):
+def _conv_reason(C, *, n=2, c=64, h=8, w=8, k=64, r=3, dtype=torch.bfloat16, wdtype=None, cl=True, groups=1,
+                 bias=False, prologue=True, residual=None, relu=False, stats=False, stride=1, padding=1, dilation=1):
     x = torch.zeros(n, c, h, w, dtype=dtype)
     x = _cl(x) if cl else x
     weight = torch.zeros(k, c // groups, r, r, dtype=wdtype or dtype)
-    return C.conv_gap(x, weight, torch.zeros(k) if bias else None, torch.ones(c) if prologue else None, residual,
-                      [stride] * 2, [padding] * 2, [dilation] * 2, groups, relu, stats)
+    return C.conv_reason(x, weight, torch.zeros(k) if bias else None, torch.ones(c) if prologue else None, residual,
+                         [stride] * 2, [padding] * 2, [dilation] * 2, groups, relu, stats)
 
 
 _RES = _cl(torch.zeros(2, 64, 8, 8, dtype=torch.bfloat16))
 
-GAPS = [
+REASONS = [
     (dict(prologue=False), "nothing to fuse (no prologue, bias, ReLU, residual or statistics)"),
     (dict(relu=True, residual=_RES), "a ReLU after the residual is fused only with a bias and no prologue"),
     (dict(relu=True, bias=True, residual=_RES), "a ReLU after the residual is fused only with a bias and no"),
@@ -92,10 +92,10 @@ GAPS = [
 ]
 
 
-@pytest.mark.parametrize("kwargs,reason", GAPS, ids=[g[1][:40] for g in GAPS])
-def test_conv_gap_reasons(C, kwargs, reason):
+@pytest.mark.parametrize("kwargs,reason", REASONS, ids=[g[1][:40] for g in REASONS])
+def test_conv_reason_says_why(C, kwargs, reason):
     """Each unsupported input is named; an input the kernels take fails only on the CPU device."""
-    assert reason in _gap(C, **kwargs)
+    assert reason in _conv_reason(C, **kwargs)
 
 
 def test_cutlass_kernels_compiled(C):
@@ -106,7 +106,7 @@ def test_cutlass_kernels_compiled(C):
     assert len(set(names)) == len(names) == 18, names
 
 
-DGRAD_GAPS = [
+DGRAD_REASONS = [
     (dict(dtype=torch.float32), "x has dtype Float; the CUTLASS kernels run float16/bfloat16"),
     (dict(groups=2), "groups=2: grouped convolutions are not instantiated"),
     (dict(c=60), "channels in=60, out=64: both must be multiples of 8"),
@@ -119,39 +119,39 @@ DGRAD_GAPS = [
 ]
 
 
-@pytest.mark.parametrize("kwargs,reason", DGRAD_GAPS, ids=[g[1][:40] for g in DGRAD_GAPS])
-def test_conv_dgrad_gap_reasons(C, kwargs, reason):
+@pytest.mark.parametrize("kwargs,reason", DGRAD_REASONS, ids=[g[1][:40] for g in DGRAD_REASONS])
+def test_conv_dgrad_reason_says_why(C, kwargs, reason):
     n, c, k, groups = kwargs.get("n", 2), kwargs.get("c", 64), 64, kwargs.get("groups", 1)
     x = torch.zeros(n, c, 8, 8, dtype=kwargs.get("dtype", torch.bfloat16))
     x = _cl(x) if kwargs.get("cl", True) else x
     weight = torch.zeros(k, c // groups, 3, 3, dtype=x.dtype)
     stride = [kwargs.get("stride", 1)] * 2
-    assert reason in cuda_backend.conv_dgrad_gap(x, weight, stride, (1, 1), (1, 1), groups)
+    assert reason in cuda_backend.conv_dgrad_reason(x, weight, stride, (1, 1), (1, 1), groups)
 
 
 def test_backend_falls_back_with_reason_on_cpu(C):
-    """The backend asks conv_gap before every convolution; on CPU tensors the answer is never ''."""
+    """The backend asks conv_reason before every convolution; on CPU tensors the answer is never ''."""
     x = _cl(torch.zeros(2, 64, 8, 8, dtype=torch.bfloat16))
     w = torch.zeros(64, 64, 3, 3, dtype=torch.bfloat16)
     for stats in (False, True):
-        assert cuda_backend.conv_gap(x, w, None, torch.ones(64), None, (1, 1), (1, 1), (1, 1), 1, False,
-                                     stats) == "x is on cpu, not a CUDA device"
+        assert cuda_backend.conv_reason(x, w, None, torch.ones(64), None, (1, 1), (1, 1), (1, 1), 1, False,
+                                        stats) == "x is on cpu, not a CUDA device"
 
 
-def test_mainloop_prologue_is_asked_of_conv_gap(C, monkeypatch):
-    """Whether the mainloop applies a prologue is conv_gap's answer for the prologue convolution
+def test_mainloop_prologue_is_asked_of_conv_reason(C, monkeypatch):
+    """Whether the mainloop applies a prologue is conv_reason's answer for the prologue convolution
     (no bias, residual or ReLU), statistics or not; without a prologue there is none to apply."""
     x = _cl(torch.zeros(2, 64, 8, 8, dtype=torch.bfloat16))
     w = torch.zeros(64, 64, 3, 3, dtype=torch.bfloat16)
     geometry = ((1, 1), (1, 1), (1, 1), 1)
     asked = []
-    monkeypatch.setattr(cuda_backend, "conv_gap", lambda *a: asked.append(a) or "")
-    assert cuda_backend._mainloop_gap(x, w, None, *geometry) == "no prologue"
+    monkeypatch.setattr(cuda_backend, "conv_reason", lambda *a: asked.append(a) or "")
+    assert cuda_backend._mainloop_reason(x, w, None, *geometry) == "no prologue"
     assert asked == []
-    assert cuda_backend._mainloop_gap(x, w, torch.ones(64), *geometry) == ""
+    assert cuda_backend._mainloop_reason(x, w, torch.ones(64), *geometry) == ""
     assert len(asked) == 1 and asked[0][2] is None and asked[0][4] is None and asked[0][-2:] == (False, False)
-    monkeypatch.setattr(cuda_backend, "conv_gap", lambda *a: "x is on cpu")
-    assert cuda_backend._mainloop_gap(x, w, torch.ones(64), *geometry) == "x is on cpu"
+    monkeypatch.setattr(cuda_backend, "conv_reason", lambda *a: "x is on cpu")
+    assert cuda_backend._mainloop_reason(x, w, torch.ones(64), *geometry) == "x is on cpu"
 
 
 class _Recorder:
@@ -185,8 +185,8 @@ def test_prologue_backward_takes_the_fused_dgrad(C, monkeypatch, need_w, mainloo
     g = _cl(torch.ones(2, 64, 8, 8, dtype=torch.bfloat16))
     rec = _Recorder()
     monkeypatch.setattr(cuda_backend, "ops", lambda: rec)
-    monkeypatch.setattr(cuda_backend, "conv_dgrad_gap", lambda *a: "")
-    monkeypatch.setattr(cuda_backend, "_mainloop_gap", lambda *a: "" if mainloop else "not served")
+    monkeypatch.setattr(cuda_backend, "conv_dgrad_reason", lambda *a: "")
+    monkeypatch.setattr(cuda_backend, "_mainloop_reason", lambda *a: "" if mainloop else "not served")
     monkeypatch.setenv("FUSED_RESNET_CHOOSE", "0")  # the fused kernels wherever served, untimed
     backend = cuda_backend.CudaBackend()
     mask = [True, need_w, False, True, True, False]
@@ -201,13 +201,13 @@ def test_prologue_backward_takes_the_fused_dgrad(C, monkeypatch, need_w, mainloo
 
 
 @pytest.mark.parametrize("dtype", LOWP + (torch.float32,), ids=str)
-def test_output_grad_through_relu(dtype):
+def test_conv_output_grad_through_relu(dtype):
     """An eval-mode block that trains (conv + bias + ReLU): the gradient at the convolution's sum
     is dy where y > 0, exactly as the reference gives it (a mask multiplies exactly), and a new
     tensor (it is returned as dresidual)."""
     y = _cl(randn(2, 16, 5, 5, seed=1).relu().to(dtype))
     dy = _cl(randn(2, 16, 5, 5, seed=2).to(dtype))
-    g = cuda_backend.CudaBackend()._output_grad(dy, None, None, y, None, False, True, True)
+    g = cuda_backend.CudaBackend()._conv_output_grad(dy, None, None, y, None, False, True, True)
     want = reference.conv_output_grad(dy, None, None, y, None, True, False).to(dtype)
     assert torch.equal(g, want) and g.is_contiguous(memory_format=torch.channels_last)
     assert g.data_ptr() != dy.data_ptr()
@@ -221,14 +221,14 @@ def test_statistics_convolution_is_one_cutlass_call(C, monkeypatch):
     w = torch.zeros(64, 64, 3, 3, dtype=torch.bfloat16)
     rec = _Recorder()
     monkeypatch.setattr(cuda_backend, "ops", lambda: rec)
-    gaps = []
-    monkeypatch.setattr(cuda_backend, "conv_gap", lambda *a: gaps.append(a) or "")
+    asked = []
+    monkeypatch.setattr(cuda_backend, "conv_reason", lambda *a: asked.append(a) or "")
     scale, shift = torch.ones(64), torch.zeros(64)
     cuda_backend.CudaBackend().conv(x, w, None, scale, shift, None, (1, 1), (1, 1), (1, 1), 1, False, True)
     assert [name for name, _ in rec.calls] == ["conv"]
     conv_args = rec.calls[0][1]
     assert conv_args[3] is scale and conv_args[4] is shift and conv_args[-1] is True
-    assert gaps[0][3] is scale and gaps[0][-1] is True
+    assert asked[0][3] is scale and asked[0][-1] is True
 
 
 # ====================================================================== GPU
@@ -303,7 +303,7 @@ def _ref_conv(x, weight, scale, shift, residual, stride, pad, dil):
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_conv_prologue(C, case, dtype, residual):
     x, weight, scale, shift, stride, pad, dil = _inputs(case, dtype)
-    assert C.conv_gap(x, weight, None, scale, None, stride, pad, dil, 1, False, True) == ""
+    assert C.conv_reason(x, weight, None, scale, None, stride, pad, dil, 1, False, True) == ""
     res = _residual(x, weight, stride, pad, dil) if residual else None
     plain = _ref_conv(x, weight, scale, shift, res, stride, pad, dil)
     y, mean, var = cuda_backend.ops().conv(x, weight, None, scale, shift, res, stride, pad, dil, 1, False, True)
@@ -342,7 +342,7 @@ def test_conv_prologue_reads_each_stage_before_it_is_refilled(C, dtype):
 def test_conv_bias_relu(C, case, dtype, residual):
     x, weight, _, _, stride, pad, dil = _inputs(case, dtype)
     bias = (torch.randn(weight.shape[0], generator=torch.Generator().manual_seed(5)) * 0.5).to(DEV)
-    assert C.conv_gap(x, weight, bias, None, None, stride, pad, dil, 1, True, False) == ""
+    assert C.conv_reason(x, weight, bias, None, None, stride, pad, dil, 1, True, False) == ""
 
     def run(x_, w_, b_, res_):
         return reference.conv(x_, w_, b_, None, None, res_, stride, pad, dil, 1, True, False)[0]
@@ -382,7 +382,7 @@ def test_conv_epilogue_bias_relu(C, case, combo, dtype):
     bias = (torch.randn(weight.shape[0], generator=torch.Generator().manual_seed(5)) * 0.5).to(DEV) if with_bias \
         else None
     res = _residual(x, weight, stride, pad, dil) if with_res else None
-    assert C.conv_gap(x, weight, bias, scale, res, stride, pad, dil, 1, relu, stats) == ""
+    assert C.conv_reason(x, weight, bias, scale, res, stride, pad, dil, 1, relu, stats) == ""
 
     def run(cast):
         t = [None if v is None else cast(v) for v in (x, weight, bias, scale, shift, res)]
@@ -434,7 +434,7 @@ def test_conv_statistics_in_epilogue(C, case, offset, dtype):
     x, weight, _, _, stride, pad, dil = _inputs(case, dtype)
     x = (x.float().relu() + offset).to(dtype)  # offset: every output channel's mean moves far from 0
     weight = (weight.float().abs() * 0.2 + weight.float() if offset else weight.float()).to(dtype)
-    assert C.conv_gap(x, weight, None, None, None, stride, pad, dil, 1, False, True) == ""
+    assert C.conv_reason(x, weight, None, None, None, stride, pad, dil, 1, False, True) == ""
     y, mean, var = cuda_backend.ops().conv(x, weight, None, None, None, None, stride, pad, dil, 1, False, True)
     plain = _ref_conv(x, weight, None, None, None, stride, pad, dil)
     ref64 = _ref_conv(x.double(), weight.double(), None, None, None, stride, pad, dil)
@@ -538,7 +538,7 @@ def test_conv_dgrad_bn_relu(C, case, dtype):
     """dx, dscale, dshift of conv(relu(x*s + t), W) from the fused dgrad against an fp64
     reference, the 2x rule (dscale/dshift: max error, as for the other vectors)."""
     x, weight, scale, shift, stride, pad, dil = _inputs(case, dtype)
-    assert cuda_backend.conv_dgrad_gap(x, weight, stride, pad, dil, 1) == ""
+    assert cuda_backend.conv_dgrad_reason(x, weight, stride, pad, dil, 1) == ""
     y = _ref_conv(x, weight, scale, shift, None, stride, pad, dil)
     g = _cl(randn(*y.shape, device=DEV, seed=7).to(dtype))
     mask = [True, False, False, True, True, False]
@@ -716,7 +716,7 @@ def test_backend_conv_backward_partial_masks(C, mask, stats):
 @pytest.mark.parametrize("dtype", LOWP + (torch.float32,), ids=str)
 @pytest.mark.parametrize("what", ["groups-bias-res-relu", "groups-prologue", "nchw-bias-relu"])
 def test_backend_cudnn_path(C, what, dtype):
-    """Convolutions the CUTLASS kernels do not take (conv_gap says why): bn_act + cuDNN + bn_act, 2x rule."""
+    """Convolutions the CUTLASS kernels do not take (conv_reason says why): bn_act + cuDNN + bn_act, 2x rule."""
     groups = 4 if what.startswith("groups") else 1
     x, weight, scale, shift, stride, pad, dil = _inputs((2, 64, 15, 15, 64, 3, 1, 1, 1), dtype)
     weight = weight[:, : 64 // groups].contiguous()
@@ -728,7 +728,7 @@ def test_backend_cudnn_path(C, what, dtype):
     relu = "relu" in what
     if not pro:
         scale = shift = None
-    assert C.conv_gap(x, weight, bias, scale, res, stride, pad, dil, groups, relu, True) != ""
+    assert C.conv_reason(x, weight, bias, scale, res, stride, pad, dil, groups, relu, True) != ""
 
     def run(fn, cast):
         t = [None if v is None else cast(v) for v in (x, weight, bias, scale, shift, res)]

@@ -13,19 +13,23 @@ updates, determinism, CUDA-graph capture, and the input-validation errors.
 """
 from __future__ import annotations
 
+import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from fused_resnet import _ext, reference
+from fused_resnet import _ext, op_list, reference
 from fused_resnet.backends import cuda as cuda_backend
 from helpers import assert_close_fp32, max_err, randn
 
 OPS = cuda_backend.OP_NAMES
+ROOT = Path(__file__).resolve().parent.parent
 LOWP = (torch.float16, torch.bfloat16)
 DTYPES = (torch.float32,) + LOWP
 
@@ -77,8 +81,26 @@ def test_extension_built():
     import fused_resnet._C as C
 
     assert C.__file__.startswith(os.path.dirname(cuda_backend.__file__).rsplit(os.sep, 1)[0]), C.__file__
-    for name in OPS + cuda_backend.EXTRA_OP_NAMES + ("conv_gap",):
+    for name in OPS + cuda_backend.EXTRA_OP_NAMES + ("conv_reason", "conv_dgrad_reason"):
         assert hasattr(C, name), f"_C does not expose {name}"
+
+
+def _setup_sources() -> list[str]:
+    """setup.py's SOURCES list, read from its text (importing setup.py runs setup())."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    (node,) = [n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "SOURCES"]
+    return [e.value for e in node.value.left.elts]
+
+
+def test_cmake_and_setup_compile_the_same_sources():
+    """CMakeLists.txt (C++ development) and setup.py (the install) build _C from the same files:
+    every csrc/*.cpp and *.cu, and the CUTLASS instantiations of csrc/cutlass/, which both glob."""
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    listed = re.search(r"set\(FUSED_RESNET_SOURCES\s+(.*?)\)", cmake, re.S).group(1).split()
+    on_disk = sorted(str(p.relative_to(ROOT)) for ext in ("*.cpp", "*.cu") for p in (ROOT / "csrc").glob(ext))
+    assert sorted(listed) == sorted(_setup_sources()) == on_disk
+    assert re.search(r"file\(GLOB FUSED_RESNET_CUTLASS_SOURCES .*/csrc/cutlass/\*\.cu\"\)", cmake)
+    assert 'os.listdir(os.path.join(ROOT, "csrc", "cutlass")) if f.endswith(".cu")' in (ROOT / "setup.py").read_text()
 
 
 def test_extension_shares_the_cpp_runtime(ns):
@@ -140,7 +162,17 @@ def test_op_schema_mirrors_python_op(ns, name):
     assert mutated == mutated_py
 
 
-@pytest.mark.parametrize("name", OPS)
+@pytest.mark.parametrize("name", OPS + cuda_backend.EXTRA_OP_NAMES)
+def test_op_schema_is_the_op_lists(ns, name):
+    """C++ spells each schema once more (TORCH_LIBRARY): it is the op list's, minus backend."""
+    cpp = getattr(ns, name).default._schema
+    listed = torch._C.parse_schema(f"{cuda_backend.LIB}::" + op_list.CUDA_OPS[name].schema(backend=False))
+    assert _sig(cpp) == _sig(listed), f"\n  C++:      {cpp}\n  op list: {listed}"
+    assert [a.alias_info is not None and a.alias_info.is_write for a in cpp.arguments] == [
+        a.alias_info is not None and a.alias_info.is_write for a in listed.arguments]
+
+
+@pytest.mark.parametrize("name", OPS + cuda_backend.EXTRA_OP_NAMES)
 def test_kernels_registered(ns, name):
     qual = f"fused_resnet_cuda::{name}"
     assert torch._C._dispatch_has_kernel_for_dispatch_key(qual, "CUDA"), f"{qual} has no CUDA kernel"
@@ -245,13 +277,16 @@ def test_fakes_match_python_ops(ns):
 
 
 def test_backend_on_cpu_machine(ns):
+    """Every reason is listed: this machine's (no GPU), then the input's (device, dtype)."""
     backend = cuda_backend.CudaBackend()
-    ok, reason = backend.available()
+    machine = backend.not_supported_reasons()
     if not torch.cuda.is_available():
-        assert not ok and "GPU" in reason
-    assert not backend.supports(torch.device("cpu"), torch.float32)[0]
-    assert not backend.supports(torch.device("cuda"), torch.float64)[0]
-    assert backend.supports(torch.device("cuda"), torch.bfloat16)[0]
+        assert machine == ["no CUDA GPU is visible"]
+    assert backend.not_supported_reasons(torch.device("cpu"), torch.float32) == machine + [
+        "tensors are on cpu, not CUDA"]
+    assert backend.not_supported_reasons(torch.device("cpu"), torch.float64) == machine + [
+        "tensors are on cpu, not CUDA", "dtype torch.float64 is not one of fp32/fp16/bf16"]
+    assert backend.not_supported_reasons(torch.device("cuda"), torch.bfloat16) == machine
 
 
 # ====================================================================== GPU

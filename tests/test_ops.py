@@ -238,3 +238,18 @@ def test_conv_shortcut_option_a_pads_channels_centrally():
     y = ops.conv_shortcut(x, w, None, None, None, sc, None, None, None, 2, [1, 1], [0, 0], [1, 1], 1, False, "reference")
     assert y[0, :, 0, 0].tolist() == [0, 0, 16, 0]
     assert y[0, :, 1, 1].tolist() == [0, 10, 26, 0]
+
+
+def test_every_op_of_the_op_list_is_defined_from_it():
+    """ops.py defines each op of op_list.OPS, and only those: its schema is the op list's plus
+    ``str backend``, and ops.<name> is its overload."""
+    from fused_resnet import op_list
+
+    defined = {name for name in dir(torch.ops.fused_resnet) if isinstance(getattr(torch.ops.fused_resnet, name),
+                                                                          torch._ops.OpOverloadPacket)}
+    assert defined == set(op_list.OPS)
+    for name, op in op_list.OPS.items():
+        overload = getattr(ops, name)
+        assert overload is getattr(torch.ops.fused_resnet, name).default
+        assert str(overload._schema) == str(torch._C.parse_schema("fused_resnet::" + op.schema(backend=True)))
+        assert overload._schema.arguments[-1].name == "backend"

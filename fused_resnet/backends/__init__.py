@@ -1,10 +1,12 @@
 """Backends: who computes the fused ops, what each supports, and how one is chosen.
 
-A backend implements the op vocabulary of ``fused_resnet.ops`` (any op it does
-not override runs the reference implementation) and declares, for a given
-input, whether it can serve it and why not. ``resolve`` turns a requested name
-("auto" or an explicit one) into the backend that will run a block; under
-"auto" it follows measured block times (``speed_table``) where there are some.
+A backend implements the ops of ``fused_resnet.op_list`` (any op it does not
+override runs the reference implementation) and declares, for a given input,
+every reason it cannot serve it (``not_supported_reasons``). ``resolve`` turns a
+requested name ("auto" or an explicit one) into the backend that will run a
+block; under "auto" it follows measured block times (``speed_table``) where
+there are some. Inside a backend, which implementation served each problem, and
+why, is listed by ``routes()``.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from . import speed_table
 from .base import Backend
 from .cuda import CudaBackend
 from .reference import ReferenceBackend
+from .routing import Route, routes, routes_table
 from .triton import TritonBackend
 
 _log = logging.getLogger("fused_resnet")
@@ -49,16 +52,10 @@ def check_name(name: str) -> str:
 
 
 def available_backends() -> dict[str, tuple[bool, str]]:
-    """``{name: (available, reason)}`` for every backend, on this machine."""
-    return {name: b.available() for name, b in BACKENDS.items()}
-
-
-def _why_not(backend: Backend, device: torch.device, dtype: torch.dtype) -> str:
-    ok, reason = backend.available()
-    if not ok:
-        return reason
-    ok, reason = backend.supports(device, dtype)
-    return "" if ok else reason
+    """``{name: (available, reasons)}`` for every backend, on this machine: the reasons it cannot
+    run here at all, joined by '; ' ('' when it can)."""
+    return {name: (not reasons, "; ".join(reasons))
+            for name, reasons in ((name, b.not_supported_reasons()) for name, b in BACKENDS.items())}
 
 
 def auto_order(device: torch.device, dtype: torch.dtype, block: str = "", mode: str = "", hw: int = 0) -> tuple:
@@ -78,7 +75,7 @@ def resolve(requested: str, device: torch.device, dtype: torch.dtype, block: str
             hw: int = 0) -> str:
     """The backend that serves a block whose input lives on ``device`` with ``dtype``.
 
-    An explicit backend that cannot serve raises with its reason; under "auto"
+    An explicit backend that cannot serve raises with every reason; under "auto"
     the first capable backend of ``auto_order`` wins (measured times for this
     block signature, ``mode`` "train"/"infer" and spatial size ``hw``, where a
     speed table has them; else AUTO_ORDER), and skipping a better one on a GPU
@@ -87,19 +84,19 @@ def resolve(requested: str, device: torch.device, dtype: torch.dtype, block: str
     the name as a constant.
     """
     if requested != "auto":
-        reason = _why_not(get(requested), device, dtype)
-        if reason:
+        reasons = get(requested).not_supported_reasons(device, dtype)
+        if reasons:
             raise RuntimeError(
-                f"backend {requested!r} cannot run a {dtype} input on {device.type}: {reason}"
+                f"backend {requested!r} cannot run a {dtype} input on {device.type}: {'; '.join(reasons)}"
             )
         return requested
     skipped = []
     for name in auto_order(device, dtype, block, mode, hw):
-        reason = BACKENDS[name].auto_reason(device) or _why_not(BACKENDS[name], device, dtype)
-        if not reason:
+        reasons = BACKENDS[name].auto_skip_reasons(device) + BACKENDS[name].not_supported_reasons(device, dtype)
+        if not reasons:
             _log_fallback(skipped, name, device)
             return name
-        skipped.append((name, reason))
+        skipped.append((name, "; ".join(reasons)))
     raise RuntimeError(f"no backend can run a {dtype} input on {device.type}: {skipped}")
 
 
@@ -115,4 +112,5 @@ def _log_fallback(skipped: list[tuple[str, str]], chosen: str, device: torch.dev
     _log.log(level, "backend='auto' runs %s on %s (skipped %s)", chosen, device.type, key[1])
 
 
-__all__ = ["Backend", "BACKENDS", "AUTO_ORDER", "auto_order", "available_backends", "check_name", "get", "resolve"]
+__all__ = ["Backend", "BACKENDS", "AUTO_ORDER", "Route", "auto_order", "available_backends", "check_name", "get",
+           "resolve", "routes", "routes_table"]

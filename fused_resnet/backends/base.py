@@ -1,11 +1,15 @@
 """The backend interface.
 
-A backend provides implementations of the ops in ``fused_resnet.ops`` with the
-same signatures (minus the trailing ``backend`` name). The base class runs the
-reference implementation for every op, so a backend overrides only what it
-accelerates and inherits the rest.
+A backend provides implementations of the ops of ``fused_resnet.op_list`` with
+the same signatures (those of ``fused_resnet.ops`` minus the trailing ``backend``
+name), and says what it cannot serve: every reason at once, as xformers'
+operators do (``not_supported_reasons``). The base class runs the reference
+implementation for every op, so a backend overrides only what it accelerates
+and inherits the rest.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
@@ -15,16 +19,31 @@ from .. import reference
 class Backend:
     name = "base"
 
+    def not_supported_reasons(self, device: Optional[torch.device] = None,
+                              dtype: Optional[torch.dtype] = None) -> list[str]:
+        """Every reason this backend cannot run a block whose input is on ``device`` in ``dtype``
+        ([] when it can), this machine's (an extension not built, no GPU) included; without
+        ``device`` and ``dtype``, this machine's only."""
+        # Adapts a backend still written to available()/supports().
+        ok, reason = self.available()
+        reasons = [] if ok else [reason]
+        if device is not None and dtype is not None:
+            ok, reason = self.supports(device, dtype)
+            reasons += [] if ok else [reason]
+        return reasons
+
+    def auto_skip_reasons(self, device: torch.device) -> list[str]:
+        """Why backend="auto" passes over this backend on ``device`` even where it can serve ([] if not)."""
+        reason = self.auto_reason(device)
+        return [reason] if reason else []
+
     def available(self) -> tuple[bool, str]:
-        """Whether this backend can run at all on this machine, and if not, why."""
         return True, ""
 
     def supports(self, device: torch.device, dtype: torch.dtype) -> tuple[bool, str]:
-        """Whether this backend can run a block whose input is on ``device`` in ``dtype``."""
         return True, ""
 
     def auto_reason(self, device: torch.device) -> str:
-        """Why backend="auto" should pass over this backend on ``device`` even if it supports it ('' if not)."""
         return ""
 
     conv = staticmethod(reference.conv)

@@ -47,9 +47,12 @@ REPEATS = 5
 class Choice:
     taken: str
     times_ms: dict
+    reason: str  # why it was taken, in words
 
 
 _CHOICES: dict[Hashable, Choice] = {}
+
+UNTIMED = "not timed (CPU tensors, CUDA graph capture, deterministic algorithms or FUSED_RESNET_CHOOSE=0)"
 
 
 def choose(key: Hashable, candidates: dict[str, Callable[[], object]], default: str,
@@ -65,16 +68,22 @@ def choose(key: Hashable, candidates: dict[str, Callable[[], object]], default: 
     path = _disk_path(device)
     stored = _read(path).get(_disk_key(key)) if path else None
     if stored in candidates:
-        _CHOICES[key] = Choice(stored, {})
+        _CHOICES[key] = Choice(stored, {}, f"read from {path}")
         return stored
     times = _time_candidates(candidates)
     taken = min(times, key=times.get)
-    _CHOICES[key] = Choice(taken, times)
+    timed = ", ".join(f"{n} {t:.3f} ms" for n, t in times.items())
+    _CHOICES[key] = Choice(taken, times, f"the faster when timed: {timed}")
     if path:
         _write(path, {_disk_key(key): taken})
-    log.debug("fused_resnet: %s -> %s (%s)", key, taken,
-              ", ".join(f"{n} {t:.3f} ms" for n, t in times.items()))
+    log.debug("fused_resnet: %s -> %s (%s)", key, taken, timed)
     return taken
+
+
+def why(key: Hashable) -> str:
+    """Why ``choose`` took what it took for ``key``: the times, the choices file, or ``UNTIMED``."""
+    hit = _CHOICES.get(key)
+    return hit.reason if hit is not None else UNTIMED
 
 
 def measurable(device: torch.device) -> bool:

@@ -13,7 +13,7 @@ and residual in the epilogue (eval-mode blocks, BN folded); the batch statistics
 of the output in the epilogue (training), merged in a fixed order, so they are
 deterministic. The unit-stride data gradient of a prologue convolution applies
 the prologue's ReLU mask and scale in its epilogue (``conv_dgrad``). What those
-kernels cannot take (``_C.conv_gap`` says why: fp32, groups, channel counts not
+kernels cannot take (``_C.conv_reason`` says why: fp32, groups, channel counts not
 multiples of 8, NCHW tensors, nothing to fuse, ...) runs on cuDNN between bn_act
 passes (``_cudnn_conv``), statistics from the batch-statistics kernel.
 ``conv_backward`` takes a few passes the same way.
@@ -22,7 +22,8 @@ Where a CUTLASS kernel can take a convolution, it is also timed against that
 unfused path (cuDNN and the separate passes, the same contract) on the problem's
 first call, and the faster runs from then on (``choice.py``; ``choice.choices()``
 lists what was taken): a fused kernel never makes a step slower than the unfused
-path it replaces.
+path it replaces. Which implementation served each problem, and why, is recorded
+(``routing.py``: ``fused_resnet.backends.routes()``).
 
 The mainloop applies the prologue with fp32 scale and shift in fp32 arithmetic,
 rounded once, as eager PyTorch's BatchNorm does (csrc/cutlass/scale_bias_fp32.cuh).
@@ -32,95 +33,72 @@ ResNet-50 and CIFAR ResNet-56 training outside the parity rule (running means
 2.8x plain PyTorch's error after three steps, a BN-bias gradient 2.1x in fp16).
 
 ``_C`` is loaded lazily, at the first kernel call (``import fused_resnet`` never
-loads it). The fake (meta) implementations of the ``fused_resnet_cuda`` ops are
-registered here (``_register_fakes``), the module their C++ library names with
-``set_python_module``; ``_C`` calls it when it is imported.
+loads it), and the fake (meta) implementations of its ops, those of the op list,
+are registered then (``ops``).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
-from .. import _ext, reference
+from .. import _ext, op_list, reference
 from .._layout import acc, acc_dtype, empty_vec, output_format
-from . import choice
+from . import choice, routing
 from .base import FLOAT_DTYPES, Backend
 
 LIB = "fused_resnet_cuda"
-# The ops that mirror a fused_resnet:: op (same name and schema, minus backend); the
-# others are EXTRA_OP_NAMES (below their fakes).
-OP_NAMES = ("batch_stats", "batch_stats_backward", "bn_finalize", "bn_finalize_backward", "bn_update_running",
-            "bn_act", "bn_act_backward", "conv")
+# The ops of fused_resnet_cuda that mirror a fused_resnet:: op (same name and schema, minus
+# backend), then the pieces of conv_backward that this backend composes itself.
+OP_NAMES = tuple(name for name, op in op_list.OPS.items() if op.cuda)
+EXTRA_OP_NAMES = tuple(op_list.CUDA_PIECES)
 
 _ops_ns = None
-_fakes_registered = False
 
 
 def ops():
-    """``torch.ops.fused_resnet_cuda``, loading ``fused_resnet._C`` on first use.
+    """``torch.ops.fused_resnet_cuda``, loading ``fused_resnet._C`` and registering the fakes of
+    its ops on first use.
 
     Raises ImportError with the reason when the extension is not built.
     """
     global _ops_ns
     if _ops_ns is None:
         _ext.load()
-        _register_fakes()
+        for op in op_list.CUDA_OPS.values():
+            torch.library.register_fake(f"{LIB}::{op.name}")(op.fake)
         _ops_ns = getattr(torch.ops, LIB)
     return _ops_ns
 
 
-def _without_backend(fake):
-    return lambda *args: fake(*args, None)
-
-
-def _register_fakes() -> None:
-    """Fake implementations (shapes, dtypes, strides) of the ops; idempotent.
-
-    Each op's schema is its ``fused_resnet::`` twin's minus ``backend``, so the
-    fake is that twin's fake.
-    """
-    global _fakes_registered
-    if _fakes_registered:
-        return
-    _fakes_registered = True
-    from ..ops import FAKES
-
-    for name in OP_NAMES:
-        torch.library.register_fake(f"{LIB}::{name}")(_without_backend(FAKES[name]))
-    for name, fake in EXTRA_FAKES.items():
-        torch.library.register_fake(f"{LIB}::{name}")(fake)
-
-
-def _conv_wgrad_fake(g, x, weight, in_scale, in_shift, stride, padding, dilation):
-    return torch.empty_like(weight, memory_format=torch.contiguous_format)
-
-
-def _conv_dgrad_fake(g, x, weight, in_scale, in_shift, stride, padding, dilation):
-    vec = x.new_empty((x.shape[1],), dtype=torch.float32)
-    return torch.empty_like(x, memory_format=output_format(x)), vec, torch.empty_like(vec)
-
-
-def _conv_output_grad_fake(dy, dmean, dvar, y, mean):
-    return torch.empty_like(y, memory_format=output_format(y))
-
-
-# The ops with no fused_resnet:: twin, pieces of conv_backward the backend composes
-# itself, and their fakes.
-EXTRA_FAKES = {"conv_wgrad": _conv_wgrad_fake, "conv_dgrad": _conv_dgrad_fake,
-               "conv_output_grad": _conv_output_grad_fake}
-EXTRA_OP_NAMES = tuple(EXTRA_FAKES)
-
-
-def conv_gap(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu, stats) -> str:
+def conv_reason(x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu, stats) -> str:
     """Why ``fused_resnet_cuda::conv`` cannot take these inputs ('' when it can)."""
-    return _ext.load().conv_gap(
+    return _ext.load().conv_reason(
         x, weight, bias, in_scale, residual, list(stride), list(padding), list(dilation), int(groups), bool(relu),
         bool(stats),
     )
 
 
-def conv_dgrad_gap(x, weight, stride, padding, dilation, groups) -> str:
+def conv_dgrad_reason(x, weight, stride, padding, dilation, groups) -> str:
     """Why ``fused_resnet_cuda::conv_dgrad`` cannot take these inputs ('' when it can)."""
-    return _ext.load().conv_dgrad_gap(x, weight, list(stride), list(padding), list(dilation), int(groups))
+    return _ext.load().conv_dgrad_reason(x, weight, list(stride), list(padding), list(dilation), int(groups))
+
+
+def _mainloop_reason(x, weight, in_scale, stride, padding, dilation, groups) -> str:
+    """Why the CUTLASS mainloop cannot apply this prologue (conv_reason; the residual, bias and
+    ReLU of the forward do not change the answer for a prologue convolution)."""
+    if in_scale is None:
+        return "no prologue"
+    return conv_reason(x, weight, None, in_scale, None, stride, padding, dilation, groups, False, False)
+
+
+def _conv_backward_reason(dy, x, relu, stats) -> str:
+    """Why conv_backward runs the reference rather than composing the gradients ('' when it composes them)."""
+    if relu and stats:
+        return "ReLU and batch statistics together: the output gradient pass takes one or the other"
+    if dy.dtype != x.dtype:
+        return f"dy is {dy.dtype} where x is {x.dtype}: the passes take one dtype"
+    return ""
 
 
 def _activation(x, in_scale, in_shift):
@@ -128,72 +106,64 @@ def _activation(x, in_scale, in_shift):
     return ops().bn_act(x, in_scale, in_shift, None, None, None, True)
 
 
-def _problem_key(op: str, args) -> tuple:
-    """A hashable key of a problem: each tensor by shape, dtype, strides, device and whether its
-    data is 16-byte aligned (what the kernels' gap functions ask of it), sequences as
-    tuples, the rest as given. Cheap: it is built on every call."""
-    def part(a):
-        if isinstance(a, torch.Tensor):
-            return (a.shape, a.dtype, a.stride(), a.device, a.data_ptr() % 16 == 0)
-        return tuple(a) if isinstance(a, list) else a
-    return (op, *map(part, args))
+# (reason function, problem key) -> why no CUTLASS kernel serves the problem ('' when one does).
+# Each reason function is asked once per problem: its answer depends only on what the key holds.
+_REFUSALS: dict = {}
 
 
-# (gap function, problem key) -> whether a CUTLASS kernel serves the problem. The gap
-# functions are asked once per problem: their answer depends only on what the key holds.
-_SERVED: dict = {}
+def _refusal(key: tuple, why) -> str:
+    """Why no CUTLASS kernel serves problem ``key``: ``why`` = (reason function, *arguments),
+    asked once per problem."""
+    slot = (why[0], key)
+    reason = _REFUSALS.get(slot)
+    if reason is None:
+        reason = _REFUSALS[slot] = why[0](*why[1:])
+    return reason
 
 
-def _served(key: tuple, gap) -> bool:
-    """Whether a CUTLASS kernel serves the problem ``key``: ``gap`` = (function, *arguments)
-    answers '', asked once per problem."""
-    served = _SERVED.get((gap[0], key))
-    if served is None:
-        served = _SERVED[(gap[0], key)] = not gap[0](*gap[1:])
-    return served
+# Each timed op's implementations, as routes() names them: the fused kernel, then the
+# unfused path with the same contract.
+_IMPLEMENTATIONS = {
+    "conv": ("CUTLASS conv", "cuDNN conv + bn_act passes"),
+    "conv_dgrad": ("CUTLASS dgrad, BN+ReLU gradient in its epilogue", "cuDNN dgrad + bn_act_backward"),
+    "conv_wgrad": ("CUTLASS wgrad, BN+ReLU in its mainloop", "bn_act + cuDNN wgrad"),
+}
 
 
-def _takes_fused(op: str, args, gap, fused, unfused) -> bool:
-    """Whether the fused kernel runs this problem: one the CUTLASS kernels serve (``_served``)
+def _takes_fused(key: tuple, device: torch.device, why, fused, unfused) -> bool:
+    """Whether the fused kernel runs problem ``key``: one a CUTLASS kernel serves (``_refusal``)
     that beat its unfused twin when the problem was first timed (choice.py); the fused kernel
-    where nothing is timed."""
-    key = _problem_key(op, args)
-    if not _served(key, gap):
+    where nothing is timed. The route taken is recorded."""
+    fused_name, unfused_name = _IMPLEMENTATIONS[key[0]]
+    refusal = _refusal(key, why)
+    if refusal:
+        routing.record("cuda", key, unfused_name, refusal)
         return False
-    device = next(a.device for a in args if isinstance(a, torch.Tensor))
-    return choice.choose(key, {"fused": fused, "unfused": unfused}, "fused", device) == "fused"
-
-
-def _mainloop_gap(x, weight, in_scale, stride, padding, dilation, groups) -> str:
-    """Why the CUTLASS mainloop cannot apply this prologue (conv_gap; the residual, bias and
-    ReLU of the forward do not change the answer for a prologue convolution)."""
-    if in_scale is None:
-        return "no prologue"
-    return conv_gap(x, weight, None, in_scale, None, stride, padding, dilation, groups, False, False)
+    taken = choice.choose(key, {"fused": fused, "unfused": unfused}, "fused", device)
+    routing.record("cuda", key, fused_name if taken == "fused" else unfused_name, choice.why(key))
+    return taken == "fused"
 
 
 class CudaBackend(Backend):
     name = "cuda"
 
-    def available(self) -> tuple[bool, str]:
+    def not_supported_reasons(self, device: Optional[torch.device] = None,
+                              dtype: Optional[torch.dtype] = None) -> list[str]:
         ok, reason = _ext.status()
-        if not ok:
-            return False, reason
+        reasons = [] if ok else [reason]
         if not torch.cuda.is_available():
-            return False, "no CUDA GPU is visible"
-        return True, ""
-
-    def supports(self, device: torch.device, dtype: torch.dtype) -> tuple[bool, str]:
-        if device.type != "cuda":
-            return False, f"tensors are on {device.type}, not CUDA"
-        if dtype not in FLOAT_DTYPES:
-            return False, f"dtype {dtype} is not one of fp32/fp16/bf16"
-        return True, ""
+            reasons.append("no CUDA GPU is visible")
+        if device is not None and device.type != "cuda":
+            reasons.append(f"tensors are on {device.type}, not CUDA")
+        if dtype is not None and dtype not in FLOAT_DTYPES:
+            reasons.append(f"dtype {dtype} is not one of fp32/fp16/bf16")
+        return reasons
 
     def conv(self, x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu, stats):
         args = (x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu, stats)
-        gap = (conv_gap, x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu, stats)
-        if _takes_fused("conv", args, gap, lambda: self._fused_conv(*args), lambda: self._unfused_conv(*args)):
+        why = (conv_reason, x, weight, bias, in_scale, residual, stride, padding, dilation, groups, relu, stats)
+        key = routing.problem_key("conv", args)
+        if _takes_fused(key, x.device, why, lambda: self._fused_conv(*args), lambda: self._unfused_conv(*args)):
             return self._fused_conv(*args)
         return self._unfused_conv(*args)
 
@@ -231,10 +201,13 @@ class CudaBackend(Backend):
         sc = reference.shortcut(sc_x, sc_weight, sc_in_scale, sc_in_shift, sc_stride, weight.shape[0])
         res = sc.to(x.dtype).contiguous(memory_format=torch.channels_last)
         args = (x, weight, bias, in_scale, res, stride, padding, dilation, groups, relu, False)
-        if not _served(_problem_key("conv_shortcut", args), (conv_gap, *args)):
-            # The reference's sum, the shortcut added in the accumulation dtype.
+        key = routing.problem_key("conv_shortcut", args)
+        refusal = _refusal(key, (conv_reason, *args))
+        if refusal:
+            routing.record("cuda", key, "reference conv, the shortcut added in fp32", refusal)
             return reference.conv(x, weight, bias, in_scale, in_shift, sc, stride, padding, dilation, groups, relu,
                                   False)[0]
+        routing.record("cuda", key, "CUTLASS conv, the shortcut as its residual")
         return ops().conv(x, weight, bias, in_scale, in_shift, res, list(stride), list(padding), list(dilation),
                           int(groups), bool(relu), False)[0]
 
@@ -246,13 +219,17 @@ class CudaBackend(Backend):
         is one bn_act pass. Without a prologue, cuDNN takes g to dx and dW; with
         one, ``_prologue_backward``.
         """
-        if (relu and stats) or dy.dtype != x.dtype:
+        refusal = _conv_backward_reason(dy, x, relu, stats)
+        if refusal:
+            key = routing.problem_key("conv_backward", (dy, x, weight, in_scale, stride, padding, dilation, groups,
+                                                       relu, stats))
+            routing.record("cuda", key, "reference conv_backward", refusal)
             return reference.conv_backward(
                 dy, dmean, dvar, x, weight, y, mean, in_scale, in_shift, stride, padding, dilation,
                 groups, relu, stats, output_mask,
             )
         need_x, need_w, need_bias, need_scale, need_shift, need_res = output_mask
-        g = self._output_grad(dy, dmean, dvar, y, mean, stats, relu, need_res)
+        g = self._conv_output_grad(dy, dmean, dvar, y, mean, stats, relu, need_res)
         dbias = acc(g).sum((0, 2, 3)) if need_bias else empty_vec(x)
         dres = g if need_res else empty_vec(x)
         if in_scale is None:
@@ -270,7 +247,7 @@ class CudaBackend(Backend):
         pass that cuDNN reads (both in fp32, rounded once).
 
         dx, dscale, dshift: where the CUTLASS dgrad takes the convolution (unit
-        stride, conv_dgrad_gap), its epilogue applies the ReLU mask (u = x*s + t > 0
+        stride, conv_dgrad_reason), its epilogue applies the ReLU mask (u = x*s + t > 0
         in fp32, as the reference) and the scale to da in registers and sums the
         gradients of s and t: da is never stored. Elsewhere cuDNN writes da and one
         bn_act_backward pass reads it, the mask taken from a rounded to x's dtype,
@@ -281,32 +258,34 @@ class CudaBackend(Backend):
         was first timed (choice.py).
         """
         need_x, need_w, _, need_scale, need_shift, _ = output_mask
-        stride, padding, dilation, groups = geometry
         da_mask = (need_x, need_scale, need_shift)
         need_da = any(da_mask)
-        problem = (g, x, weight, in_scale, stride, padding, dilation, groups, da_mask)
-        fused_da = need_da and _takes_fused(
-            "conv_dgrad", problem, (conv_dgrad_gap, x, weight, *geometry),
+        fused_da, fused_w = self._fused_gradients(g, x, weight, in_scale, in_shift, geometry, da_mask, need_w)
+        # cuDNN's gradients read the activation
+        a = _activation(x, in_scale, in_shift) if (need_da and not fused_da) or (need_w and not fused_w) else None
+        dw = dx = dscale = dshift = empty_vec(x)
+        if need_w:
+            dw = (self._fused_wgrad(g, x, weight, in_scale, in_shift, geometry) if fused_w
+                  else self._cudnn_backward(g, a, weight, *geometry, False, True)[1])
+        if need_da:
+            dx, dscale, dshift = (self._fused_dgrad(g, x, weight, in_scale, in_shift, geometry) if fused_da
+                                  else self._unfused_dgrad(g, a, x, weight, in_scale, geometry, da_mask))
+        return tuple(t if need else empty_vec(x) for t, need in
+                     ((dx, need_x), (dw, need_w), (dscale, need_scale), (dshift, need_shift)))
+
+    def _fused_gradients(self, g, x, weight, in_scale, in_shift, geometry, da_mask, need_w) -> tuple[bool, bool]:
+        """Whether the CUTLASS dgrad takes the data gradients (``da_mask``: dx, dscale, dshift) and the
+        CUTLASS wgrad the weight gradient of a prologue convolution, each only where asked for."""
+        dgrad_key = routing.problem_key("conv_dgrad", (g, x, weight, in_scale, *geometry, da_mask))
+        fused_da = any(da_mask) and _takes_fused(
+            dgrad_key, x.device, (conv_dgrad_reason, x, weight, *geometry),
             lambda: self._fused_dgrad(g, x, weight, in_scale, in_shift, geometry),
             lambda: self._unfused_dgrad(g, _activation(x, in_scale, in_shift), x, weight, in_scale, geometry, da_mask))
         fused_w = need_w and _takes_fused(
-            "conv_wgrad", problem, (_mainloop_gap, x, weight, in_scale, *geometry),
+            ("conv_wgrad", *dgrad_key[1:]), x.device, (_mainloop_reason, x, weight, in_scale, *geometry),
             lambda: self._fused_wgrad(g, x, weight, in_scale, in_shift, geometry),
             lambda: self._cudnn_backward(g, _activation(x, in_scale, in_shift), weight, *geometry, False, True))
-        cudnn_da, cudnn_w = need_da and not fused_da, need_w and not fused_w
-        a = _activation(x, in_scale, in_shift) if cudnn_da or cudnn_w else None
-        dw = empty_vec(x)
-        if fused_w:
-            dw = self._fused_wgrad(g, x, weight, in_scale, in_shift, geometry)
-        elif cudnn_w:  # cuDNN's dW reads the activation
-            dw = self._cudnn_backward(g, a, weight, *geometry, False, True)[1]
-        dx = dscale = dshift = empty_vec(x)
-        if fused_da:
-            dx, dscale, dshift = self._fused_dgrad(g, x, weight, in_scale, in_shift, geometry)
-        elif cudnn_da:
-            dx, dscale, dshift = self._unfused_dgrad(g, a, x, weight, in_scale, geometry, da_mask)
-        return tuple(t if need else empty_vec(x) for t, need in
-                     ((dx, need_x), (dw, need_w), (dscale, need_scale), (dshift, need_shift)))
+        return fused_da, fused_w
 
     @staticmethod
     def _fused_wgrad(g, x, weight, in_scale, in_shift, geometry):
@@ -335,7 +314,7 @@ class CudaBackend(Backend):
         dx = dx.contiguous(memory_format=output_format(x)) if need_dx else empty_vec(x)
         return dx, (dw.contiguous() if need_w else empty_vec(x))
 
-    def _output_grad(self, dy, dmean, dvar, y, mean, stats, relu, returned):
+    def _conv_output_grad(self, dy, dmean, dvar, y, mean, stats, relu, returned):
         """g, the gradient at the convolution's sum, in y's dtype and layout (never both stats and relu).
 
         stats: g = dy + dmean/M + 2 dvar (y - mean)/M (conv_output_grad, one pass). relu

@@ -1,4 +1,4 @@
-// stats_grad: the gradient that flows into an activation y through its batch
+// conv_output_grad: the gradient that flows into an activation y through its batch
 // statistics, plus an optional incoming gradient dy, in one elementwise pass:
 //
 //   mean = sum(y)/M, var = sum((y - mean)^2)/M   (M values per channel)
@@ -17,9 +17,9 @@ namespace {
 
 template <typename T, int VEC, bool NHWC>
 __global__ void __launch_bounds__(kThreads)
-    stats_grad_kernel(const T* __restrict__ dy, const T* __restrict__ y, const float* __restrict__ dmean,
-                      const float* __restrict__ dvar, const float* __restrict__ mean, float inv_m,
-                      T* __restrict__ out, int64_t nvec, int64_t C, int64_t HW) {
+    conv_output_grad_kernel(const T* __restrict__ dy, const T* __restrict__ y, const float* __restrict__ dmean,
+                            const float* __restrict__ dvar, const float* __restrict__ mean, float inv_m,
+                            T* __restrict__ out, int64_t nvec, int64_t C, int64_t HW) {
   const int64_t step = (int64_t)gridDim.x * blockDim.x;
   for (int64_t v = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; v < nvec; v += step) {
     const int64_t e = v * VEC;
@@ -42,12 +42,13 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
-cudaError_t launch_stats_grad(const StatsGradArgs& a, cudaStream_t stream) {
+cudaError_t launch_conv_output_grad(const ConvOutputGradArgs& a, cudaStream_t stream) {
   return dispatch_act(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     const ElementwiseShape& s = a.shape;
     dispatch_elementwise<16 / sizeof(T)>(s, [&](auto vec, auto nhwc) {
-      stats_grad_kernel<T, decltype(vec)::value, decltype(nhwc)::value><<<(unsigned)s.blocks, kThreads, 0, stream>>>(
+      auto* kernel = conv_output_grad_kernel<T, decltype(vec)::value, decltype(nhwc)::value>;
+      kernel<<<(unsigned)s.blocks, kThreads, 0, stream>>>(
           static_cast<const T*>(a.dy), static_cast<const T*>(a.y), a.dmean, a.dvar, a.mean, a.inv_m,
           static_cast<T*>(a.out), s.nvec, s.C, s.HW);
     });
