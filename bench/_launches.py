@@ -23,8 +23,8 @@ from unittest import mock
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fused_resnet import backends, ops
-from fused_resnet.tools.traffic import gpu_gap, runs_kernel
+from fused_resnet import backends, op_list
+from fused_resnet.tools.traffic import gpu_reason, runs_kernel
 
 
 class _TritonLaunch:
@@ -57,11 +57,8 @@ class CudaOps:
     (shapes only) and calls report(name, args, outputs)."""
 
     def __init__(self, report: Callable):
-        from fused_resnet.backends import cuda
-
         self.report = report
-        self.fakes = {name: cuda._without_backend(ops.FAKES[name]) for name in cuda.OP_NAMES}
-        self.fakes.update(cuda.EXTRA_FAKES)
+        self.fakes = {name: op.fake for name, op in op_list.CUDA_OPS.items()}
 
     def __getattr__(self, name):
         fake = self.fakes[name]
@@ -76,17 +73,17 @@ class CudaOps:
 @contextlib.contextmanager
 def cuda_host_backend(report: Callable, name: str = "cuda-host"):
     """The cuda backend, registered as ``name`` while the context lasts, on any tensors, its
-    _C ops answered by CudaOps(report). Which convolutions CUTLASS takes is _C.conv_gap's
+    _C ops answered by CudaOps(report). Which convolutions CUTLASS takes is _C.conv_reason's
     answer for bf16 channels_last meta copies of the operands, the device aside
-    (tools.traffic.gpu_gap): the extension must be built."""
+    (tools.traffic.gpu_reason): the extension must be built."""
     from fused_resnet.backends import cuda
 
-    attrs = {"name": name, "available": lambda self: (True, ""), "supports": lambda self, d, t: (True, "")}
+    attrs = {"name": name, "not_supported_reasons": lambda self, device=None, dtype=None: []}
     backend = type("CudaHostBackend", (cuda.CudaBackend,), attrs)()
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(cuda, "ops", lambda: CudaOps(report)))
-        stack.enter_context(mock.patch.object(cuda, "conv_gap", gpu_gap(cuda.conv_gap)))
-        stack.enter_context(mock.patch.object(cuda, "conv_dgrad_gap", gpu_gap(cuda.conv_dgrad_gap)))
+        stack.enter_context(mock.patch.object(cuda, "conv_reason", gpu_reason(cuda.conv_reason)))
+        stack.enter_context(mock.patch.object(cuda, "conv_dgrad_reason", gpu_reason(cuda.conv_dgrad_reason)))
         stack.enter_context(mock.patch.dict(backends.BACKENDS, {name: backend}))
         yield name
 

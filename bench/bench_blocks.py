@@ -261,13 +261,11 @@ def main(argv=None) -> int:
         names = [n for n in BK.BACKENDS if not (on_cpu and n == "triton")]
     fused_variants, skipped = [], {}
     for n in names:
-        ok, why = BK.get(n).available()
-        if ok:
-            ok, why = BK.get(n).supports(device, dtype)
-        if ok:
+        reasons = BK.get(n).not_supported_reasons(device, dtype)
+        if not reasons:
             fused_variants.append(f"fused[{n}]")
         else:
-            skipped[n] = why
+            skipped[n] = "; ".join(reasons)
     variants = ["eager"] + ([] if (args.no_compile or args.quick) else ["compile"]) + fused_variants
     if args.compile_fused and not args.quick:
         variants += [v + "+compile" for v in fused_variants]

@@ -16,7 +16,7 @@ on any machine, GPU or not, on tiny CPU tensors, for each variant:
   cuda-host    the cuda backend's Python (the choice between CUTLASS and cuDNN, the
                passes it composes) with every call into fused_resnet._C's ops
                answered by its fake and counted; which convolutions CUTLASS takes is
-               _C.conv_gap's answer for bf16 channels_last (meta) copies of the
+               _C.conv_reason's answer for bf16 channels_last (meta) copies of the
                operands, the device aside. Each call runs one to three kernels on a GPU (a
                convolution with its statistics merge, say); the C++ side of each call
                comes on top. Needs the extension built.
@@ -49,7 +49,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import fused_resnet  # noqa: E402
-from fused_resnet import backends, ops  # noqa: E402
+from fused_resnet import backends, op_list  # noqa: E402
 from fused_resnet.backends.base import Backend  # noqa: E402
 from fused_resnet.tools.env import env_info, utc_now  # noqa: E402
 from fused_resnet.tools.models import perturb_batchnorm  # noqa: E402
@@ -62,16 +62,12 @@ BLOCKS = {
     "basic": ("BasicBlock 16-16", ("basic", 16, 16), 16, 4),
     "preact": ("PreActBasicBlock 16-16", ("preact", 16, 16), 16, 4),
 }
-OP_NAMES = ("conv", "conv_backward", "conv_shortcut", "batch_stats", "batch_stats_backward", "bn_finalize",
-            "bn_finalize_backward", "bn_update_running", "bn_act", "bn_act_backward")
 
 
 def null_backend() -> Backend:
     """A backend whose every op is answered by its fake implementation: outputs of the right
     shape, never computed."""
-    attrs = {"name": "null"}
-    for name in OP_NAMES:
-        attrs[name] = staticmethod((lambda f: lambda *a: f(*a, None))(ops.FAKES[name]))
+    attrs = {"name": "null", **{name: staticmethod(op.fake) for name, op in op_list.OPS.items()}}
     return type("NullBackend", (Backend,), attrs)()
 
 

@@ -19,7 +19,7 @@ allocated or computed, and lists what each backend launches on an H200 (132 SMs)
           CUTLASS convolution's grid is ceil(M/TileM) x ceil(N/TileN) x split-K slices
           (tile shapes read from csrc/cutlass/*.cu), the streaming kernels' grids are sized
           as launch.h's plans size them (every buffer 16-byte aligned, as the caching
-          allocator gives them). Needs the extension built: _C.conv_gap says which
+          allocator gives them). Needs the extension built: _C.conv_reason says which
           convolutions CUTLASS takes.
 
 The aten operators the step runs besides (cuDNN convolutions, PyTorch kernels, copies)
@@ -203,7 +203,7 @@ def triton_on_meta(rec: Recorder):
     from fused_resnet.backends.triton import _common
 
     check = _common.check_activation
-    attrs = {"name": "triton-meta", "available": lambda self: (True, ""), "supports": lambda self, d, t: (True, "")}
+    attrs = {"name": "triton-meta", "not_supported_reasons": lambda self, device=None, dtype=None: []}
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.dict(os.environ, {"TRITON_INTERPRET": "0", "FUSED_RESNET_TRITON_AUTOTUNE": "0"}))
         stack.enter_context(mock.patch.object(_common, "check_activation",
@@ -440,15 +440,15 @@ def c_bn_act_backward(emit, args, out) -> None:
 
 
 def c_conv_output_grad(emit, args, out) -> None:
-    """_C.conv_output_grad: one elementwise pass (stats_grad.cu)."""
+    """_C.conv_output_grad: one elementwise pass (conv_output_grad.cu)."""
     dy, dmean, dvar, y, mean = args
-    emit(_elementwise("stats_grad_kernel", y, distinct_bytes([dy, y, out]) + _vec_bytes(dmean, dvar, mean)))
+    emit(_elementwise("conv_output_grad_kernel", y, distinct_bytes([dy, y, out]) + _vec_bytes(dmean, dvar, mean)))
 
 
 def c_batch_stats_backward(emit, args, out) -> None:
     """_C.batch_stats_backward: the same pass without dy."""
     dmean, dvar, x, mean = args
-    emit(_elementwise("stats_grad_kernel", x, distinct_bytes([x, out]) + _vec_bytes(dmean, dvar, mean)))
+    emit(_elementwise("conv_output_grad_kernel", x, distinct_bytes([x, out]) + _vec_bytes(dmean, dvar, mean)))
 
 
 def _per_channel(kernel: str, affine: tuple = (), one_block: bool = False):

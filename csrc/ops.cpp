@@ -574,7 +574,7 @@ std::string operand_reason(const at::Tensor& x, const at::Tensor& weight, at::In
 
 // Why the CUTLASS convolutions cannot run on x's device ("" when they can). Every reason
 // function asks it last, so that on CPU or meta tensors it is the one objection left
-// when the inputs are otherwise served (benchmark.gpu_reason relies on that).
+// when the inputs are otherwise served (fused_resnet.tools.traffic.gpu_reason relies on that).
 std::string device_reason(const at::Tensor& x) {
   if (!x.is_cuda()) return words("x is on ", x.device(), ", not a CUDA device");
   const auto* prop = at::cuda::getDeviceProperties(x.device().index());

@@ -160,12 +160,10 @@ def _check_backends(backend: str, device, dtype) -> None:
     for name in backend.split(","):
         if name == "auto":
             continue
-        ok, why = BACKENDS[name].available()
-        if ok:
-            ok, why = BACKENDS[name].supports(device, dtype)
-        if not ok:
-            raise UsageError(f"argument --backend: {name!r} cannot run {dtype_name(dtype)} on {device}: {why} "
-                             "(--backend auto picks one that can)")
+        reasons = BACKENDS[name].not_supported_reasons(device, dtype)
+        if reasons:
+            raise UsageError(f"argument --backend: {name!r} cannot run {dtype_name(dtype)} on {device}: "
+                             f"{'; '.join(reasons)} (--backend auto picks one that can)")
 
 
 def _check_step(spec, batch: int, image: int, train: bool) -> None:

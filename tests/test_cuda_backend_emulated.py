@@ -6,7 +6,7 @@ gradient, the mainloop weight gradient, the output gradient, bn_act passes). Her
 every ``fused_resnet_cuda`` op is replaced by PyTorch code written from its contract
 (csrc/cutlass_conv.h, csrc/ops.h, the fused_resnet:: op it mirrors), and the choice
 is ``_C.conv_reason`` / ``_C.conv_dgrad_reason`` themselves, asked as a GPU running a bf16
-channels_last model would be (``tools.traffic.gpu_gap``). Whole blocks then run in fp64
+channels_last model would be (``tools.traffic.gpu_reason``). Whole blocks then run in fp64
 against torchvision's: output, every gradient, the BatchNorm buffers. What this
 checks without a GPU is the composition: which op gets which operands and how the
 pieces make the gradients; the kernels themselves are the GPU tests' part.
@@ -26,7 +26,7 @@ from fused_resnet.backends import choice, cuda, routing
 from fused_resnet.blocks import FUSED_TWIN
 from fused_resnet.models import cifar_resnet
 from fused_resnet.tools.models import perturb_batchnorm
-from fused_resnet.tools.traffic import gpu_gap
+from fused_resnet.tools.traffic import gpu_reason
 
 from helpers import randomize_bn
 from .test_blocks import _in_channels, block_zoo
@@ -87,8 +87,8 @@ class EmulatedCuda(cuda.CudaBackend):
 def emulated(monkeypatch):
     c = EmulatedC()
     monkeypatch.setattr(cuda, "ops", lambda: c)
-    monkeypatch.setattr(cuda, "conv_reason", gpu_gap(_ext.load().conv_reason))
-    monkeypatch.setattr(cuda, "conv_dgrad_reason", gpu_gap(_ext.load().conv_dgrad_reason))
+    monkeypatch.setattr(cuda, "conv_reason", gpu_reason(_ext.load().conv_reason))
+    monkeypatch.setattr(cuda, "conv_dgrad_reason", gpu_reason(_ext.load().conv_dgrad_reason))
     monkeypatch.setitem(backends.BACKENDS, "cuda", EmulatedCuda())
     routing.clear()
     yield c

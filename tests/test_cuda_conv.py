@@ -111,7 +111,7 @@ DGRAD_REASONS = [
     (dict(groups=2), "groups=2: grouped convolutions are not instantiated"),
     (dict(c=60), "channels in=60, out=64: both must be multiples of 8"),
     (dict(cl=False), "x is not a 16-byte aligned channels_last"),
-    # The device is asked last: on a CPU the stride is still named (tools.traffic.gpu_gap relies on it).
+    # The device is asked last: on a CPU the stride is still named (tools.traffic.gpu_reason relies on it).
     (dict(stride=2), "stride [2, 2]: only unit-stride data gradients are instantiated"),
     (dict(stride=0), "strides and dilations must be positive, paddings non-negative"),
     (dict(n=0), "x is on cpu, not a CUDA device"),

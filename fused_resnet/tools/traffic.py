@@ -1,5 +1,5 @@
 """What a step costs, counted rather than timed: FLOPs, weight bytes, the bytes every
-operator reads and writes, and ``gpu_gap`` (the extension's answers for a GPU, asked
+operator reads and writes, and ``gpu_reason`` (the extension's answers for a GPU, asked
 on any machine), for the launch counts and traffic of bench/."""
 from __future__ import annotations
 
@@ -108,8 +108,8 @@ def op_traffic(step: Callable[[], Any]) -> dict:
     return {"bytes": sum(b for _, b in by_op.values()), "ops": sum(c for c, _ in by_op.values()), "by_op": by_op}
 
 
-def gpu_gap(real_gap: Callable[..., str]) -> Callable[..., str]:
-    """``real_gap`` (a ``_C`` gap function: ``conv_gap``, ``conv_dgrad_gap``) asked about
+def gpu_reason(real_reason: Callable[..., str]) -> Callable[..., str]:
+    """``real_reason`` (a ``_C`` reason function: ``conv_reason``, ``conv_dgrad_reason``) asked about
     meta copies of the operands as a bf16 channels_last model has them on a GPU (4-D
     tensors bf16 channels_last, floating vectors fp32), so that it answers for the GPU
     on any machine: the device, its only other objection, is dropped. Answers are kept
@@ -123,11 +123,11 @@ def gpu_gap(real_gap: Callable[..., str]) -> Callable[..., str]:
             return torch.empty(t.shape, dtype=torch.bfloat16, device="meta", memory_format=torch.channels_last)
         return torch.empty(t.shape, dtype=torch.float32 if t.is_floating_point() else t.dtype, device="meta")
 
-    def gap(*args):
+    def reason(*args):
         key = tuple((tuple(a.shape), a.dtype) if isinstance(a, torch.Tensor) else
                     (tuple(a) if isinstance(a, (list, tuple)) else a) for a in args)
         if key not in memo:
-            answer = real_gap(*map(as_meta, args))
+            answer = real_reason(*map(as_meta, args))
             memo[key] = "" if answer.startswith("x is on meta") else answer
         return memo[key]
-    return gap
+    return reason
