@@ -228,9 +228,9 @@ stage profile-models 120 "$BENCH" "$PY" bench/profile_models.py --models resnet5
 # The rest of the GPU tests (the files tests-cuda ran are left out unless it was skipped).
 # The files holding GPU tests that have never run go first: pytest-xdist hands tests
 # out in collection order, so a stage cut short by its limit loses the others.
-FIRST=(tests/test_gpu_models.py tests/test_triton_backward.py)
+FIRST=(tests/test_gpu_models.py tests/triton/test_conv_backward.py)
 REST=("${FIRST[@]}")
-for f in tests/test_*.py; do
+for f in tests/test_*.py tests/*/test_*.py; do
   [[ " ${FIRST[*]} " == *" $f "* ]] && continue
   [[ " ${SKIP:-} " != *" tests-cuda "* && " ${CUDA_TESTS[*]} " == *" $f "* ]] && continue
   REST+=("$f")

@@ -5,9 +5,16 @@ is set here before any test module imports triton, so the kernels' @triton.jit
 decorators see it. On a GPU machine it is left as the caller set it.
 Configurations the GPU tests tune go to a directory of the session's
 (FUSED_RESNET_CACHE_DIR), never to the user's tuning cache.
+
+tests/ and its subdirectories are packages (tests.triton.test_conv, ...), so files
+in different directories may share a basename. pytest then puts the repository root
+on sys.path, not tests/ (which would let tests/triton/ shadow the triton package);
+the shared helpers are registered under their short name here, so every test file,
+in any directory, imports them as ``from helpers import ...``.
 """
 import os
 import shutil
+import sys
 import tempfile
 
 import pytest
@@ -27,6 +34,10 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped without one")
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
+    # After TRITON_INTERPRET: the helpers may import triton.
+    from . import helpers
+
+    sys.modules["helpers"] = helpers
 
 
 def pytest_unconfigure(config):

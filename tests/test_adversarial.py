@@ -47,8 +47,8 @@ from fused_resnet.blocks import FUSED_BLOCKS, FUSED_TWIN
 from fused_resnet.models import PreActBasicBlock
 
 from helpers import randomize_bn
-from test_blocks import BLOCKS
-from test_triton_conv import make_inputs
+from .test_blocks import BLOCKS
+from .triton.test_conv import make_inputs
 
 
 def _x(*shape, seed=0):
@@ -368,8 +368,8 @@ def test_triton_double_backward_raises_and_first_order_with_create_graph_works()
 def test_triton_refuses_bfloat16_under_the_interpreter():
     """The interpreter's bf16 products are garbage (|out| ~1e10 for 4): refused, with the reason."""
     triton_backend = backends.get("triton")
-    ok, reason = triton_backend.supports(torch.device("cpu"), torch.bfloat16)
-    assert not ok and "TRITON_INTERPRET=1" in reason
+    reasons = triton_backend.not_supported_reasons(torch.device("cpu"), torch.bfloat16)
+    assert any("TRITON_INTERPRET=1" in reason for reason in reasons), reasons
     block = FusedBasicBlock(8, 8, backend="triton").bfloat16()
     with pytest.raises(RuntimeError, match="backend 'triton' cannot run a torch.bfloat16 input on cpu: .*interpreter"):
         block(_x(1, 8, 4, 4).bfloat16())

@@ -215,7 +215,7 @@ def test_launch_audit_lists_the_launches_of_a_training_step(tmp_path):
         assert len(found) == 1, (op, kernel, [(x["op"], x["kernel"]) for x in results[backend]["launches"]])
         return found[0]
 
-    conv3 = only("triton", "conv 64>256 1x1", "conv_fwd_kernel")
+    conv3 = only("triton", "conv 64>256 1x1", "conv_kernel")
     assert (conv3["programs"], conv3["tile"], conv3["width"]) == (6272, "M128 N128 K64", "8 warps"), conv3
     wgrad = only("triton", "conv_backward 64>64 3x3", "conv_wgrad_kernel")
     assert wgrad["splits"] == str(wgrad["grid"][1]) and wgrad["grid"][0] == 9, wgrad  # taps x 64 x 64 tiles
@@ -274,8 +274,9 @@ def test_gpu_check_plan_runs_its_stages_in_order(tmp_path):
         < ran.index("tests-gpu") < ran.index("bench-models")
     gpu_cmd = out.stdout.split("--- tests-gpu")[1].splitlines()[1]
     files = [a for a in gpu_cmd.split() if a.startswith("tests/")]
-    assert files[:2] == ["tests/test_gpu_models.py", "tests/test_triton_backward.py"], gpu_cmd
-    every = {f"tests/{p.name}" for p in Path(__file__).resolve().parent.glob("test_*.py")}
+    assert files[:2] == ["tests/test_gpu_models.py", "tests/triton/test_conv_backward.py"], gpu_cmd
+    tests = Path(__file__).resolve().parent
+    every = {p.relative_to(ROOT).as_posix() for p in [*tests.glob("test_*.py"), *tests.glob("*/test_*.py")]}
     expected = sorted(every - {"tests/test_cuda_conv.py", "tests/test_cuda_ext.py"})
     assert sorted(files) == expected and len(set(files)) == len(files), gpu_cmd
     assert "--models resnet50" in out.stdout.split("--- bench-models")[1].splitlines()[1]

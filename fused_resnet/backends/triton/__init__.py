@@ -21,6 +21,8 @@ repeatable).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..base import FLOAT_DTYPES, Backend
@@ -58,30 +60,21 @@ def _input_reasons(device: torch.device, dtype: torch.dtype) -> list[str]:
     return reasons
 
 
-def _first(reasons: list[str]) -> tuple[bool, str]:
-    return (False, reasons[0]) if reasons else (True, "")
-
-
 class TritonBackend(Backend):
     name = "triton"
 
-    def not_supported_reasons(self, device: torch.device, dtype: torch.dtype) -> list[str]:
-        """Every reason this backend cannot run a block on ``device`` in ``dtype`` ([] if it can)."""
-        return _machine_reasons() + _input_reasons(device, dtype)
+    def not_supported_reasons(self, device: Optional[torch.device] = None,
+                              dtype: Optional[torch.dtype] = None) -> list[str]:
+        """Every reason this backend cannot run a block on ``device`` in ``dtype`` ([] if it can),
+        this machine's included; without ``device`` and ``dtype``, this machine's only."""
+        reasons = _machine_reasons()
+        if device is not None and dtype is not None:
+            reasons += _input_reasons(device, dtype)
+        return reasons
 
     def auto_skip_reasons(self, device: torch.device) -> list[str]:
         # The interpreter is a testing tool: backend="auto" never picks it for CPU tensors.
         return [] if device.type == "cuda" else ["the Triton interpreter runs only when asked for by name"]
-
-    # The dispatcher's former interface, kept while it still asks it.
-    def available(self) -> tuple[bool, str]:
-        return _first(_machine_reasons())
-
-    def supports(self, device: torch.device, dtype: torch.dtype) -> tuple[bool, str]:
-        return _first(_input_reasons(device, dtype))
-
-    def auto_reason(self, device: torch.device) -> str:
-        return _first(self.auto_skip_reasons(device))[1]
 
     conv = staticmethod(conv)
     conv_shortcut = staticmethod(conv_shortcut)

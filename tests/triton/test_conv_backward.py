@@ -1,26 +1,24 @@
-"""The triton backend's fused backward (conv_backward, bn_act_backward) against the reference.
+"""The triton backend's fused ``fused_resnet::conv_backward`` against the reference.
 
 Without a GPU these run under TRITON_INTERPRET=1 (set by conftest.py) on tiny CPU
-tensors: fp32 tightly, fp16 with the 2x rule against an fp64 reference; whole fused
-blocks in train mode, triton against reference; bitwise determinism. The @gpu tests
-run ResNet-50 shapes in bf16/fp16 with the 2x rule.
+tensors: fp32 tightly, fp16 with the 2x rule against an fp64 reference; every
+output mask the blocks produce; bitwise determinism; the ordered sums of partials.
+The @gpu tests run ResNet-50 shapes in bf16/fp16 with the 2x rule, and every
+autotuning candidate.
 """
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
-from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
 import fused_resnet  # noqa: F401  (registers torch.ops.fused_resnet)
-from fused_resnet import FusedBasicBlock, FusedBottleneck, FusedPreActBottleneck, reference
+from fused_resnet import reference
 from fused_resnet._layout import empty_like_layout
 from fused_resnet.backends import get
-from fused_resnet.models import PreActBottleneck
 
-from helpers import assert_close_fp32, assert_within_2x, sgd_step
+from helpers import assert_close_fp32, assert_within_2x
+
+from .test_bn_act import make_bn_act_args
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -231,168 +229,20 @@ def test_deterministic_bitwise():
         assert torch.equal(u, v), f"{name} differs between two identical runs"
 
 
-# ----------------------------------------------------------------------------- bn_act_backward
+@pytest.mark.parametrize("s, t", [(1, 7), (2, 33), (3, 301)])
+def test_sum_partials_in_one_or_two_levels(s, t):
+    # Many rows go through a first level of chunk sums (t > 2 * rows per chunk): both paths
+    # must give the column sums of every s, repeatably, and separate tensors per s.
+    from fused_resnet.backends.triton.conv_backward import sum_partials
 
-
-def make_bn_act_args(cl, res, rscale, relu, dtype=torch.float32, seed=0, shape=(2, 6, 5, 4), res_cl=None):
-    g = torch.Generator().manual_seed(seed)
-    fmt = torch.channels_last if cl else torch.contiguous_format
-    y = torch.randn(shape, generator=g).to(DEVICE, dtype).contiguous(memory_format=fmt)
-    c = shape[1]
-    scale = (torch.rand(c, generator=g) + 0.5).to(DEVICE)
-    shift = torch.randn(c, generator=g).to(DEVICE)
-    r = rs = rt = None
-    if res:
-        rfmt = fmt if res_cl is None else (torch.channels_last if res_cl else torch.contiguous_format)
-        r = torch.randn(shape, generator=g).to(DEVICE, dtype).contiguous(memory_format=rfmt)
-        if rscale:
-            rs = (torch.rand(c, generator=g) + 0.5).to(DEVICE)
-            rt = torch.randn(c, generator=g).to(DEVICE)
-    out = reference.bn_act(y, scale, shift, r, rs, rt, relu)
-    dout = torch.randn(shape, generator=g).to(DEVICE, dtype).contiguous(memory_format=fmt)
-    return [dout, out, y, scale, r, rs, relu]
-
-
-def _bn_mask(args):
-    res, rs = args[4] is not None, args[5] is not None
-    return [True, True, True, res, rs, rs]
-
-
-@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("res,rscale", [(False, False), (True, False), (True, True)], ids=["nores", "res", "rscale"])
-@pytest.mark.parametrize("relu", [False, True])
-def test_bn_act_backward_fp32(cl, res, rscale, relu):
-    args = make_bn_act_args(cl, res, rscale, relu, seed=1)
-    mask = _bn_mask(args)
-    outs = _tb().bn_act_backward(*args, mask)
-    refs = reference.bn_act_backward(*args, mask)
-    for i, (o, r, m) in enumerate(zip(outs, refs, mask)):
-        if not m:
-            assert o.numel() == 0
-            continue
-        assert o.shape == r.shape and o.dtype == r.dtype and o.stride() == r.stride(), i
-        assert_close_fp32(o, r, f"bn_act_backward output {i}")
-
-
-def test_bn_act_backward_masks_and_mixed_layouts():
-    args = make_bn_act_args(True, True, True, True, seed=2, shape=(3, 5, 3, 7), res_cl=False)
-    for mask in ([True, False, False, False, False, False], [False, True, True, False, False, False],
-                 [False, False, False, True, True, True], [True, True, True, True, False, True],
-                 [False] * 6):
-        outs = _tb().bn_act_backward(*args, mask)
-        refs = reference.bn_act_backward(*args, mask)
-        for i, (o, r, m) in enumerate(zip(outs, refs, mask)):
-            if m:
-                assert o.stride() == r.stride(), i
-                assert_close_fp32(o, r, f"mask {mask} output {i}")
-            else:
-                assert o.numel() == 0
-
-
-@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
-def test_bn_act_backward_fp16(cl):
-    _check_bn_act_backward_lowp(make_bn_act_args(cl, True, True, True, dtype=torch.float16, seed=3))
-
-
-def _check_bn_act_backward_lowp(args):
-    """Triton's bn_act_backward in fp16/bf16 within 2x of plain PyTorch's error against fp64."""
-    mask = _bn_mask(args)
-    outs = _tb().bn_act_backward(*args, mask)
-    plain = reference.bn_act_backward(*args, mask)
-    a64 = list(args)
-    for i in (0, 1, 2, 4):
-        a64[i] = args[i].double()
-    ref64 = reference.bn_act_backward(*a64, mask)
-    for i, (o, p, r) in enumerate(zip(outs, plain, ref64)):
-        assert_within_2x(o, p, r, f"bn_act_backward output {i}")
-
-
-# ----------------------------------------------------------------------------- through autograd / whole blocks
-
-
-def test_autograd_bn_act_through_op():
-    args = make_bn_act_args(False, True, True, True, seed=4)
-    dout, _, y, scale, r, rs, relu = args
-    shift = torch.randn(scale.shape[0], device=DEVICE)
-    rt = torch.randn(scale.shape[0], device=DEVICE)
-    grads = []
-    for backend in ("triton", "reference"):
-        leaves = [t.detach().clone().requires_grad_(True) for t in (y, scale, shift, r, rs, rt)]
-        out = torch.ops.fused_resnet.bn_act(*leaves, relu, backend)
-        (out * dout).sum().backward()
-        grads.append([t.grad for t in leaves])
-    for i, (a, b) in enumerate(zip(*grads)):
-        assert_close_fp32(a, b, f"grad {i}")
-
-
-def _proj(cin, cout, stride):
-    return nn.Sequential(conv1x1(cin, cout, stride), nn.BatchNorm2d(cout))
-
-
-BLOCKS = {
-    "bottleneck": (FusedBottleneck, lambda: Bottleneck(16, 4)),
-    "bottleneck_s2_proj": (FusedBottleneck, lambda: Bottleneck(8, 4, 2, _proj(8, 16, 2))),
-    "basic_s2_proj": (FusedBasicBlock, lambda: BasicBlock(8, 16, 2, _proj(8, 16, 2))),
-    "preact_bottleneck_s2_proj": (FusedPreActBottleneck, lambda: PreActBottleneck(8, 4, 2, _proj(8, 16, 2))),
-}
-
-
-def _randomize_bn(block, g):
-    for m in block.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-
-
-def _close(a, b, name, tol):
-    scale = max(b.abs().max().item(), 1.0)
-    torch.testing.assert_close(a, b, rtol=tol, atol=tol * scale, msg=lambda m: f"{name}: {m}")
-
-
-@pytest.mark.parametrize("kind,cl", [("bottleneck", True), ("bottleneck_s2_proj", False),
-                                     ("basic_s2_proj", True), ("preact_bottleneck_s2_proj", False)])
-def test_block_train_triton_vs_reference(kind, cl):
-    fused_cls, make = BLOCKS[kind]
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    base = make()
-    _randomize_bn(base, g)
-    tri = fused_cls.from_block(copy.deepcopy(base), backend="triton").to(DEVICE).train()
-    ref = fused_cls.from_block(copy.deepcopy(base), backend="reference").to(DEVICE).train()
-    cin = base.conv1.in_channels
-    for step in range(2):
-        x = torch.randn(2, cin, 5, 5, generator=g).to(DEVICE)
-        if cl:
-            x = x.contiguous(memory_format=torch.channels_last)
-        ya, dxa, ga = sgd_step(ref, x, 100 + step)
-        yb, dxb, gb = sgd_step(tri, x, 100 + step)
-        assert tri.backend == "triton"
-        _close(yb, ya, f"step {step} output", 2e-5)
-        _close(dxb, dxa, f"step {step} input grad", 1e-4)
-        for name in ga:
-            _close(gb[name], ga[name], f"step {step} grad of {name}", 1e-4)
-        for (name, a), (_, b) in zip(ref.named_buffers(), tri.named_buffers()):
-            _close(b.float(), a.float(), f"step {step} buffer {name}", 1e-5)
-
-
-def test_block_backward_deterministic():
-    torch.manual_seed(1)
-    base = Bottleneck(8, 4, 2, _proj(8, 16, 2))
-    x = torch.randn(2, 8, 5, 5, generator=torch.Generator().manual_seed(1)).to(DEVICE)
-    old = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        runs = []
-        for _ in range(2):
-            blk = FusedBottleneck.from_block(copy.deepcopy(base), backend="triton").to(DEVICE).train()
-            runs.append(sgd_step(blk, x, 0))
-    finally:
-        torch.use_deterministic_algorithms(old)
-    (ya, dxa, ga), (yb, dxb, gb) = runs
-    assert torch.equal(ya, yb) and torch.equal(dxa, dxb)
-    for name in ga:
-        assert torch.equal(ga[name], gb[name]), name
+    g = torch.Generator().manual_seed(t)
+    p = (torch.randn(s, t, 37, generator=g) * 3 + 1).to(DEVICE)  # 37: no multiple of a channel block
+    got = sum_partials(p)
+    assert len(got) == s and len({v.data_ptr() for v in got}) == s
+    want = p.double().sum(1)
+    for i in range(s):
+        torch.testing.assert_close(got[i].double(), want[i], rtol=1e-6, atol=1e-5)
+        assert torch.equal(got[i], sum_partials(p)[i])
 
 
 # ----------------------------------------------------------------------------- GPU
@@ -420,61 +270,14 @@ def test_conv_backward_gpu_lowp(case, dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_bn_act_backward_gpu_lowp(dtype):
-    for cl in (False, True):
-        _check_bn_act_backward_lowp(
-            make_bn_act_args(cl, True, True, True, dtype=dtype, seed=12, shape=(16, 256, 28, 28)))
-
-
-@pytest.mark.gpu
-def test_layer1_bottleneck_train_step_gpu_bf16():
-    """Whole layer1 bottleneck (N=32) in bf16: triton vs reference gradients with the 2x rule against
-    an fp64 reference; prints the N=128 training-step time (target: <= 3.0 ms on an H100)."""
-    torch.manual_seed(0)
-    base = Bottleneck(256, 64).cuda()
-    g = torch.Generator().manual_seed(0)
-    _randomize_bn(base, g)
-    x = torch.randn(32, 256, 56, 56, generator=g).cuda().contiguous(memory_format=torch.channels_last)
-    gout = torch.randn(32, 256, 56, 56, generator=g).cuda().contiguous(memory_format=torch.channels_last)
-    results = {}
-    for name, backend, dtype in (("tri", "triton", torch.bfloat16), ("plain", "reference", torch.bfloat16),
-                                 ("ref64", "reference", torch.float64)):
-        blk = FusedBottleneck.from_block(copy.deepcopy(base), backend=backend).to(dtype).train()
-        blk = blk.to(memory_format=torch.channels_last)
-        xi = x.to(dtype).requires_grad_()
-        y = blk(xi)
-        (y * gout.to(dtype)).sum().backward()
-        results[name] = [y.detach(), xi.grad] + [p.grad for p in blk.parameters()]
-    for i, (a, b, c) in enumerate(zip(results["tri"], results["plain"], results["ref64"])):
-        assert_within_2x(a, b, c, f"tensor {i}")
-
-    blk = FusedBottleneck.from_block(copy.deepcopy(base), backend="triton").to(torch.bfloat16).train()
-    blk = blk.to(memory_format=torch.channels_last)
-    xb = torch.randn(128, 256, 56, 56, device="cuda", dtype=torch.bfloat16).contiguous(
-        memory_format=torch.channels_last).requires_grad_()
-    gb = torch.randn_like(xb)
-
-    def step():
-        blk(xb).backward(gb)
-
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
-    from triton.testing import do_bench
-
-    ms = do_bench(step, warmup=10, rep=50)
-    print(f"\nlayer1 bottleneck train step, N=128 bf16, triton: {ms:.3f} ms (target <= 3.0 ms)")
-
-
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("case", [R50_CASES[1], R50_CASES[2]], ids=[R50_CASES[1][0], R50_CASES[2][0]])
 def test_every_autotune_candidate_is_correct(case, dtype, monkeypatch):
     """Autotuning keeps whichever candidate configuration is fastest on the machine, so each
     one, forced in turn (forward, dgrad and wgrad alike), must compute the same function:
     the 2x rule in bf16, fp32 (TF32 off) against the reference."""
-    from fused_resnet.backends import triton as triton_backend
+    from fused_resnet.backends.triton import tuning
+    from fused_resnet.kernels import conv, conv_backward
 
     _, cin, h, cout, k, s, p, pro = case
     args = make_case(4, cin, h, h, cout, k, s, p, pro=pro, stats=True, dtype=dtype, channels_last=True, seed=5)
@@ -482,11 +285,11 @@ def test_every_autotune_candidate_is_correct(case, dtype, monkeypatch):
     fwd = (x, wt, None, sc, sf, None, stride, pad, dil, groups, relu, stats)
     plain_y = reference.conv(*fwd)[0]
     ref_y = reference.conv(*_to64(fwd))[0]
-    most = max(len(triton_backend.kernels().conv_configs(cin, cout, x.element_size())),
-               len(triton_backend.backward_kernels().dgrad_configs(cin, cout, x.element_size())),
-               len(triton_backend.backward_kernels().wgrad_configs(cin, cout, x.element_size())))
+    most = max(len(conv.conv_configs(cin, cout, x.element_size())),
+               len(conv_backward.dgrad_configs(cin, cout, x.element_size())),
+               len(conv_backward.wgrad_configs(cin, cout, x.element_size())))
     for i in range(most):
-        monkeypatch.setattr(triton_backend, "_pick_config",
+        monkeypatch.setattr(tuning, "pick",
                             lambda key, cands, launch, device, i=i: cands[min(i, len(cands) - 1)])
         y = _tb().conv(*fwd)[0]
         if dtype == torch.float32:

@@ -1,10 +1,9 @@
-"""The triton backend's BatchNorm bookkeeping kernels against the reference and nn.BatchNorm2d.
+"""The triton backend's BatchNorm bookkeeping (``fused_resnet::bn_finalize``,
+``bn_finalize_backward``, ``bn_update_running``) against the reference and nn.BatchNorm2d.
 
-bn_finalize, bn_update_running, bn_finalize_backward and batch_stats_backward
-each run as one launch (the reference needs five to twelve PyTorch kernels for
-each). Without a
-GPU they run under TRITON_INTERPRET=1 (conftest.py) on CPU tensors; the
-arithmetic is fp32 either way, so the comparison is tight.
+Each runs as one launch (the reference needs five to twelve PyTorch kernels for
+each). Without a GPU they run under TRITON_INTERPRET=1 (conftest.py) on CPU
+tensors; the arithmetic is fp32 either way, so the comparison is tight.
 """
 from __future__ import annotations
 
@@ -124,32 +123,6 @@ def test_bn_vector_errors_name_the_tensor():
         _tb().bn_update_running(mean, var, 1, torch.zeros(C, device=DEVICE), torch.ones(C, device=DEVICE), None, 0.1)
 
 
-@pytest.mark.parametrize("channels_last", [True, False])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_batch_stats_backward_matches_reference(channels_last, dtype):
-    g = torch.Generator().manual_seed(7)
-    x = (torch.randn(2, C, 5, 3, generator=g) * 3 + 1).to(device=DEVICE, dtype=dtype)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    mean = x.float().mean((0, 2, 3))
-    dmean, dvar = (torch.randn(C, generator=g).to(DEVICE) for _ in range(2))
-    want = reference.batch_stats_backward(dmean, dvar, x, mean)
-    got = _tb().batch_stats_backward(dmean, dvar, x, mean)
-    assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last) == channels_last
-    tol = dict(rtol=1e-6, atol=1e-7) if dtype == torch.float32 else dict(rtol=1e-3, atol=1e-5)
-    torch.testing.assert_close(got, want, **tol)
-
-
-def test_batch_stats_gradient_through_the_triton_op():
-    x = torch.randn(2, C, 4, 4, device=DEVICE).contiguous(memory_format=torch.channels_last).requires_grad_()
-    mean, var = ops.batch_stats(x, "triton")
-    (mean * 0.7 + var * 1.3).sum().backward()
-    xr = x.detach().clone().requires_grad_()
-    rv, rm = torch.var_mean(xr, dim=(0, 2, 3), unbiased=False)
-    (rm * 0.7 + rv * 1.3).sum().backward()
-    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-5, atol=1e-6)
-
-
 def test_expanded_vectors_read_as_their_values():
     # Autograd hands over stride-0 gradients (the gradient of a sum): the launchers must not
     # read them as dense buffers.
@@ -173,19 +146,3 @@ def test_expanded_vectors_read_as_their_values():
     got = _tb().bn_act(x, weight, bias, x, weight, bias, True)
     want = reference.bn_act(x, weight.contiguous(), bias.contiguous(), x, weight.contiguous(), bias.contiguous(), True)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
-
-
-@pytest.mark.parametrize("s, t", [(1, 7), (2, 33), (3, 301)])
-def test_sum_partials_in_one_or_two_levels(s, t):
-    # Many rows go through a first level of chunk sums (t > 2 * rows per chunk): both paths
-    # must give the column sums of every s, repeatably, and separate tensors per s.
-    from fused_resnet.backends import triton as tb
-
-    g = torch.Generator().manual_seed(t)
-    p = (torch.randn(s, t, C, generator=g) * 3 + 1).to(DEVICE)
-    got = tb._sum_partials(p)
-    assert len(got) == s and len({v.data_ptr() for v in got}) == s
-    want = p.double().sum(1)
-    for i in range(s):
-        torch.testing.assert_close(got[i].double(), want[i], rtol=1e-6, atol=1e-5)
-        assert torch.equal(got[i], tb._sum_partials(p)[i])

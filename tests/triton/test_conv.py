@@ -1,4 +1,4 @@
-"""The triton backend's fused convolution (and bn_act / batch_stats) against the reference.
+"""The triton backend's fused convolution (``fused_resnet::conv``) against the reference.
 
 Without a GPU these run under TRITON_INTERPRET=1 (set by conftest.py) on tiny
 CPU tensors in fp32 (tight) and fp16 (2x rule against an fp64 reference); the
@@ -293,58 +293,6 @@ def test_meta_device_refused():
     with pytest.raises(RuntimeError, match="not CUDA"):
         _backend().conv(x, torch.empty(4, 4, 1, 1, device="meta"), None, None, None, None,
                         (1, 1), (0, 0), (1, 1), 1, False, False)
-
-
-# ----------------------------------------------------------------------------- bn_act, batch_stats
-
-
-@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("res", ["none", "plain", "scaled"])
-@pytest.mark.parametrize("relu", [False, True])
-def test_bn_act_fp32(cl, res, relu):
-    g = torch.Generator().manual_seed(11)
-    y = torch.randn(2, 5, 3, 7, generator=g).to(DEVICE)
-    if cl:
-        y = y.contiguous(memory_format=torch.channels_last)
-    scale, shift = torch.randn(5, generator=g).to(DEVICE), torch.randn(5, generator=g).to(DEVICE)
-    r = rs = rt = None
-    if res != "none":
-        r = torch.randn(2, 5, 3, 7, generator=g).to(DEVICE)  # NCHW even when y is NHWC
-    if res == "scaled":
-        rs, rt = torch.randn(5, generator=g).to(DEVICE), torch.randn(5, generator=g).to(DEVICE)
-    out = _backend().bn_act(y, scale, shift, r, rs, rt, relu)
-    ref = reference.bn_act(y, scale, shift, r, rs, rt, relu)
-    assert_same_layout(out, ref, y)
-    assert_close_fp32(out, ref, "out")
-    out_op = torch.ops.fused_resnet.bn_act(y, scale, shift, r, rs, rt, relu, "triton")
-    assert_close_fp32(out_op, ref, "out via op")
-
-
-def test_bn_act_fp16():
-    g = torch.Generator().manual_seed(12)
-    y = torch.randn(2, 6, 5, 5, generator=g).to(DEVICE)
-    r = torch.randn(2, 6, 5, 5, generator=g).to(DEVICE)
-    scale, shift = torch.randn(6, generator=g).to(DEVICE), torch.randn(6, generator=g).to(DEVICE)
-    out = _backend().bn_act(y.half(), scale, shift, r.half(), None, None, True)
-    plain = reference.bn_act(y.half(), scale, shift, r.half(), None, None, True)
-    ref64 = reference.bn_act(y.half().double(), scale, shift, r.half().double(), None, None, True)
-    assert_within_2x(out, plain, ref64, "out")
-
-
-@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-def test_batch_stats(cl, dtype):
-    g = torch.Generator().manual_seed(13)
-    x = (torch.randn(3, 7, 13, 11, generator=g) * 3 + 50).to(device=DEVICE, dtype=dtype)  # 429 rows: 14 tiles
-    if cl:
-        x = x.contiguous(memory_format=torch.channels_last)
-    mean, var = _backend().batch_stats(x)
-    mr, vr = reference.batch_stats(x)
-    assert mean.dtype == torch.float32 and var.dtype == torch.float32
-    assert_close_fp32(mean, mr, "mean", rtol=1e-5)
-    assert_close_fp32(var, vr, "var", rtol=1e-4)
-    m_op, v_op = torch.ops.fused_resnet.batch_stats(x, "triton")
-    assert torch.equal(m_op, mean) and torch.equal(v_op, var)
 
 
 # ----------------------------------------------------------------------------- GPU: realistic shapes

@@ -1,4 +1,4 @@
-"""The triton backend's tile-configuration choice (fused_resnet/backends/triton_tuning.py), on the CPU:
+"""The triton backend's tile-configuration choice (fused_resnet/backends/triton/tuning.py), on the CPU:
 timing and the GPU name are faked, so only the bookkeeping runs: the bound on candidates, the
 progress line, the tables on disk (shipped and cached) and how they fail."""
 from __future__ import annotations
@@ -9,8 +9,7 @@ import warnings
 import pytest
 import torch
 
-from fused_resnet.backends import triton as triton_backend
-from fused_resnet.backends import triton_tuning as tt
+from fused_resnet.backends.triton import tuning as tt
 
 DEVICE = torch.device("cuda", 0)  # only its index is read: the GPU name is faked
 CANDS = [(128, 64, 64, 4, 4), (128, 128, 64, 8, 3), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4),
@@ -44,7 +43,7 @@ class FakeGPU:
         return self.times[self.last]
 
     def pick(self, key: tuple = None, cands: list = CANDS) -> tuple:
-        return triton_backend._pick_config(key or conv_key(), cands, self.launch, DEVICE)
+        return tt.pick(key or conv_key(), cands, self.launch, DEVICE)
 
 
 def new_process(monkeypatch) -> None:
