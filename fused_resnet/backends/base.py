@@ -24,27 +24,11 @@ class Backend:
         """Every reason this backend cannot run a block whose input is on ``device`` in ``dtype``
         ([] when it can), this machine's (an extension not built, no GPU) included; without
         ``device`` and ``dtype``, this machine's only."""
-        # Adapts a backend still written to available()/supports().
-        ok, reason = self.available()
-        reasons = [] if ok else [reason]
-        if device is not None and dtype is not None:
-            ok, reason = self.supports(device, dtype)
-            reasons += [] if ok else [reason]
-        return reasons
+        return []
 
     def auto_skip_reasons(self, device: torch.device) -> list[str]:
         """Why backend="auto" passes over this backend on ``device`` even where it can serve ([] if not)."""
-        reason = self.auto_reason(device)
-        return [reason] if reason else []
-
-    def available(self) -> tuple[bool, str]:
-        return True, ""
-
-    def supports(self, device: torch.device, dtype: torch.dtype) -> tuple[bool, str]:
-        return True, ""
-
-    def auto_reason(self, device: torch.device) -> str:
-        return ""
+        return []
 
     conv = staticmethod(reference.conv)
     conv_backward = staticmethod(reference.conv_backward)

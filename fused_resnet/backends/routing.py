@@ -23,7 +23,7 @@ class Route(NamedTuple):
     op: str
     problem: str  # the operands and flags, in words
     implementation: str
-    reason: str  # why this implementation ('' for the backend's own fused kernel, untroubled)
+    reason: str  # why this implementation ('' where the backend's own kernel serves it, no choice made)
 
 
 def problem_key(op: str, args) -> tuple:
