@@ -23,7 +23,7 @@ pytestmark = pytest.mark.gpu
 def _heuristic_triton_configs(monkeypatch):
     """Parity does not depend on which Triton configuration is fastest, and timing every
     candidate of every kernel of six models is most of these tests' time on a GPU. Each
-    candidate's correctness is test_triton_backward's test_every_autotune_candidate_is_correct,
+    candidate's correctness is triton/test_conv_backward.py's test_every_autotune_candidate_is_correct,
     the timed path the other @gpu Triton tests'."""
     monkeypatch.setenv("FUSED_RESNET_TRITON_AUTOTUNE", "0")
 

@@ -21,11 +21,12 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
 import fused_resnet
 from fused_resnet import reference
-from fused_resnet._layout import empty_like_layout
 from fused_resnet.backends import get
 from fused_resnet.models import PreActBottleneck, ShortcutA
 
 from helpers import assert_close_fp32, assert_within_2x, randomize_bn
+
+from .test_conv import _to64, assert_same_layout
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -59,20 +60,6 @@ def make_args(n, cin, h, w, cout, k, stride, pad, csc, hsc, sc_stride, proj, pro
     ssc = (torch.rand(csc, generator=g) + 0.5).to(device) if sc_pro else None
     ssf = rn(csc, scale=0.5).to(device) if sc_pro else None
     return (x, wt, b, sc, sf, sc_x, sc_w, ssc, ssf, sc_stride, [stride] * 2, [pad] * 2, [1, 1], groups, relu)
-
-
-def _to64(args):
-    return tuple(a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dim() == 4 else a
-                 for a in args)
-
-
-def _strides_that_matter(t):
-    return tuple(st for st, sz in zip(t.stride(), t.shape) if sz != 1)
-
-
-def assert_same_layout(y, ref, x):
-    assert _strides_that_matter(y) == _strides_that_matter(ref), f"layout {y.stride()} != reference {ref.stride()}"
-    assert y.stride() == empty_like_layout(x, y.shape).stride(), "strides differ from the op's fake strides"
 
 
 def check_fp32(args, via_op=False):
