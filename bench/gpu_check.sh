@@ -58,7 +58,8 @@
 # a whole model takes minutes), the layer1/layer3 training profile, then ResNet-50
 # training beside eager and torch.compile of eager, then inference, then the triton
 # backend's first ResNet-50 training steps with autotuning on, cold and warm caches, then
-# the host profile of a layer3 block step (eager and cuda):
+# the host profile of a layer3 block step (eager and cuda), then the SyncBatchNorm
+# collectives' cost per ResNet-50 training step (last: skipped if the budget is spent):
 #   (timeout_s 600, carry [".whl"])
 #      SKIP="info check-resnet50-bf16-train check-resnet50-fp32 profile-models tests-gpu bench-graphs host-overhead" \
 #      FUSED_RESNET_TRITON_AUTOTUNE=0 BLOCK_ARGS_EXTRA="--modes train" PROFILE_ARGS="--blocks layer1,layer3 --modes train" \
@@ -71,7 +72,7 @@
 # and, only if at least 5 minutes are left right after it (the machine is then
 # still warm and keeps the build), a short second one:
 #   1. (timeout_s 600, carry [".whl"])
-#      SKIP="bench-graphs profile profile-models host-overhead first-step-cold first-step-warm" TESTS_GPU_S=150 BENCH_MODELS=resnet50 BUDGET_S=560 bash bench/gpu_check.sh --quick
+#      SKIP="bench-graphs profile profile-models host-overhead first-step-cold first-step-warm bench-sync" TESTS_GPU_S=150 BENCH_MODELS=resnet50 BUDGET_S=560 bash bench/gpu_check.sh --quick
 #   2. (timeout_s 240, at once, same carry)
 #      SKIP="check-resnet50-fp32 check-resnet50-bf16-train tests-cuda bench-blocks tests-gpu bench-models first-step-cold first-step-warm" BUDGET_S=220 bash bench/gpu_check.sh --quick --no-build
 set -u -o pipefail

@@ -284,18 +284,20 @@ def test_gpu_check_plan_runs_its_stages_in_order(tmp_path):
     out = _dry_run(second, tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert _stages_run(out.stdout) == ["env", "info", "profile", "profile-models", "bench-graphs", "host-overhead",
-                                       "host-profile"], out.stdout
+                                       "host-profile", "bench-sync"], out.stdout
 
 
 def test_gpu_check_training_plan_runs_training_first(tmp_path):
     """The training plan: build, the CUDA kernel tests, the blocks' training steps, their
     profile, ResNet-50 beside eager and torch.compile of eager, the triton backend's first
-    steps with autotuning on (cold, then warm caches), then the host profile of block steps."""
+    steps with autotuning on (cold, then warm caches), then the host profile of block steps, then
+    the SyncBatchNorm collectives' cost."""
     train = _gpu_check_plan()[0]
     out = _dry_run(train, tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert _stages_run(out.stdout) == ["env", "cutlass-headers", "build", "tests-cuda", "bench-blocks", "profile",
-                                       "bench-models", "first-step-cold", "first-step-warm", "host-profile"],\
+                                       "bench-models", "first-step-cold", "first-step-warm", "host-profile",
+                                       "bench-sync"],\
         out.stdout
     cmd = {name: out.stdout.split(f"--- {name} ")[1].splitlines()[1] for name in ("bench-blocks", "bench-models")}
     assert "--modes train" in cmd["bench-blocks"], cmd
