@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from . import backends, op_list, reference
-from ._layout import acc, empty_vec
+from ._layout import acc, empty_vec, output_format
 from .op_list import OpDef
 
 _NS = "fused_resnet"
@@ -156,16 +156,33 @@ _register_gradient_op(conv_backward)
 def _conv_setup(ctx, inputs, output):
     x, weight, bias, in_scale, in_shift, residual, stride, padding, dilation, groups, relu, stats, backend = inputs
     y, mean, _ = output
-    ctx.save_for_backward(x, weight, y, mean, in_scale, in_shift)
+    ctx.save_for_backward(x, weight, _saved_output(ctx, y, relu or stats), mean, in_scale, in_shift)
     ctx.args = (stride, padding, dilation, groups, relu, stats, backend)
     ctx.has = (bias is not None, in_scale is not None, residual is not None)
+
+
+def _saved_output(ctx, y: Tensor, read: bool) -> Tensor | None:
+    """``y`` where the backward reads its values (the ReLU mask, the statistics' gradient),
+    else None and its layout only: like torch's convolution, an op whose gradient does not
+    depend on its output leaves the caller free to modify that output in place (e.g. an
+    inplace ReLU after a pre-activation block)."""
+    ctx.y_format = output_format(y)
+    return y if read else None
+
+
+def _output_or_grad(ctx, y: Tensor | None, dy: Tensor) -> Tensor:
+    # The backward reads only the shape and layout of an unsaved y, which dy has in y's layout.
+    return y if y is not None else dy.contiguous(memory_format=ctx.y_format)
 
 
 def _conv_bwd(ctx, dy, dmean, dvar):
     x, weight, y, mean, in_scale, in_shift = ctx.saved_tensors
     stride, padding, dilation, groups, relu, stats, backend = ctx.args
     # Unused outputs arrive as None: the statistics (empty, and not read, without stats), rarely y.
+    if dy is None and y is None:  # no ReLU, no statistics: only y's gradient could flow back
+        return (None,) * 13
     dy = dy if dy is not None else torch.zeros_like(y)
+    y = _output_or_grad(ctx, y, dy)
     if dmean is None:
         dmean = torch.zeros_like(mean) if stats else mean
     if dvar is None:
@@ -192,7 +209,8 @@ conv_shortcut = _define(op_list.conv_shortcut)
 def _conv_shortcut_setup(ctx, inputs, output):
     (x, weight, bias, in_scale, in_shift, sc_x, sc_weight, sc_in_scale, sc_in_shift, sc_stride,
      stride, padding, dilation, groups, relu, backend) = inputs
-    ctx.save_for_backward(x, weight, in_scale, in_shift, sc_x, sc_weight, sc_in_scale, sc_in_shift, output)
+    ctx.save_for_backward(x, weight, in_scale, in_shift, sc_x, sc_weight, sc_in_scale, sc_in_shift,
+                          _saved_output(ctx, output, relu))
     ctx.args = (sc_stride, stride, padding, dilation, groups, relu, backend, bias is not None)
 
 
@@ -204,6 +222,7 @@ def _conv_shortcut_bwd(ctx, dy):
     # that the padded, subsampled channels came from.
     x, weight, in_scale, in_shift, sc_x, sc_weight, sc_in_scale, sc_in_shift, y = ctx.saved_tensors
     sc_stride, stride, padding, dilation, groups, relu, backend, has_bias = ctx.args
+    y = _output_or_grad(ctx, y, dy)
     need = ctx.needs_input_grad
     e = empty_vec(x)
     has_pro = in_scale is not None

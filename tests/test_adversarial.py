@@ -21,7 +21,7 @@ classes checked:
   deprecated fallback for ops without a derivative); elsewhere an error naming the op when a
   second derivative is taken, while first-order gradients under create_graph=True work;
 * what a backend's mode cannot compute: bf16 under the Triton interpreter, refused by
-  ``supports`` (so "auto" passes over it) and by every triton op;
+  ``not_supported_reasons`` (so "auto" passes over it) and by every triton op;
 * transforms: torch.fx symbolic tracing (fused blocks are leaf modules; a block traced on
   its own is refused), torch.jit.trace (above), torch.export in eval and training mode,
   torch.jit.script (refused, with what to use). Checked by hand, not tested here:
@@ -46,7 +46,7 @@ from fused_resnet import blocks
 from fused_resnet.blocks import FUSED_BLOCKS, FUSED_TWIN
 from fused_resnet.models import PreActBasicBlock
 
-from helpers import randomize_bn
+from helpers import assert_close_fp32, randomize_bn
 from .test_blocks import BLOCKS
 from .triton.test_conv import make_inputs
 
@@ -250,6 +250,26 @@ def test_an_empty_batch_behaves_like_torchvision(mode, kind, backend):
         torch.testing.assert_close(gb[name], ga[name], msg=lambda m: f"grad of {name}: {m}")
     for (name, a), (_, b) in zip(block.named_buffers(), fused.named_buffers()):
         torch.testing.assert_close(b, a, msg=lambda m: f"buffer {name}: {m}")
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("kind", ["preact_basic", "preact_bottleneck_s2_proj", "preact_optionA", "plain_preact"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.usefixtures("no_tf32", "no_autotune_on_tiny_shapes")
+def test_an_inplace_op_on_a_block_output_works_as_after_torchvision(mode, kind, backend):
+    """A block whose output is not a ReLU's (pre-activation: the add is last) may be
+    modified in place by what follows, as torchvision's may: its gradient reads no value
+    of that output, so the fused ops do not keep it for backward."""
+    torch.manual_seed(0)
+    block = randomize_bn(BLOCKS[kind]()).train(mode == "train")
+    fused = FUSED_TWIN[type(block)].from_block(copy.deepcopy(block), backend=backend)
+    x = _x(2, block.conv1.in_channels, 6, 6)
+    inplace = nn.ReLU(inplace=True)
+    (ya, dxa, ga), (yb, dxb, gb) = (_step(nn.Sequential(b, inplace), x) for b in (block, fused))
+    assert_close_fp32(yb, ya, "output")
+    assert_close_fp32(dxb, dxa, "input gradient")
+    for name in ga:
+        assert_close_fp32(gb[name], ga[name], f"grad of {name}")
 
 
 # ---------------------------------------------------------------- NaN and inf

@@ -181,7 +181,7 @@ def test_unfusable_block_is_left_under_auto_and_refused_by_name(caplog):
     with caplog.at_level(logging.WARNING, logger="fused_resnet"):
         fused = convert(model)
     assert type(fused[0]) is BasicBlock
-    assert "only BatchNorm2d and FrozenBatchNorm2d fuse" in caplog.text
+    assert "only BatchNorm2d, SyncBatchNorm and FrozenBatchNorm2d fuse" in caplog.text
     with pytest.raises(ValueError, match="cannot fuse this BasicBlock: bn1 is GroupNorm"):
         convert(model, backend="reference")
 
