@@ -56,7 +56,7 @@ def sync_batch_stats(mean: Tensor, var: Tensor, count: int, group) -> tuple[Tens
     mine = _pack(mean, var, count)
     rows = mine.new_empty(dist.get_world_size(group), mine.numel())
     _all_gather(rows.view(-1), mine, group=group)
-    g_mean, g_var = _SyncBatchStats.apply(mean, var, rows, count, group)
+    g_mean, g_var = _SyncBatchStats.apply(mean, var, rows, group)
     return g_mean, g_var, rows[:, 0].sum()
 
 
@@ -74,37 +74,35 @@ def running_var_operands(var: Tensor, total: Tensor) -> tuple[Tensor, int]:
 def _pack(mean: Tensor, var: Tensor, count: int) -> Tensor:
     # An empty shard's statistics are 0/0; it contributes nothing, so it sends zeros.
     m, v = (mean, var) if count else (torch.zeros_like(mean), torch.zeros_like(var))
-    n = torch.full((1,), float(count), dtype=torch.float64, device=mean.device)
-    return torch.cat([n, m.detach().double(), v.detach().double()])
+    return torch.cat([m.new_full((1,), float(count)), m.detach(), v.detach()]).double()
 
 
-def _merge(rows: Tensor) -> tuple[Tensor, Tensor]:
-    """(mean, biased var) of the group from each rank's row [count, mean, var]."""
+def _merge(rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(each rank's weight n_q / N, mean, biased var) of the group from the rows [count, mean, var]."""
     c = (rows.shape[1] - 1) // 2
     n, m, v = rows[:, :1], rows[:, 1:1 + c], rows[:, 1 + c:]
-    total = n.sum()
-    mean = (n * m).sum(0) / total
-    var = (n * (v + (m - mean) ** 2)).sum(0) / total
-    return mean, var
+    weight = n / n.sum()
+    mean = (weight * m).sum(0)
+    var = (weight * (v + (m - mean).square_())).sum(0)
+    return weight.view(-1), mean, var
 
 
 class _SyncBatchStats(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, mean: Tensor, var: Tensor, rows: Tensor, count: int, group):
-        g_mean, g_var = _merge(rows)
-        ctx.group = group
-        ctx.save_for_backward(rows, g_mean, torch.tensor(float(count), dtype=torch.float64, device=rows.device))
+    def forward(ctx, mean: Tensor, var: Tensor, rows: Tensor, group):
+        weight, g_mean, g_var = _merge(rows)
+        ctx.group, ctx.rank = group, dist.get_rank(group)
+        ctx.save_for_backward(rows, weight, g_mean)
         return g_mean.to(mean.dtype), g_var.to(var.dtype)
 
     @staticmethod
     def backward(ctx, d_mean: Tensor, d_var: Tensor):
-        rows, g_mean, count = ctx.saved_tensors
+        rows, weight, g_mean = ctx.saved_tensors
         c = g_mean.numel()
-        d = torch.cat([d_mean.double(), d_var.double()])
+        d = torch.cat([d_mean, d_var]).double()
         dist.all_reduce(d, group=ctx.group)
         sum_d_mean, sum_d_var = d[:c], d[c:]
-        weight = count / rows[:, 0].sum()
-        my_mean = rows[dist.get_rank(ctx.group), 1:1 + c]
-        dm = weight * (sum_d_mean + 2 * (my_mean - g_mean) * sum_d_var)
-        dv = weight * sum_d_var
-        return dm.to(d_mean.dtype), dv.to(d_var.dtype), None, None, None
+        mine = weight[ctx.rank]
+        dm = mine * (sum_d_mean + 2 * (rows[ctx.rank, 1:1 + c] - g_mean) * sum_d_var)
+        dv = mine * sum_d_var
+        return dm.to(d_mean.dtype), dv.to(d_var.dtype), None, None
