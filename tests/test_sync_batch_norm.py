@@ -39,6 +39,10 @@ def _model(version: int, dtype: torch.dtype) -> nn.Module:
     for name in ("bn1", "bn_final"):
         if getattr(m, name, None) is not None:
             setattr(m, name, nn.Identity())
+    if version == 2:  # the other running-statistics rule: a cumulative average
+        for bn in m.modules():
+            if isinstance(bn, nn.BatchNorm2d):
+                bn.momentum = None
     return m.to(dtype).train()
 
 
