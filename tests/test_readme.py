@@ -63,3 +63,31 @@ def test_kernel_counts_are_what_host_overhead_counts(tmp_path):
     measured = [counts[b, v] for b in ("Bottleneck", "BasicBlock") for v in ("triton-host", "eager")]
     stated = [int(g) for g in m.groups()]
     assert measured == stated, f"host_overhead.py counts {measured} (fused, eager per step), README says {stated}"
+
+
+def _layout_section() -> str:
+    return README.split("## Layout", 1)[1].split("\n## ", 1)[0]
+
+
+def test_layout_names_files_that_exist():
+    """Every path the Layout section names exists; a path with <op> exists for every op of the
+    op list that has a file of its own in that directory (the ops without one, such as
+    conv_shortcut, live in another op's file)."""
+    from fused_resnet import op_list
+
+    paths = {p.rstrip("/") for p in re.findall(r"`([\w./<>]+/[\w./<>]*)`", _layout_section())}
+    assert paths, "the Layout section names no path"
+    for path in sorted(paths):
+        if "<op>" not in path:
+            assert (ROOT / path).exists(), path
+            continue
+        found = [op for op in op_list.OPS if (ROOT / path.replace("<op>", op)).exists()]
+        assert found, f"{path}: no op of the op list has this file"
+
+
+def test_layout_follows_one_op_through_every_layer():
+    """The op the Layout section follows has a file of its name at every layer of both backends."""
+    for path in ("kernels/bn_act.py", "fused_resnet/backends/triton/bn_act.py", "csrc/bn_act.cu",
+                 "csrc/ops/bn_act.cpp", "tests/triton/test_bn_act.py", "tests/cuda/test_bn_act.py"):
+        assert f"`{path}`" in _layout_section(), path
+        assert (ROOT / path).is_file(), path
