@@ -32,7 +32,14 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ARCH_LIST = "8.0;9.0"
 SOURCES = [
     "csrc/bindings.cpp",
-    "csrc/ops.cpp",
+    "csrc/ops/common.cpp",
+    "csrc/ops/batch_stats.cpp",
+    "csrc/ops/bn_finalize.cpp",
+    "csrc/ops/bn_act.cpp",
+    "csrc/ops/conv_output_grad.cpp",
+    "csrc/ops/conv_common.cpp",
+    "csrc/ops/conv.cpp",
+    "csrc/ops/conv_backward.cpp",
     "csrc/batch_stats.cu",
     "csrc/bn_finalize.cu",
     "csrc/bn_act.cu",

@@ -192,7 +192,7 @@ PYTEST=("$PY" -m pytest -v -rfE -p no:cacheprovider --durations=10)
 
 # The CUDA extension's kernels against fp64 and the reference, on their own: they
 # compile no Triton kernel, so they come back in a minute whatever follows.
-CUDA_TESTS=(tests/test_cuda_conv.py tests/test_cuda_ext.py)
+CUDA_TESTS=(tests/cuda/test_*.py)
 stage tests-cuda 180 "$TESTS" "${PYTEST[@]}" -m gpu "${CUDA_TESTS[@]}"
 
 # Whole-model parity against torchvision (TF32 off for fp32; fp64 reference and the 2x rule for bf16/fp16).

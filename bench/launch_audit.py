@@ -15,7 +15,7 @@ allocated or computed, and lists what each backend launches on an H200 (132 SMs)
           by wgrad_reduce_kernel, not serially.
   cuda    the cuda backend's Python with each call into fused_resnet._C answered by its
           fake (_launches.cuda_host_backend) and turned into what the C++ launches for it
-          by CUDA_MODEL below, a model of csrc/ops.cpp and the launchers of csrc/*.cu: a
+          by CUDA_MODEL below, a model of csrc/ops/ and the launchers of csrc/*.cu: a
           CUTLASS convolution's grid is ceil(M/TileM) x ceil(N/TileN) x split-K slices
           (tile shapes read from csrc/cutlass/*.cu), the streaming kernels' grids are sized
           as launch.h's plans size them (every buffer 16-byte aligned, as the caching
@@ -174,7 +174,7 @@ class Recorder:
         self.emit(triton_launch(self.op(), name, grid, args, kwargs))
 
     def cuda(self, name, args, out) -> None:
-        for t in args:  # ops.cpp makes every vector it reads dense: a copy only of an expanded gradient
+        for t in args:  # csrc/ops/ makes every vector it reads dense: a copy only of an expanded gradient
             if isinstance(t, Tensor) and t.dim() == 1:
                 t.contiguous()
         CUDA_MODEL[name](lambda launch: self.emit(dataclasses.replace(launch, op=self.op())), args, out)
@@ -271,7 +271,7 @@ def cutlass_kernels() -> dict:
 
 
 def _cutlass(family: str, dtype: torch.dtype, wide: bool) -> Cutlass:
-    """ops.cpp's choice: the 128x128 tile when wide (more than 64 output channels for fprop,
+    """ops/conv.cpp's choice: the 128x128 tile when wide (more than 64 output channels for fprop,
     input channels for dgrad; always for wgrad), else 128x64."""
     return cutlass_kernels()[(family, dtype, 128 if wide else 64)]
 
@@ -303,7 +303,7 @@ def _units(x: Tensor) -> tuple[int, int]:
 
 
 def _plan(units: int, cvecs: int) -> tuple[int, int]:
-    """ops.cpp make_plan (NHWC): the grid (gx, nchunks) of a reduction over rows."""
+    """ops/common.cpp make_plan (NHWC): the grid (gx, nchunks) of a reduction over rows."""
     tx = 1
     while tx < cvecs and tx < 32:
         tx <<= 1
@@ -314,7 +314,7 @@ def _plan(units: int, cvecs: int) -> tuple[int, int]:
 
 
 def _elementwise(kernel: str, x: Tensor, nbytes: int) -> Launch:
-    """ops.cpp elementwise_shape: a grid-stride pass over 16-byte vectors, at most 16 blocks per SM."""
+    """ops/common.cpp elementwise_shape: a grid-stride pass over 16-byte vectors, at most 16 blocks per SM."""
     rows, cvecs = _units(x)
     blocks = max(1, min(_cdiv(rows * cvecs, THREADS), SMS * 16))
     return Launch("", kernel, (blocks,), f"{THREADS} threads", bytes=nbytes)
@@ -337,14 +337,14 @@ def _batch_stats(emit, x: Tensor) -> None:
     rows, cvecs = _units(x)
     gx, chunks = _plan(rows, cvecs)
     c = x.shape[1]
-    emit(Launch("", "stats_nhwc_kernel", (gx, chunks), f"{THREADS} threads",
+    emit(Launch("", "batch_stats_nhwc_kernel", (gx, chunks), f"{THREADS} threads",
                 bytes=tensor_bytes(x) + (2 * chunks + 1) * c * 4))
-    emit(Launch("", "stats_merge_kernel", (1, _cdiv(c, MERGE_BLOCK[0])), f"{math.prod(MERGE_BLOCK)} threads",
+    emit(Launch("", "batch_stats_merge_kernel", (1, _cdiv(c, MERGE_BLOCK[0])), f"{math.prod(MERGE_BLOCK)} threads",
                 bytes=(2 * chunks + 1) * c * 4 + 2 * c * 4))
 
 
 def _krsc(weight: Tensor) -> Tensor:
-    """ops.cpp krsc: the filter as [K, R, S, C], run here on the meta weight so that the copy it
+    """ops/conv_common.cpp krsc: the filter as [K, R, S, C], run here on the meta weight so that the copy it
     costs (none for a channels_last weight) is reported by the dispatch mode as the C++ makes it."""
     return weight.permute(0, 2, 3, 1).contiguous()
 
@@ -363,14 +363,14 @@ def c_conv(emit, args, out) -> None:
     emit(_cutlass_launch(k, m, n, distinct_bytes([t for t in (x, w, y, residual) if t is not None])
                          + _vec_bytes(bias, scale, shift) + 2 * slabs * n * 4))
     if slabs:
-        for launch in _merge("stats_merge_kernel", n, slabs, 2 * n * 4):
+        for launch in _merge("batch_stats_merge_kernel", n, slabs, 2 * n * 4):
             emit(launch)
     elif stats:
         _batch_stats(emit, y)
 
 
 def _wgrad_split(k_out: int, crs: int, rows: int) -> int:
-    """ops.cpp wgrad_split: parallel slices for about two waves of 128x128 tiles, >= 1024 rows each."""
+    """ops/conv_backward.cpp wgrad_split: parallel slices for about two waves of 128x128 tiles, >= 1024 rows each."""
     tiles = _cdiv(k_out, 128) * _cdiv(crs, 128)
     return max(1, min(_cdiv(2 * SMS, tiles), rows // 1024))
 
@@ -432,11 +432,11 @@ def c_bn_act_backward(emit, args, out) -> None:
     touched = [t for t, used in ((dout, True), (out_, relu), (y, need_scale), (residual, need_rscale),
                                  (out[0], need_y), (out[3], need_res)) if used]
     partial = 3 * chunks * c * 4 if any_sum else 0
-    emit(Launch("", "bwd_nhwc_kernel", (gx, chunks), f"{THREADS} threads",
+    emit(Launch("", "bn_act_backward_nhwc_kernel", (gx, chunks), f"{THREADS} threads",
                 bytes=distinct_bytes(touched) + _vec_bytes(scale, res_scale) + partial))
     if any_sum:
-        emit(Launch("", "bwd_merge_kernel", (_cdiv(c, MERGE_BLOCK[0]),), f"{math.prod(MERGE_BLOCK)} threads",
-                    bytes=partial + _vec_bytes(out[1], out[2], out[4], out[5])))
+        emit(Launch("", "bn_act_backward_merge_kernel", (_cdiv(c, MERGE_BLOCK[0]),),
+                    f"{math.prod(MERGE_BLOCK)} threads", bytes=partial + _vec_bytes(out[1], out[2], out[4], out[5])))
 
 
 def c_conv_output_grad(emit, args, out) -> None:
@@ -453,7 +453,7 @@ def c_batch_stats_backward(emit, args, out) -> None:
 
 def _per_channel(kernel: str, affine: tuple = (), one_block: bool = False):
     """A launch over the C channels of its vector arguments, a thread a channel in blocks of THREADS
-    (bn_finalize.cu; ``one_block``: one block looping over them), after ops.cpp float_vec's fp32
+    (bn_finalize.cu; ``one_block``: one block looping over them), after ops/common.cpp float_vec's fp32
     copies of the BatchNorm parameters at positions ``affine``."""
     def model(emit, args, out):
         for i in affine:
@@ -472,9 +472,9 @@ def pytree_tensors(tree) -> list[Tensor]:
 CUDA_MODEL: dict[str, Callable] = {
     "conv": c_conv, "conv_wgrad": c_conv_wgrad, "conv_dgrad": c_conv_dgrad, "batch_stats": c_batch_stats,
     "bn_act": c_bn_act, "bn_act_backward": c_bn_act_backward, "conv_output_grad": c_conv_output_grad,
-    "batch_stats_backward": c_batch_stats_backward, "bn_finalize": _per_channel("finalize_kernel", (2, 3)),
-    "bn_finalize_backward": _per_channel("finalize_backward_kernel", (4,)),
-    "bn_update_running": _per_channel("update_running_kernel", one_block=True),
+    "batch_stats_backward": c_batch_stats_backward, "bn_finalize": _per_channel("bn_finalize_kernel", (2, 3)),
+    "bn_finalize_backward": _per_channel("bn_finalize_backward_kernel", (4,)),
+    "bn_update_running": _per_channel("bn_update_running_kernel", one_block=True),
 }
 
 

@@ -1,3 +1,8 @@
+// Ops served: batch_stats (launch_batch_stats; host launcher ops/batch_stats.cpp), and the
+// reductions of the CUTLASS epilogues' slab partials: conv's statistics (launch_stats_merge,
+// with batch_stats_merge_kernel; ops/conv.cpp) and conv_dgrad's dscale/dshift sums
+// (launch_slab_sums, slab_sum_kernel; ops/conv_backward.cpp).
+//
 // batch_stats: per-channel mean and biased variance of a 4-D activation.
 //
 // Pass 1 (one kernel per layout): every block reduces a range of rows of a
@@ -20,8 +25,8 @@ namespace {
 // channels, ty over rows; grid (gx, nchunks).
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads)
-    stats_nhwc_kernel(const T* __restrict__ x, int64_t M, int64_t C, int64_t rows_per_chunk, int64_t nchunks,
-                      float* __restrict__ partial, float* __restrict__ shift) {
+    batch_stats_nhwc_kernel(const T* __restrict__ x, int64_t M, int64_t C, int64_t rows_per_chunk, int64_t nchunks,
+                            float* __restrict__ partial, float* __restrict__ shift) {
   __shared__ float smem[kThreads * (2 * VEC + 1)];
   const int64_t c0 = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * VEC;
   const int64_t r0 = (int64_t)blockIdx.y * rows_per_chunk;
@@ -60,8 +65,8 @@ __global__ void __launch_bounds__(kThreads)
 // (n, hw) index; HW % VEC == 0, so a unit never straddles two planes.
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads)
-    stats_nchw_kernel(const T* __restrict__ x, int64_t C, int64_t HW, int64_t units, int64_t units_per_chunk,
-                      int64_t nchunks, float* __restrict__ partial, float* __restrict__ shift) {
+    batch_stats_nchw_kernel(const T* __restrict__ x, int64_t C, int64_t HW, int64_t units, int64_t units_per_chunk,
+                            int64_t nchunks, float* __restrict__ partial, float* __restrict__ shift) {
   __shared__ float smem[kThreads * 3];
   const int64_t c = blockIdx.x;
   const int64_t hwv = HW / VEC;
@@ -115,8 +120,8 @@ struct MergeShape {
 };
 
 __global__ void __launch_bounds__(kFx* kFy)
-    stats_merge_kernel(const float* __restrict__ partial, MergeShape m, const float* __restrict__ shift,
-                       float* __restrict__ group_out, float* __restrict__ mean_out, float* __restrict__ var_out) {
+    batch_stats_merge_kernel(const float* __restrict__ partial, MergeShape m, const float* __restrict__ shift,
+                             float* __restrict__ group_out, float* __restrict__ mean_out, float* __restrict__ var_out) {
   __shared__ double smem[kFx * kFy * 3];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t c = (int64_t)blockIdx.y * kFx + tx;
@@ -158,7 +163,7 @@ __global__ void __launch_bounds__(kFx* kFy)
 void launch_merge(const float* partial, const MergeShape& m, const float* shift, float* group_out, float* mean,
                   float* var, cudaStream_t stream) {
   const dim3 grid((unsigned)ceil_div64(m.nchunks, m.per_group), (unsigned)ceil_div64(m.C, kFx));
-  stats_merge_kernel<<<grid, dim3(kFx, kFy), 0, stream>>>(partial, m, shift, group_out, mean, var);
+  batch_stats_merge_kernel<<<grid, dim3(kFx, kFy), 0, stream>>>(partial, m, shift, group_out, mean, var);
 }
 
 template <typename T>
@@ -170,16 +175,18 @@ void launch_typed(const StatsArgs& a, cudaStream_t stream) {
     const dim3 grid((unsigned)p.gx, (unsigned)p.nchunks), block(p.tx, p.ty);
     const int64_t M = a.N * a.HW;
     if (a.vec) {
-      stats_nhwc_kernel<T, V><<<grid, block, 0, stream>>>(x, M, a.C, p.upc, p.nchunks, a.partial, a.shift);
+      batch_stats_nhwc_kernel<T, V><<<grid, block, 0, stream>>>(x, M, a.C, p.upc, p.nchunks, a.partial, a.shift);
     } else {
-      stats_nhwc_kernel<T, 1><<<grid, block, 0, stream>>>(x, M, a.C, p.upc, p.nchunks, a.partial, a.shift);
+      batch_stats_nhwc_kernel<T, 1><<<grid, block, 0, stream>>>(x, M, a.C, p.upc, p.nchunks, a.partial, a.shift);
     }
   } else {
     const dim3 grid((unsigned)a.C, (unsigned)p.nchunks), block(1, kThreads);
     if (a.vec) {
-      stats_nchw_kernel<T, V><<<grid, block, 0, stream>>>(x, a.C, a.HW, p.units, p.upc, p.nchunks, a.partial, a.shift);
+      batch_stats_nchw_kernel<T, V><<<grid, block, 0, stream>>>(x, a.C, a.HW, p.units, p.upc, p.nchunks, a.partial,
+                                                                a.shift);
     } else {
-      stats_nchw_kernel<T, 1><<<grid, block, 0, stream>>>(x, a.C, a.HW, p.units, p.upc, p.nchunks, a.partial, a.shift);
+      batch_stats_nchw_kernel<T, 1><<<grid, block, 0, stream>>>(x, a.C, a.HW, p.units, p.upc, p.nchunks, a.partial,
+                                                                a.shift);
     }
   }
   if (cudaPeekAtLastError() != cudaSuccess) return;

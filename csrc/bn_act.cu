@@ -1,3 +1,5 @@
+// Ops served: bn_act (host launcher: ops/bn_act.cpp).
+//
 // bn_act: out = [relu](y*scale + shift + residual*res_scale + res_shift), one
 // elementwise pass in fp32 (rounded op by op like the reference: no FMA
 // contraction), output in y's dtype and in the layout that

@@ -1,3 +1,5 @@
+// Ops served: bn_act_backward (host launcher: ops/bn_act.cpp).
+//
 // bn_act_backward: the six gradients of bn_act (fused_resnet/reference.py
 // bn_act_backward) in one pass over the activations:
 //   g = dout where out > 0 or NaN, else 0 (or dout),  dy = g*scale,  dresidual = g*res_scale (or g),
@@ -65,10 +67,11 @@ __device__ __forceinline__ void bwd_vector(const T* __restrict__ dout, const T* 
 // rows; grid (gx, nchunks).
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads)
-    bwd_nhwc_kernel(const T* __restrict__ dout, const T* __restrict__ out, const T* __restrict__ y,
-                    const T* __restrict__ res, const float* __restrict__ scale, const float* __restrict__ rscale,
-                    T* __restrict__ dy, T* __restrict__ dres, float* __restrict__ partial, int64_t M, int64_t C,
-                    int64_t rows_per_chunk, int64_t nchunks, BwdFlags f) {
+    bn_act_backward_nhwc_kernel(const T* __restrict__ dout, const T* __restrict__ out, const T* __restrict__ y,
+                                const T* __restrict__ res, const float* __restrict__ scale,
+                                const float* __restrict__ rscale, T* __restrict__ dy, T* __restrict__ dres,
+                                float* __restrict__ partial, int64_t M, int64_t C, int64_t rows_per_chunk,
+                                int64_t nchunks, BwdFlags f) {
   __shared__ float smem[kThreads * 3 * VEC];
   const int64_t c0 = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * VEC;
   const int64_t r0 = (int64_t)blockIdx.y * rows_per_chunk;
@@ -103,10 +106,11 @@ __global__ void __launch_bounds__(kThreads)
 // pixels of the flattened (n, hw) index (HW % VEC == 0).
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads)
-    bwd_nchw_kernel(const T* __restrict__ dout, const T* __restrict__ out, const T* __restrict__ y,
-                    const T* __restrict__ res, const float* __restrict__ scale, const float* __restrict__ rscale,
-                    T* __restrict__ dy, T* __restrict__ dres, float* __restrict__ partial, int64_t C, int64_t HW,
-                    int64_t units, int64_t units_per_chunk, int64_t nchunks, BwdFlags f) {
+    bn_act_backward_nchw_kernel(const T* __restrict__ dout, const T* __restrict__ out, const T* __restrict__ y,
+                                const T* __restrict__ res, const float* __restrict__ scale,
+                                const float* __restrict__ rscale, T* __restrict__ dy, T* __restrict__ dres,
+                                float* __restrict__ partial, int64_t C, int64_t HW, int64_t units,
+                                int64_t units_per_chunk, int64_t nchunks, BwdFlags f) {
   __shared__ float smem[kThreads * 3];
   const int64_t c = blockIdx.x;
   const int64_t hwv = HW / VEC;
@@ -149,8 +153,9 @@ __global__ void __launch_bounds__(kThreads)
 constexpr int kFx = 32, kFy = 8;
 
 __global__ void __launch_bounds__(kFx* kFy)
-    bwd_merge_kernel(const float* __restrict__ partial, int64_t C, int64_t nchunks, float* __restrict__ out_g,
-                     float* __restrict__ out_g2, float* __restrict__ out_gy, float* __restrict__ out_gr) {
+    bn_act_backward_merge_kernel(const float* __restrict__ partial, int64_t C, int64_t nchunks,
+                                 float* __restrict__ out_g, float* __restrict__ out_g2, float* __restrict__ out_gy,
+                                 float* __restrict__ out_gr) {
   __shared__ double smem[kFx * kFy * 3];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t c = (int64_t)blockIdx.x * kFx + tx;
@@ -195,24 +200,24 @@ void launch_typed(const BnActBwdArgs& a, cudaStream_t stream) {
     const dim3 grid((unsigned)p.gx, (unsigned)p.nchunks), block(p.tx, p.ty);
     const int64_t M = a.N * a.HW;
     if (a.vec) {
-      bwd_nhwc_kernel<T, V><<<grid, block, 0, stream>>>(dout, out, y, res, a.scale, a.rscale, dy, dres, a.partial, M,
-                                                        a.C, p.upc, p.nchunks, f);
+      bn_act_backward_nhwc_kernel<T, V><<<grid, block, 0, stream>>>(dout, out, y, res, a.scale, a.rscale, dy, dres,
+                                                                    a.partial, M, a.C, p.upc, p.nchunks, f);
     } else {
-      bwd_nhwc_kernel<T, 1><<<grid, block, 0, stream>>>(dout, out, y, res, a.scale, a.rscale, dy, dres, a.partial, M,
-                                                        a.C, p.upc, p.nchunks, f);
+      bn_act_backward_nhwc_kernel<T, 1><<<grid, block, 0, stream>>>(dout, out, y, res, a.scale, a.rscale, dy, dres,
+                                                                    a.partial, M, a.C, p.upc, p.nchunks, f);
     }
   } else {
     const dim3 grid((unsigned)a.C, (unsigned)p.nchunks), block(1, kThreads);
     if (a.vec) {
-      bwd_nchw_kernel<T, V><<<grid, block, 0, stream>>>(dout, out, y, res, a.scale, a.rscale, dy, dres, a.partial,
-                                                        a.C, a.HW, p.units, p.upc, p.nchunks, f);
+      bn_act_backward_nchw_kernel<T, V><<<grid, block, 0, stream>>>(dout, out, y, res, a.scale, a.rscale, dy, dres,
+                                                                    a.partial, a.C, a.HW, p.units, p.upc, p.nchunks, f);
     } else {
-      bwd_nchw_kernel<T, 1><<<grid, block, 0, stream>>>(dout, out, y, res, a.scale, a.rscale, dy, dres, a.partial,
-                                                        a.C, a.HW, p.units, p.upc, p.nchunks, f);
+      bn_act_backward_nchw_kernel<T, 1><<<grid, block, 0, stream>>>(dout, out, y, res, a.scale, a.rscale, dy, dres,
+                                                                    a.partial, a.C, a.HW, p.units, p.upc, p.nchunks, f);
     }
   }
   if (a.partial == nullptr || cudaPeekAtLastError() != cudaSuccess) return;
-  bwd_merge_kernel<<<(unsigned)ceil_div64(a.C, kFx), dim3(kFx, kFy), 0, stream>>>(
+  bn_act_backward_merge_kernel<<<(unsigned)ceil_div64(a.C, kFx), dim3(kFx, kFy), 0, stream>>>(
       a.partial, a.C, p.nchunks, a.dshift, a.drshift, a.dscale, a.drscale);
 }
 

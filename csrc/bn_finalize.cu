@@ -1,3 +1,6 @@
+// Ops served: bn_finalize, bn_finalize_backward, bn_update_running (host launchers:
+// ops/bn_finalize.cpp), one <op>_kernel each.
+//
 // bn_finalize: scale = gamma * rsqrt(var + eps), shift = beta - mean * scale, invstd.
 // bn_finalize_backward: its gradients w.r.t. (mean, var, gamma), one thread a channel.
 // bn_update_running: the in-place running-statistics update of nn.BatchNorm2d,
@@ -10,10 +13,10 @@
 namespace fused_resnet {
 namespace {
 
-__global__ void finalize_kernel(const float* __restrict__ mean, const float* __restrict__ var,
-                                const float* __restrict__ weight, const float* __restrict__ bias, float eps,
-                                int64_t C, float* __restrict__ scale, float* __restrict__ shift,
-                                float* __restrict__ invstd) {
+__global__ void bn_finalize_kernel(const float* __restrict__ mean, const float* __restrict__ var,
+                                   const float* __restrict__ weight, const float* __restrict__ bias, float eps,
+                                   int64_t C, float* __restrict__ scale, float* __restrict__ shift,
+                                   float* __restrict__ invstd) {
   const int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
   const float r = rsqrtf(__fadd_rn(var[c], eps));
@@ -27,11 +30,11 @@ __global__ void finalize_kernel(const float* __restrict__ mean, const float* __r
 
 // Derivation: fused_resnet/reference.py bn_finalize_backward. dst = dscale - dshift*mean;
 // dgamma = dst*r; dr = dst*gamma (or dst) + dinvstd; dmean = -dshift*scale; dvar = -dr/2 * r^3.
-__global__ void finalize_backward_kernel(const float* __restrict__ dscale, const float* __restrict__ dshift,
-                                         const float* __restrict__ dinvstd, const float* __restrict__ mean,
-                                         const float* __restrict__ weight, const float* __restrict__ scale,
-                                         const float* __restrict__ invstd, int64_t C, float* __restrict__ dmean,
-                                         float* __restrict__ dvar, float* __restrict__ dweight) {
+__global__ void bn_finalize_backward_kernel(const float* __restrict__ dscale, const float* __restrict__ dshift,
+                                            const float* __restrict__ dinvstd, const float* __restrict__ mean,
+                                            const float* __restrict__ weight, const float* __restrict__ scale,
+                                            const float* __restrict__ invstd, int64_t C, float* __restrict__ dmean,
+                                            float* __restrict__ dvar, float* __restrict__ dweight) {
   const int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
   const float r = invstd[c];
@@ -56,10 +59,10 @@ __device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(
 // factor: momentum; 1/num_batches_tracked without one; 0 with neither (momentum is
 // then passed as 0), as the reference.
 template <typename T>
-__global__ void update_running_kernel(const float* __restrict__ mean, const float* __restrict__ var, int64_t C,
-                                      float bessel, T* __restrict__ rmean, int64_t rm_stride, T* __restrict__ rvar,
-                                      int64_t rv_stride, int64_t* __restrict__ nbt, bool has_momentum,
-                                      double momentum) {
+__global__ void bn_update_running_kernel(const float* __restrict__ mean, const float* __restrict__ var, int64_t C,
+                                         float bessel, T* __restrict__ rmean, int64_t rm_stride, T* __restrict__ rvar,
+                                         int64_t rv_stride, int64_t* __restrict__ nbt, bool has_momentum,
+                                         double momentum) {
   using A = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
   double factor = momentum;
   if (nbt != nullptr) {
@@ -84,14 +87,14 @@ __global__ void update_running_kernel(const float* __restrict__ mean, const floa
 
 cudaError_t launch_bn_finalize(const FinalizeArgs& a, cudaStream_t stream) {
   const int threads = 256;
-  finalize_kernel<<<(unsigned)ceil_div64(a.C, threads), threads, 0, stream>>>(a.mean, a.var, a.weight, a.bias, a.eps,
-                                                                               a.C, a.scale, a.shift, a.invstd);
+  bn_finalize_kernel<<<(unsigned)ceil_div64(a.C, threads), threads, 0, stream>>>(a.mean, a.var, a.weight, a.bias, a.eps,
+                                                                                 a.C, a.scale, a.shift, a.invstd);
   return cudaGetLastError();
 }
 
 cudaError_t launch_bn_finalize_backward(const FinalizeBackwardArgs& a, cudaStream_t stream) {
   const int threads = 256;
-  finalize_backward_kernel<<<(unsigned)ceil_div64(a.C, threads), threads, 0, stream>>>(
+  bn_finalize_backward_kernel<<<(unsigned)ceil_div64(a.C, threads), threads, 0, stream>>>(
       a.dscale, a.dshift, a.dinvstd, a.mean, a.weight, a.scale, a.invstd, a.C, a.dmean, a.dvar, a.dweight);
   return cudaGetLastError();
 }
@@ -99,9 +102,9 @@ cudaError_t launch_bn_finalize_backward(const FinalizeBackwardArgs& a, cudaStrea
 cudaError_t launch_bn_update_running(const RunningArgs& a, cudaStream_t stream) {
   auto launch = [&](auto tag) {
     using T = decltype(tag);
-    update_running_kernel<T><<<1, 256, 0, stream>>>(a.mean, a.var, a.C, a.bessel, static_cast<T*>(a.rmean),
-                                                    a.rm_stride, static_cast<T*>(a.rvar), a.rv_stride, a.nbt,
-                                                    a.has_momentum, a.momentum);
+    bn_update_running_kernel<T><<<1, 256, 0, stream>>>(a.mean, a.var, a.C, a.bessel, static_cast<T*>(a.rmean),
+                                                       a.rm_stride, static_cast<T*>(a.rvar), a.rv_stride, a.nbt,
+                                                       a.has_momentum, a.momentum);
   };
   switch (a.dtype) {
     case DType::kFloat32: launch(float{}); break;

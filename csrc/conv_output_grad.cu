@@ -1,3 +1,6 @@
+// Ops served: conv_output_grad, and batch_stats_backward (the same pass without dy)
+// (host launcher: ops/conv_output_grad.cpp, called by ops/batch_stats.cpp).
+//
 // conv_output_grad: the gradient that flows into an activation y through its batch
 // statistics, plus an optional incoming gradient dy, in one elementwise pass:
 //

@@ -1,8 +1,10 @@
-// The interface between the host wrappers (ops.cpp) and the CUTLASS implicit-GEMM
+// The interface between the host launchers (csrc/ops/) and the CUTLASS implicit-GEMM
 // convolutions of csrc/cutlass/. Plain pointers and cudaStream_t only, like
 // launch.h: the CUTLASS translation units include no torch header.
 //
-// Five kernel families, NHWC activations, [K, R, S, C] filters, fp32 accumulation:
+// Five kernel families, NHWC activations, [K, R, S, C] filters, fp32 accumulation (fprop_*
+// serve conv, host launcher ops/conv.cpp; wgrad_prologue conv_wgrad and dgrad_bn_relu
+// conv_dgrad, ops/conv_backward.cpp):
 //   fprop_prologue: y = [relu](conv(relu(x * scale + shift), w) [+ bias]) [+ residual]. BatchNorm-apply
 //                   + ReLU of the input runs in the mainloop, per input channel, as
 //                   the activation is loaded (fp32 scale/shift and arithmetic, rounded

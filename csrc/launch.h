@@ -1,4 +1,4 @@
-// The interface between the host wrappers (ops.cpp: checks, layouts,
+// The interface between the host launchers (csrc/ops/: checks, layouts,
 // allocation through PyTorch) and the kernels (*.cu). Plain pointers and
 // cudaStream_t only: the .cu files include no torch header, which keeps their
 // compile time (nvcc front end, once per architecture) small.
@@ -33,7 +33,7 @@ struct Plan {
 
 // An elementwise pass over an activation of numel = N*C*HW values, NHWC or NCHW: nvec
 // units (16-byte vectors when `vec`, else single values) in a grid-stride loop over
-// `blocks` blocks of kThreads threads (ops.cpp elementwise_shape).
+// `blocks` blocks of kThreads threads (ops/common.h elementwise_shape).
 struct ElementwiseShape {
   int64_t numel, C, HW;
   bool nhwc, vec;

@@ -1,6 +1,10 @@
-// Host entry points of the fused_resnet CUDA kernels (ops.cpp; registered in
-// bindings.cpp as torch.ops.fused_resnet_cuda.<name>). Semantics:
-// fused_resnet/reference.py; layouts: fused_resnet/_layout.py.
+// Host entry points of the fused_resnet CUDA kernels, registered in bindings.cpp as
+// torch.ops.fused_resnet_cuda.<name>. Each is defined in the host launcher file of its
+// op group, csrc/ops/<group>.cpp, the groups of the Triton side's kernels/<group>.py
+// (batch_stats, bn_finalize, bn_act, conv, conv_backward), but for conv_output_grad,
+// whose kernel batch_stats_backward shares (csrc/ops/conv_output_grad.cpp). Tests:
+// tests/cuda/test_<group>.py. Semantics: fused_resnet/reference.py; layouts:
+// fused_resnet/_layout.py.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -13,7 +17,16 @@
 
 namespace fused_resnet {
 
+// ------------------------------------------------------------------ ops/batch_stats.cpp
+
 std::tuple<at::Tensor, at::Tensor> batch_stats(const at::Tensor& x);
+
+// dx of batch_stats: (dmean + 2 dvar (x - mean)) / M, in x's dtype and layout (the
+// same pass, without dy).
+at::Tensor batch_stats_backward(const at::Tensor& dmean, const at::Tensor& dvar, const at::Tensor& x,
+                                const at::Tensor& mean);
+
+// ------------------------------------------------------------------ ops/bn_finalize.cpp
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_finalize(const at::Tensor& mean, const at::Tensor& var,
                                                            const std::optional<at::Tensor>& weight,
@@ -29,6 +42,8 @@ void bn_update_running(const at::Tensor& mean, const at::Tensor& var, c10::SymIn
                        at::Tensor& running_var, const std::optional<at::Tensor>& num_batches_tracked,
                        std::optional<double> momentum);
 
+// ------------------------------------------------------------------ ops/bn_act.cpp
+
 at::Tensor bn_act(const at::Tensor& y, const at::Tensor& scale, const at::Tensor& shift,
                   const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& res_scale,
                   const std::optional<at::Tensor>& res_shift, bool relu);
@@ -38,16 +53,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& residual, const std::optional<at::Tensor>& res_scale, bool relu,
     c10::List<bool> output_mask);
 
+// ------------------------------------------------------------------ ops/conv_output_grad.cpp
+
 // The output gradient of a convolution whose batch statistics were used:
 // g = dy + dmean/M + 2 dvar (y - mean)/M, in y's dtype and layout (one pass,
 // conv_output_grad.cu).
 at::Tensor conv_output_grad(const at::Tensor& dy, const at::Tensor& dmean, const at::Tensor& dvar,
                             const at::Tensor& y, const at::Tensor& mean);
 
-// dx of batch_stats: (dmean + 2 dvar (x - mean)) / M, in x's dtype and layout (the
-// same pass, without dy).
-at::Tensor batch_stats_backward(const at::Tensor& dmean, const at::Tensor& dvar, const at::Tensor& x,
-                                const at::Tensor& mean);
+// ------------------------------------------------------------------ ops/conv.cpp
 
 // fused_resnet::conv on CUTLASS (csrc/cutlass/) for the inputs conv_reason accepts:
 // the BN + ReLU prologue (in_scale/in_shift) in the mainloop; bias, ReLU and
@@ -67,6 +81,8 @@ std::string conv_reason(const at::Tensor& x, const at::Tensor& weight, const std
                         const std::optional<at::Tensor>& in_scale, const std::optional<at::Tensor>& residual,
                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                         bool relu, bool stats);
+
+// ------------------------------------------------------------------ ops/conv_backward.cpp
 
 // The weight gradient of conv_backward for a prologue convolution: g (the
 // gradient of the convolution's output, x's dtype) against relu(x*in_scale +

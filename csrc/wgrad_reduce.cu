@@ -1,3 +1,5 @@
+// Ops served: conv_wgrad, the last step (host launcher: ops/conv_backward.cpp).
+//
 // wgrad_reduce: the weight gradient from the parallel split-K slices of the wgrad
 // convolution (cutlass_conv.h), summed in a fixed order and written in the weight's
 // dtype and layout in the same pass.

@@ -141,7 +141,7 @@ def test_kernel_resources_reads_the_cuda_extension(tmp_path):
 
     ok, reason = _ext.status()
     if not ok:
-        pytest.skip(f"fused_resnet._C is not built: {reason} (test_cuda_ext says whether it should be)")
+        pytest.skip(f"fused_resnet._C is not built: {reason} (tests/cuda/test_extension.py says whether it should be)")
     import fused_resnet._C as C
 
     out_json = tmp_path / "cuda.json"
@@ -170,7 +170,7 @@ def test_host_overhead_cuda_variant_counts_calls_into_the_extension(tmp_path):
 
     ok, reason = _ext.status()
     if not ok:
-        pytest.skip(f"fused_resnet._C is not built: {reason} (test_cuda_ext says whether it should be)")
+        pytest.skip(f"fused_resnet._C is not built: {reason} (tests/cuda/test_extension.py says whether it should be)")
     out_json = tmp_path / "host.json"
     cmd = [sys.executable, str(ROOT / "bench" / "host_overhead.py"), "--variants", "cuda-host", "--blocks",
            "bottleneck", "--steps", "2", "--repeat", "1", "--json", str(out_json)]
@@ -277,7 +277,10 @@ def test_gpu_check_plan_runs_its_stages_in_order(tmp_path):
     assert files[:2] == ["tests/test_gpu_models.py", "tests/triton/test_conv_backward.py"], gpu_cmd
     tests = Path(__file__).resolve().parent
     every = {p.relative_to(ROOT).as_posix() for p in [*tests.glob("test_*.py"), *tests.glob("*/test_*.py")]}
-    expected = sorted(every - {"tests/test_cuda_conv.py", "tests/test_cuda_ext.py"})
+    cuda_cmd = out.stdout.split("--- tests-cuda")[1].splitlines()[1]
+    cuda_files = [a for a in cuda_cmd.split() if a.startswith("tests/")]
+    assert cuda_files == sorted(p for p in every if p.startswith("tests/cuda/")), cuda_cmd
+    expected = sorted(every - set(cuda_files))
     assert sorted(files) == expected and len(set(files)) == len(files), gpu_cmd
     assert "--models resnet50" in out.stdout.split("--- bench-models")[1].splitlines()[1]
 

@@ -2,7 +2,7 @@
 unfused twin, timed once, remembered in the process and, when asked, on disk.
 
 Runs on the CPU: the clock is replaced by given times and the GPU name is faked (the
-whole-step behaviour, on the emulated cuda backend, is in test_cuda_backend_emulated.py).
+whole-step behaviour, on the emulated cuda backend, is in tests/cuda/test_backend_emulated.py).
 Classes checked: the faster candidate is taken; nothing is timed twice in a process;
 the disk file serves a new process without timing, only with a name among today's
 candidates, only for its GPU; a corrupt or unwritable file costs one warning, never an

@@ -29,7 +29,7 @@ from fused_resnet.tools.models import perturb_batchnorm
 from fused_resnet.tools.traffic import gpu_reason
 
 from helpers import randomize_bn
-from .test_blocks import _in_channels, block_zoo
+from ..test_blocks import _in_channels, block_zoo
 
 # Channel counts the CUTLASS kernels take (multiples of 8), so that the GPU's choice
 # between them and cuDNN is the one under test.

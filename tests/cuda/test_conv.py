@@ -1,47 +1,31 @@
-"""The CUTLASS convolutions of the cuda backend: BatchNorm-apply + ReLU fused into
-the mainloop of fprop (fused_resnet_cuda::conv with in_scale/in_shift) and wgrad
-(::conv_wgrad), bias + residual + ReLU fused into the fprop epilogue (::conv with
-a bias: eval-mode blocks with BatchNorm folded), batch statistics in the fprop
-epilogue (::conv with stats), and the prologue's gradient (ReLU mask, scale,
-dscale/dshift sums) in the epilogue of a unit-stride dgrad (::conv_dgrad).
+"""fused_resnet_cuda::conv on CUTLASS (csrc/cutlass/; host launcher: csrc/ops/conv.cpp):
+BatchNorm-apply + ReLU fused into the mainloop (in_scale/in_shift), bias + residual +
+ReLU fused into the epilogue (eval-mode blocks with BatchNorm folded), batch statistics
+in the epilogue; and what the three CUTLASS convolutions (conv, conv_wgrad, conv_dgrad)
+share: their operands' alignment, empty batches, fixed-order reductions, CUDA graphs.
 
 CPU part: which inputs the kernels take and, for the others, the reason given
-(``_C.conv_reason``), and the bf16 instantiations compiled in beside the f16 ones.
+(``_C.conv_reason``), and the backend asking it.
 
-GPU part (@pytest.mark.gpu): both fprop kinds and wgrad against an fp64
-reference in float16/bfloat16 with the tolerance rule (1x1, 3x3, stride 2, dilation, odd
-sizes, both tile shapes, residual, statistics), padding taken after the
-transform, bitwise repeatability, CUDA-graph capture, the backend's choice
-between CUTLASS and cuDNN, and the errors for inputs the kernels do not take.
+GPU part (@pytest.mark.gpu): both fprop kinds against an fp64 reference in
+float16/bfloat16 with the tolerance rule (1x1, 3x3, stride 2, dilation, odd sizes,
+both tile shapes, residual, statistics), padding taken after the transform, bitwise
+repeatability, CUDA-graph capture, the backend's cuDNN path, and the errors for
+inputs the kernels do not take.
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fused_resnet import _ext, reference
+from fused_resnet import reference
 from fused_resnet.backends import cuda as cuda_backend
-from helpers import assert_within_2x, max_err, randn
+from helpers import assert_within_2x, randn
 
-LOWP = (torch.float16, torch.bfloat16)
-
-
-@pytest.fixture(scope="module")
-def C():
-    ok, reason = _ext.status()
-    if not ok:
-        pytest.skip(f"fused_resnet._C is not built: {reason} (test_cuda_ext says whether it should be)")
-    cuda_backend.ops()
-    return _ext.load()
-
-
-def _cl(t):
-    return t.contiguous(memory_format=torch.channels_last)
+from .common import CASES, DEV, LOWP, _assert_stats_of, _cl, _inputs, _Recorder, _ref_conv, _residual
 
 
 # ====================================================================== CPU
-
-GOOD = dict(n=2, c=64, h=8, w=8, k=64, dtype=torch.bfloat16)
 
 
 def _conv_reason(C, *, n=2, c=64, h=8, w=8, k=64, r=3, dtype=torch.bfloat16, wdtype=None, cl=True, groups=1,
@@ -54,6 +38,7 @@ def _conv_reason(C, *, n=2, c=64, h=8, w=8, k=64, r=3, dtype=torch.bfloat16, wdt
 
 
 _RES = _cl(torch.zeros(2, 64, 8, 8, dtype=torch.bfloat16))
+
 
 REASONS = [
     (dict(prologue=False), "nothing to fuse (no prologue, bias, ReLU, residual or statistics)"),
@@ -98,37 +83,6 @@ def test_conv_reason_says_why(C, kwargs, reason):
     assert reason in _conv_reason(C, **kwargs)
 
 
-def test_cutlass_kernels_compiled(C):
-    names = C.built_with()["cutlass_kernels"]
-    for op in ("fprop_prologue", "fprop_bias_relu", "wgrad_prologue", "fprop_stats", "dgrad_bn_relu"):
-        for dt in ("f16", "bf16"):
-            assert any(n.startswith(f"{op}_{dt}_") for n in names), (op, dt, names)
-    assert len(set(names)) == len(names) == 18, names
-
-
-DGRAD_REASONS = [
-    (dict(dtype=torch.float32), "x has dtype Float; the CUTLASS kernels run float16/bfloat16"),
-    (dict(groups=2), "groups=2: grouped convolutions are not instantiated"),
-    (dict(c=60), "channels in=60, out=64: both must be multiples of 8"),
-    (dict(cl=False), "x is not a 16-byte aligned channels_last"),
-    # The device is asked last: on a CPU the stride is still named (tools.traffic.gpu_reason relies on it).
-    (dict(stride=2), "stride [2, 2]: only unit-stride data gradients are instantiated"),
-    (dict(stride=0), "strides and dilations must be positive, paddings non-negative"),
-    (dict(n=0), "x is on cpu, not a CUDA device"),
-    (dict(), "x is on cpu, not a CUDA device"),
-]
-
-
-@pytest.mark.parametrize("kwargs,reason", DGRAD_REASONS, ids=[g[1][:40] for g in DGRAD_REASONS])
-def test_conv_dgrad_reason_says_why(C, kwargs, reason):
-    n, c, k, groups = kwargs.get("n", 2), kwargs.get("c", 64), 64, kwargs.get("groups", 1)
-    x = torch.zeros(n, c, 8, 8, dtype=kwargs.get("dtype", torch.bfloat16))
-    x = _cl(x) if kwargs.get("cl", True) else x
-    weight = torch.zeros(k, c // groups, 3, 3, dtype=x.dtype)
-    stride = [kwargs.get("stride", 1)] * 2
-    assert reason in cuda_backend.conv_dgrad_reason(x, weight, stride, (1, 1), (1, 1), groups)
-
-
 def test_backend_falls_back_with_reason_on_cpu(C):
     """The backend asks conv_reason before every convolution; on CPU tensors the answer is never ''."""
     x = _cl(torch.zeros(2, 64, 8, 8, dtype=torch.bfloat16))
@@ -136,81 +90,6 @@ def test_backend_falls_back_with_reason_on_cpu(C):
     for stats in (False, True):
         assert cuda_backend.conv_reason(x, w, None, torch.ones(64), None, (1, 1), (1, 1), (1, 1), 1, False,
                                         stats) == "x is on cpu, not a CUDA device"
-
-
-def test_mainloop_prologue_is_asked_of_conv_reason(C, monkeypatch):
-    """Whether the mainloop applies a prologue is conv_reason's answer for the prologue convolution
-    (no bias, residual or ReLU), statistics or not; without a prologue there is none to apply."""
-    x = _cl(torch.zeros(2, 64, 8, 8, dtype=torch.bfloat16))
-    w = torch.zeros(64, 64, 3, 3, dtype=torch.bfloat16)
-    geometry = ((1, 1), (1, 1), (1, 1), 1)
-    asked = []
-    monkeypatch.setattr(cuda_backend, "conv_reason", lambda *a: asked.append(a) or "")
-    assert cuda_backend._mainloop_reason(x, w, None, *geometry) == "no prologue"
-    assert asked == []
-    assert cuda_backend._mainloop_reason(x, w, torch.ones(64), *geometry) == ""
-    assert len(asked) == 1 and asked[0][2] is None and asked[0][4] is None and asked[0][-2:] == (False, False)
-    monkeypatch.setattr(cuda_backend, "conv_reason", lambda *a: "x is on cpu")
-    assert cuda_backend._mainloop_reason(x, w, torch.ones(64), *geometry) == "x is on cpu"
-
-
-class _Recorder:
-    """Stands in for torch.ops.fused_resnet_cuda: records the calls, answers with zeros."""
-
-    def __init__(self):
-        self.calls = []
-
-    _ANSWERS = {
-        "bn_act": lambda x, *_: torch.zeros_like(x),
-        "conv_wgrad": lambda g, x, w, *_: torch.zeros_like(w),
-        "conv_dgrad": lambda g, x, *_: (torch.zeros_like(x), torch.zeros(x.shape[1]), torch.zeros(x.shape[1])),
-        "conv": lambda x, w, *_: (torch.zeros(x.shape[0], w.shape[0], *x.shape[2:], dtype=x.dtype),
-                                  torch.zeros(w.shape[0]), torch.zeros(w.shape[0])),
-    }
-
-    def __getattr__(self, name):
-        def op(*args):
-            self.calls.append((name, args))
-            return self._ANSWERS[name](*args)
-        return op
-
-
-@pytest.mark.parametrize("need_w,mainloop", [(True, False), (True, True), (False, False)],
-                         ids=["cudnn-dw", "cutlass-dw", "no-dw"])
-def test_prologue_backward_takes_the_fused_dgrad(C, monkeypatch, need_w, mainloop):
-    """Where conv_dgrad serves, the prologue's backward is that one call: no bn_act_backward, and
-    the activation is recomputed (bn_act) only for a cuDNN weight gradient."""
-    x = _cl(torch.ones(2, 64, 8, 8, dtype=torch.bfloat16))
-    w = torch.zeros(64, 64, 3, 3, dtype=torch.bfloat16)
-    g = _cl(torch.ones(2, 64, 8, 8, dtype=torch.bfloat16))
-    rec = _Recorder()
-    monkeypatch.setattr(cuda_backend, "ops", lambda: rec)
-    monkeypatch.setattr(cuda_backend, "conv_dgrad_reason", lambda *a: "")
-    monkeypatch.setattr(cuda_backend, "_mainloop_reason", lambda *a: "" if mainloop else "not served")
-    monkeypatch.setenv("FUSED_RESNET_CHOOSE", "0")  # the fused kernels wherever served, untimed
-    backend = cuda_backend.CudaBackend()
-    mask = [True, need_w, False, True, True, False]
-    dx, dw, dscale, dshift = backend._prologue_backward(g, x, w, torch.ones(64), torch.zeros(64),
-                                                        ((1, 1), (1, 1), (1, 1), 1), mask)
-    names = [name for name, _ in rec.calls]
-    want = {(True, False): ["bn_act", "conv_dgrad"], (True, True): ["conv_wgrad", "conv_dgrad"],
-            (False, False): ["conv_dgrad"]}[(need_w, mainloop)]
-    assert names == want
-    assert dx.shape == x.shape and dscale.shape == dshift.shape == (64,)
-    assert (dw.shape == w.shape) if need_w else dw.numel() == 0
-
-
-@pytest.mark.parametrize("dtype", LOWP + (torch.float32,), ids=str)
-def test_conv_output_grad_through_relu(dtype):
-    """An eval-mode block that trains (conv + bias + ReLU): the gradient at the convolution's sum
-    is dy where y > 0, exactly as the reference gives it (a mask multiplies exactly), and a new
-    tensor (it is returned as dresidual)."""
-    y = _cl(randn(2, 16, 5, 5, seed=1).relu().to(dtype))
-    dy = _cl(randn(2, 16, 5, 5, seed=2).to(dtype))
-    g = cuda_backend.CudaBackend()._conv_output_grad(dy, None, None, y, None, False, True, True)
-    want = reference.conv_output_grad(dy, None, None, y, None, True, False).to(dtype)
-    assert torch.equal(g, want) and g.is_contiguous(memory_format=torch.channels_last)
-    assert g.data_ptr() != dy.data_ptr()
 
 
 def test_statistics_convolution_is_one_cutlass_call(C, monkeypatch):
@@ -232,69 +111,6 @@ def test_statistics_convolution_is_one_cutlass_call(C, monkeypatch):
 
 
 # ====================================================================== GPU
-
-DEV = "cuda"
-
-# (N, C, H, W, K, R, stride, padding, dilation)
-CASES = [
-    (4, 64, 14, 14, 64, 1, 1, 0, 1),     # 1x1, narrow tile
-    (4, 64, 14, 14, 256, 1, 1, 0, 1),    # 1x1 expansion, wide tile
-    (2, 64, 15, 15, 64, 3, 1, 1, 1),     # 3x3, odd size, padding
-    (2, 128, 9, 9, 128, 3, 2, 1, 1),     # 3x3 stride 2, odd size
-    (2, 64, 57, 57, 64, 3, 1, 1, 1),     # layer1-like odd size
-    (2, 256, 7, 7, 64, 1, 2, 0, 1),      # 1x1 stride 2 (projection-like)
-    (2, 64, 12, 12, 72, 3, 1, 2, 2),     # dilation 2
-    (1, 8, 5, 5, 8, 3, 1, 1, 1),         # smallest channels, batch 1
-]
-
-
-def _inputs(case, dtype, seed=0):
-    n, c, h, w, k, r, stride, pad, dil = case
-    x = _cl(randn(n, c, h, w, device=DEV, seed=seed).mul(1.5).add(0.3).to(dtype))
-    weight = _cl(randn(k, c, r, r, device=DEV, seed=seed + 1).mul((c * r * r) ** -0.5).to(dtype))
-    g = torch.Generator().manual_seed(seed + 2)
-    scale = (torch.rand(c, generator=g) + 0.5).to(DEV)
-    # Positive shifts make padding matter: relu(0 * s + t) = t != 0 were the padding transformed.
-    shift = (torch.rand(c, generator=g) * 1.5 - 0.5).to(DEV)
-    return x, weight, scale, shift, [stride] * 2, [pad] * 2, [dil] * 2
-
-
-def _residual(x, weight, stride, pad, dil):
-    """A random channels_last tensor shaped like the convolution's output."""
-    n, _, h, w = x.shape
-    k, _, r, _ = weight.shape
-    out_hw = [(size + 2 * pad[0] - dil[0] * (r - 1) - 1) // stride[0] + 1 for size in (h, w)]
-    return _cl(randn(n, k, *out_hw, device=DEV, seed=9).to(x.dtype))
-
-
-def _assert_vector_within_2x(got, plain, ref64, name):
-    """A per-channel gradient (a sum over every row): max error against fp64 within 2x plain
-    PyTorch's, plus 1e-3 of the largest magnitude (sums whose terms cancel)."""
-    err = (got.double() - ref64).abs().max().item()
-    bound = 2 * (plain.double() - ref64).abs().max().item() + 1e-3 * ref64.abs().max().item()
-    assert err <= bound, (name, err, bound)
-
-
-def _backward_three_ways(backend, tensors, *flags):
-    """conv_backward(*tensors, *flags) of the backend, of the reference in the inputs' dtypes
-    (plain PyTorch) and of the reference in fp64."""
-    def run(fn, cast):
-        return fn(*[None if t is None else cast(t) for t in tensors], *flags)
-
-    return (run(backend.conv_backward, lambda t: t), run(reference.conv_backward, lambda t: t),
-            run(reference.conv_backward, torch.Tensor.double))
-
-
-def _assert_stats_of(y, mean, var):
-    """mean and var are the per-channel batch statistics of the stored y (fp64 over its values)."""
-    var64, mean64 = torch.var_mean(y.double(), dim=(0, 2, 3), unbiased=False)
-    torch.testing.assert_close(mean.double(), mean64, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(var.double(), var64, rtol=1e-4, atol=1e-5)
-
-
-def _ref_conv(x, weight, scale, shift, residual, stride, pad, dil):
-    y, _, _ = reference.conv(x, weight, None, scale, shift, residual, stride, pad, dil, 1, False, False)
-    return y
 
 
 @pytest.mark.gpu
@@ -509,96 +325,6 @@ def test_empty_batch_launches_nothing(C):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", LOWP, ids=str)
-@pytest.mark.parametrize("case", CASES, ids=str)
-def test_conv_wgrad_prologue(C, case, dtype):
-    x, weight, scale, shift, stride, pad, dil = _inputs(case, dtype)
-    y = _ref_conv(x, weight, scale, shift, None, stride, pad, dil)
-    g = _cl(randn(*y.shape, device=DEV, seed=7).to(dtype))
-
-    def wgrad(x_, g_, w_, s_, t_):
-        a = reference.prologue(x_, s_, t_)
-        return torch.ops.aten.convolution_backward(g_, a, w_, None, stride, pad, dil, False, [0, 0], 1,
-                                                   [False, True, False])[1]
-
-    plain = wgrad(x, g, weight, scale, shift)
-    ref64 = wgrad(x.double(), g.double(), weight.double(), scale.double(), shift.double())
-    dw = cuda_backend.ops().conv_wgrad(g, x, weight, scale, shift, stride, pad, dil)
-    assert dw.shape == weight.shape and dw.dtype == weight.dtype and dw.is_contiguous()
-    assert_within_2x(dw, plain.contiguous(), ref64, "dw")
-
-
-DGRAD_CASES = [c for c in CASES if c[6] == 1] + [(4, 256, 14, 14, 64, 1, 1, 0, 1)]  # + wide: 256 input channels
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", LOWP, ids=str)
-@pytest.mark.parametrize("case", DGRAD_CASES, ids=str)
-def test_conv_dgrad_bn_relu(C, case, dtype):
-    """dx, dscale, dshift of conv(relu(x*s + t), W) from the fused dgrad against an fp64
-    reference, the 2x rule (dscale/dshift: max error, as for the other vectors)."""
-    x, weight, scale, shift, stride, pad, dil = _inputs(case, dtype)
-    assert cuda_backend.conv_dgrad_reason(x, weight, stride, pad, dil, 1) == ""
-    y = _ref_conv(x, weight, scale, shift, None, stride, pad, dil)
-    g = _cl(randn(*y.shape, device=DEV, seed=7).to(dtype))
-    mask = [True, False, False, True, True, False]
-
-    def grads(cast):
-        return reference.conv_backward_from_output_grad(cast(g), cast(x), cast(weight), cast(scale), cast(shift),
-                                                        stride, pad, dil, 1, mask)
-
-    plain, ref64 = grads(lambda t: t), grads(torch.Tensor.double)
-    dx, dscale, dshift = cuda_backend.ops().conv_dgrad(g, x, weight, scale, shift, stride, pad, dil)
-    assert dx.shape == x.shape and dx.dtype == x.dtype and dx.is_contiguous(memory_format=torch.channels_last)
-    assert_within_2x(dx, plain[0], ref64[0], "dx")
-    _assert_vector_within_2x(dscale, plain[3], ref64[3], "dscale")
-    _assert_vector_within_2x(dshift, plain[4], ref64[4], "dshift")
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", LOWP + (torch.float32,), ids=str)
-@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
-@pytest.mark.parametrize("channels", [64, 60], ids=["vector", "scalar"])
-def test_conv_output_grad(C, dtype, layout, channels):
-    """g = dy + dmean/M + 2 dvar (y - mean)/M in one pass, against the reference's formula in
-    fp64 (the 2x rule), in y's layout; expanded (stride-0) dmean/dvar as autograd passes them.
-    NHWC: 64 channels fill 16-byte vectors, 60 do not in fp16/bf16 (8 a vector); NCHW: 9x9 planes
-    (81 pixels) take the scalar kernel."""
-    y = randn(4, channels, 9, 9, device=DEV, seed=1).mul(2).add(1).to(dtype)
-    y = _cl(y) if layout == "nhwc" else y.contiguous()
-    dy = randn(4, channels, 9, 9, device=DEV, seed=2).to(dtype)
-    dy = _cl(dy) if layout == "nhwc" else dy.contiguous()
-    mean = y.float().mean((0, 2, 3))
-    dmean = torch.full((1,), 0.3, device=DEV).expand(channels)
-    dvar = randn(channels, device=DEV, seed=3)
-
-    def ref(cast):
-        return reference.conv_output_grad(cast(dy), cast(dmean), cast(dvar), cast(y), cast(mean), False, True)
-
-    g = cuda_backend.ops().conv_output_grad(dy, dmean, dvar, y, mean)
-    assert g.dtype == dtype and g.is_contiguous(memory_format=torch.channels_last if layout == "nhwc" else
-                                                torch.contiguous_format)
-    assert_within_2x(g, ref(lambda t: t).to(dtype), ref(torch.Tensor.double), "g")
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
-def test_conv_output_grad_keeps_precision_for_a_large_mean(C, layout):
-    """y = 1000 + N(0, 1) in fp32: y - mean is formed before it is scaled. Folding the mean into
-    a per-channel shift (y * gb + (dmean/M - gb * mean)) cancels: about 2e-5 of the statistics
-    term, against 6e-8 this way (both simulated in fp32 on a CPU)."""
-    y = randn(4, 64, 9, 9, device=DEV, seed=1).add(1000)
-    y = _cl(y) if layout == "nhwc" else y.contiguous()
-    mean = y.mean((0, 2, 3))
-    zeros = torch.zeros(64, device=DEV)
-    dvar = randn(64, device=DEV, seed=3)
-    g = cuda_backend.ops().conv_output_grad(torch.zeros_like(y), zeros, dvar, y, mean)
-    exact = reference.conv_output_grad(*(t.double() for t in (torch.zeros_like(y), zeros, dvar, y, mean)),
-                                       False, True)
-    assert max_err(g, exact) <= 1e-6 * exact.abs().max().item()
-
-
-@pytest.mark.gpu
 @pytest.mark.parametrize("kernel", ["conv-statistics", "dgrad", "wgrad"])
 def test_reductions_are_bitwise_repeatable(C, kernel):
     """The epilogue statistics and the dgrad's scale/shift sums are merged in a fixed order, the
@@ -645,75 +371,6 @@ def test_cuda_graph_capture(C):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", LOWP + (torch.float32,), ids=str)
-@pytest.mark.parametrize("pro", [True, False], ids=["prologue", "plain"])
-@pytest.mark.parametrize("stats", [True, False], ids=["stats", "nostats"])
-@pytest.mark.parametrize("case", [CASES[2], CASES[3], CASES[5]], ids=str)
-def test_backend_conv_and_backward(C, case, stats, pro, dtype):
-    """CudaBackend.conv/conv_backward vs fp64, the 2x rule: 16-bit convolutions on CUTLASS (fprop
-    with the prologue in the mainloop and the statistics in the epilogue, mainloop wgrad, the
-    fused dgrad at unit stride), fp32 on cuDNN between bn_act passes."""
-    x, weight, scale, shift, stride, pad, dil = _inputs(case, dtype)
-    if not pro:
-        scale = shift = None
-    backend = cuda_backend.CudaBackend()
-    y, mean, var = backend.conv(x, weight, None, scale, shift, None, stride, pad, dil, 1, False, stats)
-    dy = _cl(randn(*y.shape, device=DEV, seed=4).to(dtype))
-    g = torch.Generator().manual_seed(8)
-    dmean, dvar = [(torch.randn(y.shape[1], generator=g) * 0.1).to(DEV) for _ in range(2)]
-    mask = [True, True, False, pro, pro, True]
-    got, plain, ref64 = _backward_three_ways(backend, (dy, dmean, dvar, x, weight, y, mean, scale, shift),
-                                             stride, pad, dil, 1, False, stats, mask)
-    for name, i in (("dx", 0), ("dw", 1), ("dres", 5)):
-        assert got[i].shape == plain[i].shape and got[i].dtype == plain[i].dtype, name
-        assert_within_2x(got[i], plain[i].contiguous(), ref64[i], name)
-    for name, i in (("dscale", 3), ("dshift", 4))[:2 if pro else 0]:
-        _assert_vector_within_2x(got[i], plain[i], ref64[i], name)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", LOWP, ids=str)
-@pytest.mark.parametrize("case", [CASES[2], CASES[3]], ids=str)
-def test_backend_conv_backward_through_relu(C, case, dtype):
-    """The backward of a conv + bias + ReLU (eval-mode block, parameters training) on the backend's
-    own path: dx, dW, dbias, dresidual within the 2x rule."""
-    x, weight, _, _, stride, pad, dil = _inputs(case, dtype)
-    bias = (torch.randn(weight.shape[0], generator=torch.Generator().manual_seed(5)) * 0.5).to(DEV)
-    backend = cuda_backend.CudaBackend()
-    y, mean, _ = backend.conv(x, weight, bias, None, None, None, stride, pad, dil, 1, True, False)
-    dy = _cl(randn(*y.shape, device=DEV, seed=4).to(dtype))
-    mask = [True, True, True, False, False, True]
-    got, plain, ref64 = _backward_three_ways(backend, (dy, None, None, x, weight, y, None, None, None),
-                                             stride, pad, dil, 1, True, False, mask)
-    for name, i in (("dx", 0), ("dw", 1), ("dres", 5)):
-        assert_within_2x(got[i], plain[i].contiguous(), ref64[i], name)
-    _assert_vector_within_2x(got[2], plain[2], ref64[2], "dbias")
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("stats", [True, False], ids=["stats", "nostats"])
-@pytest.mark.parametrize("mask", [[False, False, False, False, False, True], [False, True, False, False, False, False],
-                                  [True, False, False, True, False, False]], ids=["dres", "dw", "dx-dscale"])
-def test_backend_conv_backward_partial_masks(C, mask, stats):
-    """A prologue convolution's backward asked for some gradients only: those come out right
-    (the 2x rule), the others empty."""
-    x, weight, scale, shift, stride, pad, dil = _inputs(CASES[2], torch.bfloat16)
-    backend = cuda_backend.CudaBackend()
-    y, mean, _ = backend.conv(x, weight, None, scale, shift, None, stride, pad, dil, 1, False, stats)
-    dy = _cl(randn(*y.shape, device=DEV, seed=4).to(torch.bfloat16))
-    dmean, dvar = [(torch.randn(y.shape[1], generator=torch.Generator().manual_seed(s)) * 0.1).to(DEV) for s in (8, 9)]
-    got, plain, ref64 = _backward_three_ways(backend, (dy, dmean, dvar, x, weight, y, mean, scale, shift),
-                                             stride, pad, dil, 1, False, stats, mask)
-    for i, wanted in enumerate(mask):
-        if not wanted:
-            assert got[i].numel() == 0, i
-        elif got[i].dim() == 4:
-            assert_within_2x(got[i], plain[i].contiguous(), ref64[i], f"output {i}")
-        else:
-            _assert_vector_within_2x(got[i], plain[i], ref64[i], f"output {i}")
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", LOWP + (torch.float32,), ids=str)
 @pytest.mark.parametrize("what", ["groups-bias-res-relu", "groups-prologue", "nchw-bias-relu"])
 def test_backend_cudnn_path(C, what, dtype):
     """Convolutions the CUTLASS kernels do not take (conv_reason says why): bn_act + cuDNN + bn_act, 2x rule."""
@@ -740,37 +397,6 @@ def test_backend_cudnn_path(C, what, dtype):
     assert y.shape == plain.shape and y.stride() == plain.stride()
     assert_within_2x(y, plain, ref64, "y")
     _assert_stats_of(y, mean, var)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", LOWP, ids=str)
-@pytest.mark.parametrize("kind", ["projection", "option_a", "preact_projection"])
-def test_backend_conv_shortcut(C, kind, dtype):
-    """The shortcut branch read as the epilogue residual: the 2x rule against an fp64 reference."""
-    n, c, hw, k, stride = 4, 64, 15, 128, 2
-    x = _cl(randn(n, c, (hw + 1) // 2, (hw + 1) // 2, device=DEV, seed=1).relu().to(dtype))  # conv3's input
-    weight = _cl(randn(k, c, 1, 1, device=DEV, seed=2).mul(c ** -0.5).to(dtype))
-    sc_x = _cl(randn(n, c, hw, hw, device=DEV, seed=3).to(dtype))
-    sc_weight = None if kind == "option_a" else _cl(randn(k, c, 1, 1, device=DEV, seed=4).mul(c ** -0.5).to(dtype))
-    g = torch.Generator().manual_seed(6)
-    if kind == "preact_projection":  # v2: BN + ReLU prologues on both operands, no bias, no ReLU after
-        bias, relu = None, False
-        pro = [(torch.rand(c, generator=g) + 0.5).to(DEV), (torch.rand(c, generator=g) - 0.5).to(DEV)]
-        sc_pro = [(torch.rand(c, generator=g) + 0.5).to(DEV), (torch.rand(c, generator=g) - 0.5).to(DEV)]
-    else:
-        bias, relu = (torch.randn(k, generator=g) * 0.3).to(DEV), True
-        pro, sc_pro = [None, None], [None, None]
-
-    def run(fn, cast):
-        t = (lambda v: None if v is None else cast(v))
-        return fn(t(x), t(weight), t(bias), *map(t, pro), t(sc_x), t(sc_weight), *map(t, sc_pro), stride,
-                  [1, 1], [0, 0], [1, 1], 1, relu)
-
-    got = run(cuda_backend.CudaBackend().conv_shortcut, lambda v: v)
-    plain = run(reference.conv_shortcut, lambda v: v)
-    ref64 = run(reference.conv_shortcut, lambda v: v.double())
-    assert got.shape == plain.shape and got.is_contiguous(memory_format=torch.channels_last)
-    assert_within_2x(got, plain, ref64, "out")
 
 
 @pytest.mark.gpu
