@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import fused_resnet
+from fused_resnet import sync_batch_norm
 from fused_resnet.models import cifar_resnet
 
 IMAGE, CLASSES, LR = 8, 10, 0.1
@@ -299,3 +300,64 @@ def test_bench_script_runs_a_world_of_one_on_gloo(tmp_path):
     rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
     assert all(rows[v]["img_s"] > 0 for v in ("eager", "fused", "fused+sync")), rows
     assert "error" in rows["eager+sync"], rows["eager+sync"]
+
+
+# ---------------------------------------------------------------- on a GPU: NCCL, DDP, CUDA graphs
+
+
+@pytest.fixture
+def nccl_world_of_one(tmp_path, monkeypatch):
+    """A one-rank NCCL group in which the fused SyncBatchNorms run their collectives anyway
+    (as bench/bench_sync_batch_norm.py forces them): the merged statistics are the rank's own,
+    so a step must equal plain BatchNorm's, through NCCL's all-gather and all-reduce."""
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'nccl'}", rank=0, world_size=1)
+    monkeypatch.setattr(sync_batch_norm, "process_group",
+                        lambda bn: dist.group.WORLD if isinstance(bn, nn.SyncBatchNorm) and bn.training else None)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _cuda_batch():
+    x, y = _batch(8, torch.float32)
+    return x.cuda().contiguous(memory_format=torch.channels_last), y.cuda()
+
+
+def _fused_sync(backend: str) -> nn.Module:
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(_model(1, torch.float32))
+    return fused_resnet.convert(model, backend).cuda().to(memory_format=torch.channels_last)
+
+
+@pytest.mark.gpu
+@pytest.mark.usefixtures("nccl_world_of_one", "no_tf32")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_synchronised_steps_under_ddp_equal_plain_batch_norm(backend):
+    x, y = _cuda_batch()
+    want = _train_one(_model(1, torch.float32).cuda().to(memory_format=torch.channels_last), x, y)
+    model = _fused_sync(backend)
+    got = _train_one(DistributedDataParallel(model, device_ids=[0]), x, y)
+    _assert_state_close({k.removeprefix("module."): v for k, v in got.items()}, want, TOL[torch.float32], backend)
+
+
+@pytest.mark.gpu
+@pytest.mark.usefixtures("nccl_world_of_one", "no_tf32")
+def test_gpu_synchronised_step_replays_from_a_cuda_graph():
+    """Forward and backward with the collectives, captured once and replayed, give the
+    eager step's gradients."""
+    from fused_resnet.tools.timing import make_graph_step
+
+    x, y = _cuda_batch()
+    model = _fused_sync("auto")
+    params = dict(model.named_parameters())
+
+    def step():
+        nn.functional.cross_entropy(model(x), y).backward()
+
+    step()
+    want = {k: p.grad.clone() for k, p in params.items()}
+    model.zero_grad(set_to_none=True)
+    replay = make_graph_step(step, reset=lambda: model.zero_grad(set_to_none=True))
+    replay()
+    torch.cuda.synchronize()
+    _assert_state_close({k: p.grad for k, p in params.items()}, want, TOL[torch.float32], "replayed")
