@@ -218,7 +218,7 @@ def table(rows) -> str:
                            "% copy BW", "floor ms", "TFLOP/s", "op GB", "GB/s (op bytes)"], body)
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", default="bench-blocks.json", help="output JSON path")
     p.add_argument("--table", default=None, help="also write the fused times as a speed table for backend='auto'")
@@ -238,6 +238,11 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer steps, no compile")
     p.add_argument("--plot", default=None, help="also draw each block's median step per variant here")
     p.add_argument("-q", "--quiet", action="store_true")
+    return p
+
+
+def main(argv=None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
 
     device = resolve_device(args.device)

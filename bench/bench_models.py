@@ -38,7 +38,7 @@ QUICK_MODELS = "resnet50,cifar_resnet56"
 DEFAULT_COMPILE = "resnet50,cifar_resnet56"  # the models the peer anchors have compile numbers for
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", default="bench-models.json")
     p.add_argument("--models", default=None, help=f"comma-separated (default {DEFAULT_MODELS})")
@@ -68,6 +68,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", default=None, help="also draw the table (img/s, speed-up over eager, peak memory) here")
     p.add_argument("-q", "--quiet", action="store_true")
+    return p
+
+
+def main(argv=None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
 
     device = resolve_device(args.device)
