@@ -46,6 +46,9 @@ def process_group(bn: nn.Module):
     if not (dist.is_available() and dist.is_initialized()):
         return None
     group = bn.process_group or dist.group.WORLD
+    if not isinstance(group, dist.ProcessGroup):
+        raise TypeError(f"SyncBatchNorm.process_group must be a torch.distributed.ProcessGroup (as "
+                        f"torch.distributed.new_group returns), got {type(group).__name__}: {group!r}")
     return group if dist.get_world_size(group) > 1 else None
 
 

@@ -241,6 +241,19 @@ def test_one_process_is_plain_batch_norm(tmp_path, initialised):
     _assert_state_close(got, want, TOL[torch.float64], "one process")
 
 
+def test_a_process_group_that_is_not_one_is_refused(tmp_path):
+    """A list of ranks where a group belongs (new_group's argument, not its result) is named
+    in the error at the first training forward."""
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(_model(1, torch.float64), process_group=[0])
+    model = fused_resnet.convert(model, "reference")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(TypeError, match=r"process_group must be a torch.distributed.ProcessGroup .* list: \[0\]"):
+            model(_batch(2, torch.float64)[0])
+    finally:
+        dist.destroy_process_group()
+
+
 def test_convert_fuses_sync_batch_norm_either_order(caplog):
     sync_first = fused_resnet.convert(nn.SyncBatchNorm.convert_sync_batchnorm(_model(1, torch.float32)))
     convert_first = nn.SyncBatchNorm.convert_sync_batchnorm(fused_resnet.convert(_model(1, torch.float32)))
