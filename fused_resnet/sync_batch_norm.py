@@ -46,6 +46,8 @@ def process_group(bn: nn.Module):
     if not (dist.is_available() and dist.is_initialized()):
         return None
     group = bn.process_group or dist.group.WORLD
+    if isinstance(group, int) and group == dist.GroupMember.NON_GROUP_MEMBER:
+        return None  # what new_group gives a rank outside the group: it normalises its own shard
     if not isinstance(group, dist.ProcessGroup):
         raise TypeError(f"SyncBatchNorm.process_group must be a torch.distributed.ProcessGroup (as "
                         f"torch.distributed.new_group returns), got {type(group).__name__}: {group!r}")
