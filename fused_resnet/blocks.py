@@ -216,32 +216,21 @@ def _batch_norm_params(y: Tensor, mean: Tensor, var: Tensor, bn: nn.Module, run:
     """
     count = y.numel() // y.shape[1]
     group = sync_batch_norm.process_group(bn)
-    if group is not None:
-        return _synced_batch_norm_params(mean, var, count, group, bn, run)
-    _check_count(count, y.shape)
+    if group is None:
+        _check_count(count, y.shape)
+        running_var, running_count = var.detach(), count
+    else:  # every rank takes part, an empty shard too: it weighs nothing in the merge
+        mean, var, total = sync_batch_norm.sync_batch_stats(mean, var, count, group)
+        running_var, running_count = sync_batch_norm.running_var_operands(var.detach(), total)
     tracking = bn.training and bn.track_running_stats
-    if count == 0:
+    if running_count == 0:
         if tracking and bn.num_batches_tracked is not None:
             bn.num_batches_tracked.add_(1)
         mean, var = torch.zeros_like(mean), torch.ones_like(var)
     elif tracking:
         ops.bn_update_running(
-            mean.detach(), var.detach(), count, bn.running_mean, bn.running_var,
+            mean.detach(), running_var, running_count, bn.running_mean, bn.running_var,
             bn.num_batches_tracked, bn.momentum, run.backend,
-        )
-    scale, shift, _ = ops.bn_finalize(mean, var, bn.weight, bn.bias, bn.eps, run.backend)
-    return scale, shift
-
-
-def _synced_batch_norm_params(mean: Tensor, var: Tensor, count: int, group, bn: nn.Module, run: _Run):
-    """_batch_norm_params over the process group's whole batch. Every rank takes part in
-    the collectives, an empty shard too (it weighs nothing in the merge)."""
-    mean, var, total = sync_batch_norm.sync_batch_stats(mean, var, count, group)
-    if bn.track_running_stats:
-        running_var, n = sync_batch_norm.running_var_operands(var.detach(), total)
-        ops.bn_update_running(
-            mean.detach(), running_var, n, bn.running_mean, bn.running_var, bn.num_batches_tracked,
-            bn.momentum, run.backend,
         )
     scale, shift, _ = ops.bn_finalize(mean, var, bn.weight, bn.bias, bn.eps, run.backend)
     return scale, shift

@@ -5,9 +5,9 @@ torch.compile and CUDA graphs see opaque, well-described nodes. Each op takes
 the backend name as its last argument and runs that backend's implementation;
 its schema and fake implementation (shapes, dtypes, strides only) are those of
 ``op_list.py``, and the differentiable ones have an autograd formula that is
-itself made of ops. The
-gradient ops (``*_backward``) are differentiated again (a second derivative)
-on the reference backend, and raise, naming the op, on the others.
+itself made of ops. The gradient ops (``*_backward``) are differentiated again
+(a second derivative) on the reference backend, and raise, naming the op, on
+the others.
 
 Dtype contract: activations, weights and residuals share the activation dtype;
 bias, scale, shift and statistics are fp32 per-channel vectors. Outputs a
